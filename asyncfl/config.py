@@ -1,0 +1,175 @@
+"""The run-config vocabulary: every setting, its type, default and allowed values.
+
+One table serves every runtime: `flwr run . --run-config "k=v"`, `asyncfl.simulate(k=v)` and
+the ServerApp / ClientApp all validate against it, so a mistake is reported, naming the key and
+what is allowed, before any node is contacted. `pyproject.toml` mirrors the defaults (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+ConfigValue = bool | int | float | str
+
+
+class ConfigError(ValueError):
+    """A run-config key is unknown or has a value outside what is allowed."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One run-config key: its type, default, and the rule its value must meet."""
+
+    key: str
+    type: type
+    default: ConfigValue
+    help: str
+    choices: tuple[str, ...] = ()
+    check: Callable[[Any], bool] | None = None
+    allowed: str = ""
+
+    def parse(self, value: Any) -> ConfigValue:
+        """Return `value` coerced to this setting's type, or raise ConfigError."""
+        value = self._coerce(value)
+        if self.choices and value not in self.choices:
+            raise ConfigError(
+                f"run-config '{self.key}' = {value!r} is not allowed; "
+                f"choose one of: {', '.join(self.choices)}"
+            )
+        if self.check is not None and not self.check(value):
+            raise ConfigError(
+                f"run-config '{self.key}' = {value!r} is out of range; allowed: {self.allowed}"
+            )
+        return value
+
+    def _coerce(self, value: Any) -> ConfigValue:
+        wanted = self.type.__name__
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, self.type) and not (self.type is not bool and isinstance(value, bool)):
+            return value
+        raise ConfigError(
+            f"run-config '{self.key}' must be of type {wanted}, got {type(value).__name__} "
+            f"({value!r}); allowed: {self.allowed or ', '.join(self.choices) or wanted}"
+        )
+
+
+def _positive(x: float) -> bool:
+    return x > 0
+
+
+def _non_negative(x: float) -> bool:
+    return x >= 0
+
+
+def _fraction(x: float) -> bool:
+    return 0 < x <= 1
+
+
+def _unit_interval(x: float) -> bool:
+    return 0 <= x <= 1
+
+
+def _delay_profile(text: str) -> bool:
+    if text == "":
+        return True
+    try:
+        return all(float(part) > 0 for part in text.split(","))
+    except ValueError:
+        return False
+
+
+def _plain_name(text: str) -> bool:
+    return "/" not in text and text not in (".", "..")
+
+
+_POSITIVE = "a number > 0"
+_NON_NEGATIVE = "a number >= 0"
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("strategy", str, "fedavg", "federated algorithm",
+            choices=("fedsgd", "fedsgd-weights", "fedavg")),
+    Setting("task", str, "digits", "model + data", choices=("digits", "mean")),
+    Setting("seed", int, 0, "drives data split, speeds, sampling and init",
+            check=_non_negative, allowed="an integer >= 0"),
+    Setting("num-clients", int, 10, "N, the number of clients (one per node)",
+            check=_positive, allowed="an integer >= 1"),
+    Setting("num-server-rounds", int, 10, "rounds (sync) or global versions (async)",
+            check=_positive, allowed="an integer >= 1"),
+    Setting("partition", str, "iid", "how training data is split over clients",
+            choices=("iid", "dirichlet", "pathological")),
+    Setting("alpha", float, 0.5, "Dirichlet concentration (partition = dirichlet)",
+            check=_positive, allowed=_POSITIVE),
+    Setting("classes-per-client", int, 2, "classes per client (partition = pathological)",
+            check=_positive, allowed="an integer >= 1"),
+    Setting("fraction", float, 1.0, "C, the fraction of clients sampled per round",
+            check=_fraction, allowed="a number in (0, 1]"),
+    Setting("local-epochs", int, 2, "E, local epochs (used when local-steps = 0)",
+            check=_positive, allowed="an integer >= 1"),
+    Setting("local-steps", int, 0, "K, local SGD steps; 0 means run local-epochs epochs",
+            check=_non_negative, allowed="an integer >= 0"),
+    Setting("batch-size", int, 10, "B, minibatch size; 0 means the whole partition",
+            check=_non_negative, allowed="an integer >= 0"),
+    Setting("lr", float, 0.2, "client learning rate eta", check=_positive, allowed=_POSITIVE),
+    Setting("clock", str, "virtual", "virtual: durations computed; wall: real time",
+            choices=("virtual", "wall")),
+    Setting("delay-dist", str, "exponential", "distribution of per-step compute times",
+            choices=("normal", "exponential", "uniform", "lognormal", "constant")),
+    Setting("delay-mean", float, 1.0, "mean per-step time, seconds (normal, exponential, "
+            "lognormal, constant)", check=_positive, allowed=_POSITIVE),
+    Setting("delay-std", float, 0.5, "std of per-step time, seconds (normal, lognormal)",
+            check=_non_negative, allowed=_NON_NEGATIVE),
+    Setting("delay-low", float, 0.5, "lower bound of per-step time (uniform)",
+            check=_non_negative, allowed=_NON_NEGATIVE),
+    Setting("delay-high", float, 1.5, "upper bound of per-step time (uniform)",
+            check=_positive, allowed=_POSITIVE),
+    Setting("delay-jitter", float, 0.0, "relative std of each step's time around the "
+            "client's own (0 = none)", check=_non_negative, allowed=_NON_NEGATIVE),
+    Setting("delay-profile", str, "", "explicit per-step times '1,2,4,8', cycled over clients; "
+            "overrides delay-dist", check=_delay_profile,
+            allowed="empty, or comma-separated numbers > 0"),
+    Setting("comm-latency", float, 0.0, "one-way message latency, seconds",
+            check=_non_negative, allowed=_NON_NEGATIVE),
+    Setting("comm-bandwidth", float, 0.0, "bytes per second each way; 0 = unlimited",
+            check=_non_negative, allowed=_NON_NEGATIVE),
+    Setting("eval-every", int, 1, "evaluate the newest model every this many versions",
+            check=_positive, allowed="an integer >= 1"),
+    Setting("target-accuracy", float, 0.9, "accuracy whose first reaching time is reported",
+            check=_unit_interval, allowed="a number in [0, 1]"),
+    Setting("output-dir", str, "outputs", "folder that holds one results folder per run"),
+    Setting("run-name", str, "", "results folder name; empty = strategy-task-timestamp",
+            check=_plain_name, allowed="a folder name without '/'"),
+)
+
+SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+DEFAULTS: dict[str, ConfigValue] = {s.key: s.default for s in SETTINGS}
+
+
+def validate_run_config(overrides: Mapping[str, Any]) -> dict[str, ConfigValue]:
+    """Return the full run config (defaults + overrides), checked key by key.
+
+    Raises ConfigError for an unknown key, a wrong type, an out-of-range value or an unknown
+    name, and for combinations that cannot work (e.g. delay-low >= delay-high).
+    """
+    unknown = sorted(set(overrides) - set(SETTINGS_BY_KEY))
+    if unknown:
+        raise ConfigError(
+            f"unknown run-config key(s): {', '.join(unknown)}; "
+            f"known keys: {', '.join(SETTINGS_BY_KEY)}"
+        )
+    config = dict(DEFAULTS)
+    for key, value in overrides.items():
+        config[key] = SETTINGS_BY_KEY[key].parse(value)
+    if config["delay-dist"] == "uniform" and config["delay-low"] >= config["delay-high"]:
+        raise ConfigError(
+            f"run-config 'delay-low' ({config['delay-low']}) must be below 'delay-high' "
+            f"({config['delay-high']}) for delay-dist = uniform"
+        )
+    return config
+
+
+def from_python_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Map `simulate(num_clients=5)` style names to run-config keys (`num-clients`)."""
+    return {key.replace("_", "-"): value for key, value in kwargs.items()}

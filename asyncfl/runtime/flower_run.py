@@ -1,0 +1,153 @@
+"""`flwr run .` on a private local SuperLink that this command starts and stops by PID.
+
+`flwr run .` with Flower's default `:local:` connection leaves a detached SuperLink running
+and, unless told otherwise, reinstalls the app's dependencies into a fresh environment. This
+wrapper instead:
+
+1. validates the run config (a mistake is reported before anything starts);
+2. starts `flower-superlink --simulation --disable-runtime-dependency-installation` on free
+   127.0.0.1 ports, with its own FLWR_HOME holding one connection, `asyncfl-local`;
+3. runs `flwr run <app> asyncfl-local --stream` with num-supernodes = num-clients;
+4. stops the SuperLink's process group by its PID, whatever happened, and removes FLWR_HOME.
+
+Usage: `asyncfl-flwr-run --run-config "strategy='fedavg' num-clients=10"`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import closing
+from pathlib import Path
+
+import httpx
+from flwr.common.config import parse_config_args
+
+from asyncfl.config import ConfigError, validate_run_config
+from asyncfl.results import default_run_name, run_dir
+
+CONNECTION = "asyncfl-local"
+STARTUP_SECONDS = 30.0
+STOP_SECONDS = 15.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def format_run_config(overrides: dict) -> str:
+    """A dict back into flwr's `--run-config` syntax."""
+    def value(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return repr(v)
+
+    return " ".join(f"{k}={value(v)}" for k, v in overrides.items())
+
+
+def start_superlink(home: Path, app_dir: Path, env: dict) -> tuple[subprocess.Popen, int]:
+    """Start a simulation SuperLink in its own process group; return it and its API port."""
+    api_port, control_port, fleet_port = free_port(), free_port(), free_port()
+    command = [
+        "flower-superlink", "--insecure", "--simulation",
+        "--disable-runtime-dependency-installation",
+        "--host", "127.0.0.1", "--port", str(api_port),
+        "--control-api-address", f"127.0.0.1:{control_port}",
+        "--fleet-api-address", f"127.0.0.1:{fleet_port}",
+        "--log-file", str(home / "superlink.log"),
+    ]
+    process = subprocess.Popen(command, env=env, cwd=app_dir, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with code {process.returncode}; "
+                               f"see {home / 'superlink.log'}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=0.5).is_success:
+                return process, api_port
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    stop_process_group(process)
+    raise RuntimeError(f"flower-superlink did not start within {STARTUP_SECONDS:.0f} s")
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM the process group led by `process` (by its PID), then SIGKILL if it lingers."""
+    for sig, wait in ((signal.SIGTERM, STOP_SECONDS), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            # the leader is gone; give its children a moment, then make sure of them too
+            time.sleep(0.5)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--app", default=".", help="the Flower app folder (default: .)")
+    parser.add_argument("--run-config", default="", help="run-config overrides, as for flwr run")
+    parser.add_argument("--cpus-per-client", type=int, default=1,
+                        help="Ray CPUs per ClientApp (1 lets every core run a client)")
+    args = parser.parse_args(argv)
+
+    app_dir = Path(args.app).resolve()
+    overrides = parse_config_args([args.run_config]) if args.run_config else {}
+    try:
+        config = validate_run_config(overrides)
+    except ConfigError as err:
+        print(f"asyncfl-flwr-run: {err}", file=sys.stderr)
+        return 2
+    if not config["run-name"]:
+        overrides["run-name"] = config["run-name"] = default_run_name(config)
+    if not Path(config["output-dir"]).is_absolute():
+        overrides["output-dir"] = config["output-dir"] = str(Path.cwd() / config["output-dir"])
+
+    home = Path(tempfile.mkdtemp(prefix="asyncfl-flwr-"))
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    superlink = None
+    try:
+        superlink, api_port = start_superlink(home, app_dir, env)
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{api_port}"\ninsecure = true\n'
+        )
+        cpus = os.cpu_count() or 1
+        federation = (f"num-supernodes={config['num-clients']} "
+                      f"client-resources-num-cpus={args.cpus_per_client} "
+                      f"client-resources-num-gpus=0 init-args-num-cpus={cpus}")
+        command = ["flwr", "run", str(app_dir), CONNECTION, "--stream",
+                   "--run-config", format_run_config(overrides), "--federation-config", federation]
+        subprocess.run(command, env=env, check=False)
+    finally:
+        if superlink is not None:
+            stop_process_group(superlink)
+        shutil.rmtree(home, ignore_errors=True)
+    out = run_dir(config)
+    if not (out / "summary.json").exists():
+        print(f"asyncfl-flwr-run: the run wrote no results to {out}", file=sys.stderr)
+        return 1
+    print(f"asyncfl-flwr-run: results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

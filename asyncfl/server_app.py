@@ -1,0 +1,144 @@
+"""The ServerApp: run config -> task, strategy, clock -> strategy.start(...) -> results folder."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from asyncfl.config import validate_run_config
+from asyncfl.results import default_run_name, run_dir, write_results
+from asyncfl.strategies import STRATEGIES, AsyncflStrategy
+from asyncfl.strategies.utils import EVENT_COLUMNS, arrays_to_record, record_to_arrays
+from asyncfl.tasks import load_task
+from asyncfl.timing import DelayModel, VirtualClock, WallClock, draw_step_times, profile_step_times
+
+NODE_WAIT_SECONDS = 120.0
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Validate the run config before any node is contacted, then run."""
+    run_server(grid, validate_run_config(context.run_config))
+
+
+def make_delays(config: Mapping[str, Any]) -> DelayModel:
+    """The delay model the run config describes (delay-profile overrides delay-dist)."""
+    n = config["num-clients"]
+    if config["delay-profile"]:
+        steps = profile_step_times([float(x) for x in config["delay-profile"].split(",")], n)
+    else:
+        steps = draw_step_times(
+            config["delay-dist"], n, config["seed"], mean=config["delay-mean"],
+            std=config["delay-std"], low=config["delay-low"], high=config["delay-high"],
+        )
+    return DelayModel(steps, seed=config["seed"], jitter=config["delay-jitter"],
+                      latency=config["comm-latency"], bandwidth=config["comm-bandwidth"])
+
+
+def make_strategy(config: Mapping[str, Any], node_ids: list[int]) -> AsyncflStrategy:
+    """The strategy named in the run config, with the run's clock and delays."""
+    clock = VirtualClock() if config["clock"] == "virtual" else WallClock()
+    common: dict[str, Any] = dict(
+        clock=clock, delays=make_delays(config), seed=config["seed"],
+        eval_every=config["eval-every"], node_ids=node_ids,
+    )
+    name = config["strategy"]
+    if name == "fedsgd":
+        common["lr"] = config["lr"]
+    return STRATEGIES[name](config["fraction"], **common)
+
+
+def train_config(config: Mapping[str, Any]) -> ConfigRecord:
+    """The part of the run config every train instruction carries."""
+    keys = ("lr", "local-epochs", "local-steps", "batch-size")
+    return ConfigRecord({k: config[k] for k in keys})
+
+
+def discover_clients(grid: Grid, num_clients: int, wait: float = NODE_WAIT_SECONDS) -> list[int]:
+    """Node ids in client order (index = the node's partition-id).
+
+    Waits for the nodes to connect (deployment), then asks each for its partition-id with one
+    `query` message; nodes whose ClientApp does not answer fall back to sorted node-id order.
+    """
+    deadline = time.monotonic() + wait
+    while len(nodes := sorted(grid.get_node_ids())) < num_clients:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"num-clients = {num_clients} but only {len(nodes)} nodes connected after "
+                f"{wait:.0f} s (simulation: pass --federation-config num-supernodes={num_clients})"
+            )
+        time.sleep(0.5)
+    queries = [Message(RecordDict(), node, "query") for node in nodes]
+    pending = set(grid.push_messages(queries))
+    by_partition: dict[int, int] = {}
+    while pending and time.monotonic() < deadline:
+        for reply in grid.pull_messages(pending):
+            pending.discard(reply.metadata.reply_to_message_id)
+            if not reply.has_error():
+                pid = int(reply.content["metrics"]["partition-id"])
+                by_partition[pid] = reply.metadata.src_node_id
+        if pending:
+            time.sleep(0.01)
+    if sorted(by_partition)[:num_clients] != list(range(num_clients)):
+        log(WARNING, "nodes did not report partition ids 0..%d; using node-id order",
+            num_clients - 1)
+        return nodes[:num_clients]
+    return [by_partition[i] for i in range(num_clients)]
+
+
+def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
+    """Run the configured strategy on the Grid and write the results folder."""
+    config = dict(config)
+    if not config["run-name"]:
+        config["run-name"] = default_run_name(config)
+    out = run_dir(config)
+    task = load_task(config)
+    node_ids = discover_clients(grid, config["num-clients"])
+    strategy = make_strategy(config, node_ids)
+
+    def evaluate(version: int, arrays: ArrayRecord) -> MetricRecord:
+        return MetricRecord(task.evaluate(record_to_arrays(arrays)))
+
+    log(INFO, "asyncfl: %s on %s, %d clients, results in %s", config["strategy"],
+        config["task"], config["num-clients"], out)
+    started = time.monotonic()
+    result = strategy.start(
+        grid, arrays_to_record(task.initial_arrays(config["seed"])),
+        num_rounds=config["num-server-rounds"], train_config=train_config(config),
+        evaluate_fn=evaluate,
+    )
+    wall = time.monotonic() - started
+    traffic = strategy.loop.traffic
+    updates = len(strategy.run_log.events)
+    summary = {
+        "strategy": config["strategy"],
+        "task": config["task"],
+        "clock": config["clock"],
+        "virtual_time": strategy.clock.now if config["clock"] == "virtual" else None,
+        "wall_time": wall,
+        "updates": updates,
+        "updates_per_wall_second": updates / wall if wall > 0 else None,
+        "messages": traffic.messages,
+        "messages_sent": traffic.messages_sent,
+        "replies_received": traffic.replies_received,
+        "bytes_down": traffic.bytes_down,
+        "bytes_up": traffic.bytes_up,
+        "skipped_replies": sum(strategy.run_log.failures.values()),
+        "skipped_by_reason": dict(strategy.run_log.failures),
+    }
+    write_results(
+        out, config, events=strategy.run_log.events, event_columns=EVENT_COLUMNS,
+        evals=strategy.run_log.evals, final_arrays=record_to_arrays(result.arrays),
+        summary=summary,
+    )
+    log(INFO, "asyncfl: results written to %s", out.resolve())
+    return out

@@ -1,0 +1,256 @@
+"""The synchronous round loop every sync strategy shares, run on asyncfl's event loop."""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from logging import INFO
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from asyncfl.strategies.utils import (
+    EVENT_COLUMNS,
+    MODEL_VERSION,
+    NUM_EXAMPLES,
+    TRAIN_LOSS,
+    RunLog,
+    arrays_to_record,
+    check_reply,
+    record_to_arrays,
+    reply_arrays,
+    reply_metrics,
+    sample_clients,
+    task_seed,
+    train_instruction,
+)
+from asyncfl.timing import Clock, Completion, DelayModel, EventLoop, WallClock, zero_delays
+
+EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+
+class AsyncflStrategy(Strategy):
+    """Common ground of asyncfl's strategies: clients, clock, event loop, run log, evaluation.
+
+    Plug-in use: construct it like Flower's FedAvg and call `start(grid, initial_arrays,
+    num_rounds)`. Without a `clock` the wall clock is used and replies are applied in arrival
+    order; pass `VirtualClock()` and a `DelayModel` to simulate heterogeneous speeds.
+    `node_ids` lists the nodes in client order (default: the Grid's nodes, sorted).
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        delays: DelayModel | None = None,
+        seed: int = 0,
+        eval_every: int = 1,
+        node_ids: Sequence[int] | None = None,
+        poll_interval: float = 0.01,
+    ) -> None:
+        self.clock = clock if clock is not None else WallClock()
+        self.delays = delays
+        self.seed = seed
+        self.eval_every = eval_every
+        self.node_ids = list(node_ids) if node_ids is not None else None
+        self.poll_interval = poll_interval
+        self.run_log = RunLog()
+        self.loop: EventLoop | None = None
+        self._wall_start = time.monotonic()
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.node_ids or [])
+
+    def _prepare(self, grid: Grid, timeout: float | None) -> None:
+        if self.node_ids is None:
+            self.node_ids = sorted(grid.get_node_ids())
+        if not self.node_ids:
+            raise RuntimeError("the Grid has no nodes to train on")
+        if self.delays is None:
+            self.delays = zero_delays(self.num_clients)
+        if len(self.delays.step_times) < self.num_clients:
+            raise ValueError(
+                f"the delay model covers {len(self.delays.step_times)} clients, "
+                f"but there are {self.num_clients} nodes"
+            )
+        self._client_of_node = {node: i for i, node in enumerate(self.node_ids)}
+        self.loop = EventLoop(grid, self.clock, self.delays, self.poll_interval, timeout)
+        self._wall_start = time.monotonic()
+
+    def wall_time(self) -> float:
+        """Seconds since `start` began."""
+        return time.monotonic() - self._wall_start
+
+    def client_config(self, base: ConfigRecord, version: int, client: int) -> ConfigRecord:
+        """The per-task config: the run's train config, the model version, a shuffling seed,
+        and in wall-clock mode the delay the ClientApp must really sleep."""
+        config = ConfigRecord(dict(base))
+        config[MODEL_VERSION] = version
+        config["task-seed"] = task_seed(self.seed, version, client)
+        if self.clock.kind == "wall":
+            assert self.delays is not None
+            config["step-delay"] = float(self.delays.step_times[client])
+            config["comm-delay"] = float(self.delays.comm_time(0))
+        return config
+
+    def evaluate(self, evaluate_fn: EvaluateFn | None, version: int, arrays: ArrayRecord,
+                 result: Result) -> None:
+        """Evaluate the newest model, log one line, and keep the row for evals.csv."""
+        if evaluate_fn is None:
+            return
+        metrics = evaluate_fn(version, arrays)
+        if metrics is None:
+            return
+        result.evaluate_metrics_serverapp[version] = metrics
+        row = {"version": version, "virtual_time": self.clock.now, "wall_time": self.wall_time()}
+        row.update(metrics)
+        self.run_log.evals.append(row)
+        shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        log(INFO, "version %d | time %.2f s | %s", version, self.clock.now, shown)
+
+    def record_update(self, completion: Completion, version_apply: int) -> None:
+        """One events.csv row for an update that was applied."""
+        metrics = reply_metrics(completion.reply)
+        version_dispatch = int(completion.tag)
+        row = dict.fromkeys(EVENT_COLUMNS)
+        row.update(
+            version_apply=version_apply,
+            version_dispatch=version_dispatch,
+            staleness=version_apply - 1 - version_dispatch,
+            client=completion.client,
+            virtual_time=completion.finish,
+            wall_time=self.wall_time(),
+            dispatch_time=completion.dispatch.sent_at,
+            steps=completion.steps,
+            num_examples=metrics.get(NUM_EXAMPLES),
+            train_loss=metrics.get(TRAIN_LOSS, math.nan),
+            bytes_down=completion.dispatch.bytes_down,
+            bytes_up=completion.bytes_up,
+        )
+        self.run_log.events.append(row)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """asyncfl evaluates the newest model on the server; no federated evaluation."""
+        return []
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """No federated evaluation (see configure_evaluate)."""
+        return None
+
+
+class SyncStrategy(AsyncflStrategy):
+    """Round-synchronous training: sample round(C*N) clients, send the global model, wait for
+    every reply, apply them in the clock's order. In virtual time a round lasts as long as its
+    slowest sampled client."""
+
+    #: what the ClientApp returns: "weights", "delta" or "gradient"
+    reply_kind = "weights"
+    #: train settings the algorithm itself fixes (FedSGD: one step over the whole partition)
+    fixed_train_config: dict = {}
+
+    def __init__(self, fraction_train: float = 1.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if not 0 < fraction_train <= 1:
+            raise ValueError(f"fraction_train must be in (0, 1], got {fraction_train}")
+        self.fraction_train = fraction_train
+        self._rng = np.random.default_rng([self.seed, 3])
+        self._global: dict[str, np.ndarray] = {}
+
+    @abstractmethod
+    def combine(
+        self,
+        global_arrays: dict[str, np.ndarray],
+        client_arrays: list[dict[str, np.ndarray]],
+        weights: list[float],
+    ) -> dict[str, np.ndarray]:
+        """The server rule: the new global model from the applied replies (pure)."""
+
+    def summary(self) -> None:
+        log(INFO, "\t%s: fraction_train=%s, clock=%s, clients=%d", type(self).__name__,
+            self.fraction_train, self.clock.kind, self.num_clients)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample clients and build one train instruction for each."""
+        base = ConfigRecord({**dict(config), **self.fixed_train_config, "return": self.reply_kind})
+        chosen = sample_clients(self._rng, self.num_clients, self.fraction_train)
+        assert self.node_ids is not None
+        return [
+            train_instruction(arrays, self.client_config(base, server_round - 1, client),
+                              self.node_ids[client], str(server_round))
+            for client in chosen
+        ]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Apply `combine` to usable replies; weights are the clients' num-examples."""
+        replies = list(replies)
+        if not replies:
+            return None, None
+        weights = [float(reply_metrics(r)[NUM_EXAMPLES]) for r in replies]
+        models = [record_to_arrays(reply_arrays(r)) for r in replies]
+        self._global = self.combine(self._global, models, weights)
+        losses = [reply_metrics(r).get(TRAIN_LOSS, math.nan) for r in replies]
+        mean_loss = float(np.dot(weights, losses) / sum(weights))
+        return arrays_to_record(self._global), MetricRecord(
+            {TRAIN_LOSS: mean_loss, NUM_EXAMPLES: int(sum(weights))}
+        )
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: EvaluateFn | None = None,
+    ) -> Result:
+        """Run `num_rounds` rounds; same signature and result as Flower's strategies."""
+        self._prepare(grid, timeout)
+        assert self.loop is not None
+        log(INFO, "Starting %s for %d rounds", type(self).__name__, num_rounds)
+        self.summary()
+        train_config = train_config if train_config is not None else ConfigRecord()
+        steps = int(train_config.get("local-steps", 0)) or None
+        steps = self.fixed_train_config.get("local-steps", steps)
+        result = Result(arrays=initial_arrays)
+        arrays = initial_arrays
+        self._global = record_to_arrays(arrays)
+        self.evaluate(evaluate_fn, 0, arrays, result)
+        for server_round in range(1, num_rounds + 1):
+            messages = self.configure_train(server_round, arrays, train_config, grid)
+            self.loop.send(
+                (m, self._client_of_node[m.metadata.dst_node_id], steps, server_round - 1)
+                for m in messages
+            )
+            usable = []
+            for completion in self.loop.drain():
+                reason = completion.failure_reason or check_reply(completion.reply, self._global)
+                if reason:
+                    self.run_log.skip(completion.client, server_round, reason)
+                else:
+                    usable.append(completion)
+            new_arrays, train_metrics = self.aggregate_train(
+                server_round, [c.reply for c in usable]
+            )
+            if new_arrays is not None:
+                arrays = result.arrays = new_arrays
+                result.train_metrics_clientapp[server_round] = train_metrics
+            for completion in usable:
+                self.record_update(completion, server_round)
+            if server_round % self.eval_every == 0 or server_round == num_rounds:
+                self.evaluate(evaluate_fn, server_round, arrays, result)
+        return result

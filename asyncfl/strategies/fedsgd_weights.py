@@ -1,0 +1,21 @@
+"""FedSGD with weights: clients take the one full-partition step, the server averages."""
+
+from __future__ import annotations
+
+from asyncfl.strategies.fedavg import FedAvg
+
+
+class FedSGDWeights(FedAvg):
+    r"""FedSGD expressed as FedAvg with a single full-batch step.
+
+    Each sampled client takes one SGD step over its whole partition, w_i = w_t - eta g_i, and
+    returns w_i; the server averages by example counts:
+
+    .. math::
+        w_{t+1} = \sum_i \frac{n_i}{n} (w_t - \eta g_i) = w_t - \eta \sum_i \frac{n_i}{n} g_i
+
+    which equals :class:`FedSGD` up to float rounding (plain SGD, no momentum or weight decay,
+    the same sampled clients).
+    """
+
+    fixed_train_config = {"local-steps": 1, "batch-size": 0}

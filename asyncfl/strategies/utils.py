@@ -1,0 +1,142 @@
+"""Rules and helpers shared by every strategy: sampling, averaging, reply checks, run log.
+
+The rules are pure functions of numpy arrays so they can be tested on their own; the Flower
+messaging around them lives in the strategy modules.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from logging import WARNING
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+MODEL_VERSION = "model-version"
+
+EVENT_COLUMNS = (
+    "version_apply", "version_dispatch", "staleness", "client", "virtual_time", "wall_time",
+    "dispatch_time", "steps", "num_examples", "train_loss", "bytes_down", "bytes_up",
+)
+
+
+def sample_size(fraction: float, num_clients: int) -> int:
+    """Clients sampled per round for fraction C of N: round(C * N), at least one."""
+    return max(1, min(num_clients, math.floor(fraction * num_clients + 0.5)))
+
+
+def sample_clients(rng: np.random.Generator, num_clients: int, fraction: float) -> list[int]:
+    """A seeded sample of client indices without replacement, in ascending order."""
+    chosen = rng.choice(num_clients, size=sample_size(fraction, num_clients), replace=False)
+    return sorted(int(c) for c in chosen)
+
+
+def task_seed(seed: int, version: int, client: int) -> int:
+    """Seed for a client's local shuffling, fixed by (run seed, model version, client)."""
+    return int(np.random.SeedSequence([seed, version, client]).generate_state(1)[0])
+
+
+def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """The arrays of an ArrayRecord by key, as numpy."""
+    return {key: array.numpy() for key, array in record.items()}
+
+
+def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """An ArrayRecord that keeps the keys (and so works with torch state_dicts)."""
+    return ArrayRecord(array_dict={key: Array(value) for key, value in arrays.items()})
+
+
+def weighted_average(
+    models: Sequence[dict[str, np.ndarray]], weights: Sequence[float]
+) -> dict[str, np.ndarray]:
+    """sum_i w_i * x_i / sum_i w_i per array, accumulated in float64, cast back to each dtype."""
+    total = float(sum(weights))
+    if not models or total <= 0:
+        raise ValueError("weighted_average needs at least one model and a positive total weight")
+    out = {}
+    for key, first in models[0].items():
+        acc = np.zeros(first.shape, dtype=np.float64)
+        for model, weight in zip(models, weights):
+            acc += (weight / total) * model[key]
+        out[key] = acc.astype(first.dtype)
+    return out
+
+
+def gradient_step(
+    arrays: dict[str, np.ndarray], gradient: dict[str, np.ndarray], lr: float
+) -> dict[str, np.ndarray]:
+    """w - lr * g per array (float arrays only move; integer buffers are kept)."""
+    out = {}
+    for key, value in arrays.items():
+        if np.issubdtype(value.dtype, np.floating):
+            out[key] = (value - np.asarray(lr, dtype=value.dtype) * gradient[key]).astype(
+                value.dtype
+            )
+        else:
+            out[key] = value
+    return out
+
+
+def reply_arrays(reply: Message) -> ArrayRecord:
+    """The single ArrayRecord of a train reply (Flower's FedAvg contract)."""
+    records = list(reply.content.array_records.values())
+    if len(records) != 1:
+        raise ValueError(f"expected one ArrayRecord in the reply, found {len(records)}")
+    return records[0]
+
+
+def reply_metrics(reply: Message) -> MetricRecord:
+    """The single MetricRecord of a train reply (Flower's FedAvg contract)."""
+    records = list(reply.content.metric_records.values())
+    if len(records) != 1:
+        raise ValueError(f"expected one MetricRecord in the reply, found {len(records)}")
+    return records[0]
+
+
+def check_reply(reply: Message, reference: dict[str, np.ndarray]) -> str:
+    """Why a train reply must not touch the global model, or '' if it is usable."""
+    try:
+        metrics = reply_metrics(reply)
+        arrays = record_to_arrays(reply_arrays(reply))
+    except (ValueError, TypeError) as err:
+        return f"malformed reply: {err}"
+    examples = metrics.get(NUM_EXAMPLES)
+    if not isinstance(examples, (int, float)) or not examples > 0 or not math.isfinite(examples):
+        return f"bad {NUM_EXAMPLES}: {examples!r}"
+    if list(arrays) != list(reference):
+        return f"array keys {list(arrays)[:4]}... do not match the model's"
+    for key, value in arrays.items():
+        if value.shape != reference[key].shape:
+            return f"array {key!r} has shape {value.shape}, expected {reference[key].shape}"
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            return f"array {key!r} holds NaN or Inf"
+    return ""
+
+
+def train_instruction(
+    arrays: ArrayRecord, config: ConfigRecord, node_id: int, group_id: str
+) -> Message:
+    """A `train` message carrying the model and its config."""
+    content = RecordDict({"arrays": arrays, "config": config})
+    return Message(content=content, dst_node_id=node_id, message_type="train", group_id=group_id)
+
+
+@dataclass
+class RunLog:
+    """What a strategy did: one row per applied update, per evaluation, and every skip."""
+
+    events: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    failures: Counter = field(default_factory=Counter)
+
+    def skip(self, client: int, version: int, reason: str) -> None:
+        """Count and log a reply that was not applied."""
+        kind = reason.split(":")[0]
+        self.failures[kind] += 1
+        log(WARNING, "skipped reply of client %d at version %d: %s", client, version, reason)

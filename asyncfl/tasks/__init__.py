@@ -1,0 +1,35 @@
+"""Tasks: model + data + local training and evaluation (no strategy imports)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+from asyncfl.tasks.base import Task, TrainOutcome, TrainSettings
+
+TASK_NAMES = ("digits", "mean")
+
+
+@lru_cache(maxsize=4)
+def _build(name: str, num_clients: int, partition: str, alpha: float,
+           classes_per_client: int, seed: int) -> Task:
+    if name == "digits":
+        from asyncfl.tasks.digits import digits_task
+
+        return digits_task(num_clients, partition, alpha=alpha,
+                           classes_per_client=classes_per_client, seed=seed)
+    if name == "mean":
+        from asyncfl.tasks.mean import MeanTask
+
+        return MeanTask(num_clients, seed)
+    raise ValueError(f"unknown task {name!r}; choose one of {TASK_NAMES}")
+
+
+def load_task(config: Mapping[str, Any]) -> Task:
+    """The task a validated run config describes (built once per process and reused)."""
+    return _build(config["task"], config["num-clients"], config["partition"],
+                  float(config["alpha"]), config["classes-per-client"], config["seed"])
+
+
+__all__ = ["TASK_NAMES", "Task", "TrainOutcome", "TrainSettings", "load_task"]

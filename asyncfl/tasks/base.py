@@ -1,0 +1,61 @@
+"""What a task is: a model, partitioned data, local training and evaluation."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+RETURN_KINDS = ("weights", "delta", "gradient")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How a client trains one task (sent by the server in the train config)."""
+
+    lr: float
+    local_epochs: int = 1
+    local_steps: int = 0  # 0: run local_epochs epochs instead
+    batch_size: int = 0  # 0: the whole partition in one batch
+    returns: str = "weights"  # weights | delta | gradient (sum of the step gradients)
+    seed: int = 0  # minibatch shuffling
+
+    def __post_init__(self) -> None:
+        if self.returns not in RETURN_KINDS:
+            raise ValueError(f"'return' must be one of {RETURN_KINDS}, got {self.returns!r}")
+
+
+@dataclass
+class TrainOutcome:
+    """What local training produced."""
+
+    arrays: dict[str, np.ndarray]
+    num_examples: int
+    train_loss: float
+    steps: int
+
+
+class Task(ABC):
+    """A model with partitioned training data and a held-out test set."""
+
+    name: str
+    num_partitions: int
+
+    @abstractmethod
+    def initial_arrays(self, seed: int) -> dict[str, np.ndarray]:
+        """The initial global model, reproducible from the seed."""
+
+    @abstractmethod
+    def partition_size(self, partition_id: int) -> int:
+        """Training examples held by one client."""
+
+    @abstractmethod
+    def train(
+        self, arrays: dict[str, np.ndarray], partition_id: int, settings: TrainSettings
+    ) -> TrainOutcome:
+        """Local training of one client from the given model."""
+
+    @abstractmethod
+    def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
+        """Metrics of a model on the test set; `loss` always, `accuracy` where it applies."""

@@ -1,0 +1,117 @@
+"""Image classification with a torch model: local minibatch SGD and test-set evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from asyncfl.tasks.base import Task, TrainOutcome, TrainSettings
+
+
+def state_to_arrays(model: nn.Module) -> dict[str, np.ndarray]:
+    """The model's state_dict as numpy arrays (copies)."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def load_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
+    """Load numpy arrays into the model, keys and shapes checked by torch."""
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+
+
+def minibatches(n: int, settings: TrainSettings, generator: torch.Generator):
+    """Index batches for local training: `local_steps` batches, or `local_epochs` epochs."""
+    batch = settings.batch_size or n
+    done = 0
+    for _ in range(settings.local_epochs if settings.local_steps == 0 else 1 << 62):
+        order = torch.randperm(n, generator=generator) if batch < n else torch.arange(n)
+        for start in range(0, n, batch):
+            yield order[start:start + batch]
+            done += 1
+            if done == settings.local_steps:
+                return
+
+
+class ClassificationTask(Task):
+    """A torch classifier over in-memory tensors, split by client index lists.
+
+    Clients train single-threaded: results are then bit-identical whichever runtime or
+    process runs them, and parallelism comes from running clients side by side.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model_factory: Callable[[], nn.Module],
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        x_test: torch.Tensor,
+        y_test: torch.Tensor,
+        partitions: list[np.ndarray],
+    ) -> None:
+        self.name = name
+        self.model_factory = model_factory
+        self.x_train, self.y_train = x_train, y_train
+        self.x_test, self.y_test = x_test, y_test
+        self.partitions = [torch.as_tensor(p, dtype=torch.long) for p in partitions]
+        self.num_partitions = len(partitions)
+        self._model: nn.Module | None = None
+
+    def model(self) -> nn.Module:
+        """One model instance reused across calls (weights are always loaded first)."""
+        if self._model is None:
+            self._model = self.model_factory()
+        return self._model
+
+    def initial_arrays(self, seed: int) -> dict[str, np.ndarray]:
+        torch.manual_seed(seed)
+        return state_to_arrays(self.model_factory())
+
+    def partition_size(self, partition_id: int) -> int:
+        return len(self.partitions[partition_id])
+
+    def train(
+        self, arrays: dict[str, np.ndarray], partition_id: int, settings: TrainSettings
+    ) -> TrainOutcome:
+        torch.set_num_threads(1)
+        model = self.model()
+        load_arrays(model, arrays)
+        model.train()
+        index = self.partitions[partition_id]
+        x, y = self.x_train[index], self.y_train[index]
+        params = dict(model.named_parameters())
+        grad_sum = {k: torch.zeros_like(p) for k, p in params.items()}
+        optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr)
+        loss_fn = nn.CrossEntropyLoss()
+        generator = torch.Generator().manual_seed(settings.seed)
+        losses = []
+        for batch in minibatches(len(index), settings, generator):
+            optimizer.zero_grad()
+            loss = loss_fn(model(x[batch]), y[batch])
+            loss.backward()
+            if settings.returns == "gradient":
+                for k, p in params.items():
+                    grad_sum[k] += p.grad
+            optimizer.step()
+            losses.append(loss.item())
+        final = state_to_arrays(model)
+        if settings.returns == "delta":
+            final = {k: final[k] - arrays[k] for k in final}
+        elif settings.returns == "gradient":
+            final = {
+                k: grad_sum[k].numpy() if k in grad_sum else np.zeros_like(v)
+                for k, v in final.items()
+            }
+        return TrainOutcome(final, len(index), float(np.mean(losses)), len(losses))
+
+    @torch.no_grad()
+    def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
+        model = self.model()
+        load_arrays(model, arrays)
+        model.eval()
+        logits = model(self.x_test)
+        loss = nn.functional.cross_entropy(logits, self.y_test).item()
+        accuracy = (logits.argmax(1) == self.y_test).float().mean().item()
+        return {"loss": float(loss), "accuracy": float(accuracy)}

@@ -1,0 +1,60 @@
+"""Split a labelled training set over clients with flwr-datasets' partitioners."""
+
+from __future__ import annotations
+
+import numpy as np
+from datasets import Dataset
+from flwr_datasets.partitioner import (
+    DirichletPartitioner,
+    IidPartitioner,
+    Partitioner,
+    PathologicalPartitioner,
+)
+
+SCHEMES = ("iid", "dirichlet", "pathological")
+
+
+def make_partitioner(
+    scheme: str, num_partitions: int, *, alpha: float, classes_per_client: int, seed: int,
+    num_examples: int,
+) -> Partitioner:
+    """The flwr-datasets partitioner for a run-config `partition` scheme."""
+    if scheme == "iid":
+        return IidPartitioner(num_partitions)
+    if scheme == "dirichlet":
+        return DirichletPartitioner(
+            num_partitions, partition_by="label", alpha=alpha, seed=seed,
+            min_partition_size=min(10, max(1, num_examples // (2 * num_partitions))),
+        )
+    if scheme == "pathological":
+        return PathologicalPartitioner(
+            num_partitions, partition_by="label", num_classes_per_partition=classes_per_client,
+            class_assignment_mode="deterministic", seed=seed,
+        )
+    raise ValueError(f"unknown partition scheme {scheme!r}; choose one of {SCHEMES}")
+
+
+def partition_indices(
+    labels: np.ndarray, num_partitions: int, scheme: str, *, alpha: float = 0.5,
+    classes_per_client: int = 2, seed: int = 0,
+) -> list[np.ndarray]:
+    """Indices into `labels` held by each client; every client gets at least one example."""
+    if num_partitions > len(labels):
+        raise ValueError(
+            f"num-clients = {num_partitions} exceeds the {len(labels)} training examples"
+        )
+    partitioner = make_partitioner(
+        scheme, num_partitions, alpha=alpha, classes_per_client=classes_per_client, seed=seed,
+        num_examples=len(labels),
+    )
+    partitioner.dataset = Dataset.from_dict(
+        {"index": np.arange(len(labels)), "label": labels.astype(np.int64)}
+    )
+    parts = [np.asarray(partitioner.load_partition(i)["index"]) for i in range(num_partitions)]
+    empty = [i for i, part in enumerate(parts) if len(part) == 0]
+    if empty:
+        raise ValueError(
+            f"partition = {scheme} leaves {len(empty)} of {num_partitions} clients without data "
+            f"(e.g. client {empty[0]}); use fewer clients or another partition"
+        )
+    return parts

@@ -1,0 +1,19 @@
+"""Clocks, delay models and the event loop over a Flower Grid (no task or strategy imports)."""
+
+from asyncfl.timing.clocks import Clock, VirtualClock, WallClock
+from asyncfl.timing.delays import DelayModel, draw_step_times, profile_step_times, zero_delays
+from asyncfl.timing.event_loop import Completion, EventLoop, TrafficCounters, array_bytes
+
+__all__ = [
+    "Clock",
+    "Completion",
+    "DelayModel",
+    "EventLoop",
+    "TrafficCounters",
+    "VirtualClock",
+    "WallClock",
+    "array_bytes",
+    "draw_step_times",
+    "profile_step_times",
+    "zero_delays",
+]

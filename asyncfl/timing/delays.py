@@ -1,0 +1,99 @@
+"""Seeded delay models: how long a client's task takes.
+
+Each client i gets a per-step compute time c_i, drawn once from a distribution. A task of k
+local steps then takes
+
+    T = sum_{s=1..k} c_i * j_s  +  2 * latency  +  (bytes_down + bytes_up) / bandwidth
+
+where j_s are per-step jitter factors (log-normal with mean 1 and relative std `jitter`; all 1
+when jitter is 0). Draws depend only on (seed, client, task number), never on the order in which
+replies happen to arrive, so every runtime sees the same durations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+DISTRIBUTIONS = ("normal", "exponential", "uniform", "lognormal", "constant")
+
+# Normal draws are clipped below at this fraction of the mean, so no client is infinitely fast.
+NORMAL_FLOOR = 0.05
+
+_SPEED_STREAM = 1
+_JITTER_STREAM = 2
+
+
+def draw_step_times(
+    dist: str,
+    n: int,
+    seed: int,
+    *,
+    mean: float = 1.0,
+    std: float = 0.0,
+    low: float = 0.0,
+    high: float = 1.0,
+) -> np.ndarray:
+    """Draw n per-step compute times (seconds) from `dist`, reproducibly from `seed`.
+
+    `mean` and `std` are the moments of the drawn times themselves for every distribution
+    (for lognormal they are converted to the underlying normal's mu and sigma).
+    """
+    rng = np.random.default_rng([seed, _SPEED_STREAM])
+    if dist == "constant":
+        return np.full(n, float(mean))
+    if dist == "normal":
+        return np.maximum(rng.normal(mean, std, n), NORMAL_FLOOR * mean)
+    if dist == "exponential":
+        return rng.exponential(mean, n)
+    if dist == "uniform":
+        return rng.uniform(low, high, n)
+    if dist == "lognormal":
+        sigma2 = np.log1p((std / mean) ** 2)
+        return rng.lognormal(np.log(mean) - sigma2 / 2, np.sqrt(sigma2), n)
+    raise ValueError(f"unknown delay distribution {dist!r}; choose one of {DISTRIBUTIONS}")
+
+
+def profile_step_times(profile: Sequence[float], n: int) -> np.ndarray:
+    """Per-step times given explicitly, assigned to clients in order and cycled."""
+    return np.resize(np.asarray(profile, dtype=float), n)
+
+
+@dataclass
+class DelayModel:
+    """Per-client step times plus jitter and communication costs; see the module docstring."""
+
+    step_times: np.ndarray
+    seed: int = 0
+    jitter: float = 0.0
+    latency: float = 0.0
+    bandwidth: float = 0.0  # bytes per second; 0 means unlimited
+
+    def compute_time(self, client: int, steps: int, task_number: int) -> float:
+        """Seconds of compute for `steps` local steps of this client's `task_number`-th task."""
+        base = float(self.step_times[client])
+        if self.jitter == 0.0 or steps == 0:
+            return base * steps
+        return base * float(self.jitter_factors(client, task_number, steps).sum())
+
+    def jitter_factors(self, client: int, task_number: int, steps: int) -> np.ndarray:
+        """Log-normal factors with mean 1 and relative std `jitter`, one per step."""
+        rng = np.random.default_rng([self.seed, _JITTER_STREAM, client, task_number])
+        sigma2 = np.log1p(self.jitter**2)
+        return rng.lognormal(-sigma2 / 2, np.sqrt(sigma2), steps)
+
+    def comm_time(self, bytes_moved: int) -> float:
+        """Seconds spent sending a model down and a reply up."""
+        transfer = bytes_moved / self.bandwidth if self.bandwidth > 0 else 0.0
+        return 2 * self.latency + transfer
+
+    def task_time(self, client: int, steps: int, task_number: int, bytes_moved: int) -> float:
+        """Total duration of one task: compute plus communication."""
+        return self.compute_time(client, steps, task_number) + self.comm_time(bytes_moved)
+
+
+def zero_delays(n: int) -> DelayModel:
+    """A model in which every task is instantaneous (e.g. plug-in use without a delay model)."""
+    return DelayModel(step_times=np.zeros(n))

@@ -1,0 +1,285 @@
+"""The event loop over a Flower Grid: dispatch tasks, apply replies in the clock's order.
+
+Messages go out with `grid.push_messages` and come back through non-blocking
+`grid.pull_messages`, so many tasks compute at once while the server decides the order in which
+their replies take effect:
+
+- virtual clock: a reply is applied at its virtual finish time (dispatch time + the delay
+  model's task duration), in order of (finish, client); a reply is only released once no task
+  still in flight could finish earlier. The result does not depend on arrival order.
+- wall clock: replies are applied in the order they arrive, stamped with the wall clock.
+
+Callers keep at most one task in flight per node (Flower's simulation loses `context.state`
+otherwise); the loop checks it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ArrayRecord, Message
+from flwr.serverapp import Grid
+
+from asyncfl.timing.clocks import Clock, VirtualClock
+from asyncfl.timing.delays import DelayModel
+
+STEPS_METRIC = "local-steps"
+
+
+def array_bytes(arrays: ArrayRecord | None) -> int:
+    """Serialized size of an ArrayRecord's arrays (what travels over the network)."""
+    if arrays is None:
+        return 0
+    return sum(len(array.data) for array in arrays.values())
+
+
+def message_bytes(message: Message) -> int:
+    """Serialized array bytes carried by a message (0 for an error reply)."""
+    if message.has_error():
+        return 0
+    return sum(array_bytes(record) for record in message.content.array_records.values())
+
+
+@dataclass
+class Dispatch:
+    """One task in flight: who runs it, when it was sent, and what the strategy attached."""
+
+    message_id: str
+    node_id: int
+    client: int
+    task_number: int
+    sent_at: float
+    steps: int | None
+    bytes_down: int
+    reply_bytes: int
+    tag: Any = None
+    finish: float | None = None
+    reply: Message | None = None
+    arrived_wall: float = 0.0
+
+
+@dataclass
+class Completion:
+    """A finished task: the reply (None if the node never answered) and its timing."""
+
+    dispatch: Dispatch
+    reply: Message | None
+    finish: float
+    steps: int
+    bytes_up: int
+
+    @property
+    def ok(self) -> bool:
+        return self.reply is not None and not self.reply.has_error()
+
+    @property
+    def client(self) -> int:
+        return self.dispatch.client
+
+    @property
+    def tag(self) -> Any:
+        return self.dispatch.tag
+
+    @property
+    def failure_reason(self) -> str:
+        if self.reply is None:
+            return "no reply before timeout"
+        if self.reply.has_error():
+            return f"error reply: {self.reply.error.reason}"
+        return ""
+
+
+@dataclass
+class TrafficCounters:
+    """Messages and serialized array bytes each way."""
+
+    messages_sent: int = 0
+    replies_received: int = 0
+    bytes_down: int = 0
+    bytes_up: int = 0
+
+    @property
+    def messages(self) -> int:
+        return self.messages_sent + self.replies_received
+
+
+@dataclass
+class EventLoop:
+    """Dispatch tasks on a Grid and hand back completions in the clock's order."""
+
+    grid: Grid
+    clock: Clock
+    delays: DelayModel
+    poll_interval: float = 0.01
+    timeout: float | None = None
+    traffic: TrafficCounters = field(default_factory=TrafficCounters)
+
+    def __post_init__(self) -> None:
+        self._in_flight: dict[str, Dispatch] = {}
+        self._busy_nodes: set[int] = set()
+        self._known: list[tuple[float, int, int, str]] = []  # heap of (finish, client, seq, id)
+        self._unknown: set[str] = set()  # in flight, finish depends on the reply
+        self._arrived: dict[str, Dispatch] = {}
+        self._task_numbers: dict[int, int] = {}
+        self._seq = itertools.count()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    @property
+    def virtual(self) -> bool:
+        return isinstance(self.clock, VirtualClock)
+
+    def send(
+        self,
+        items: Iterable[tuple[Message, int, int | None, Any]],
+        reply_bytes: int | None = None,
+    ) -> list[Dispatch]:
+        """Push (message, client, steps or None, tag) items in one batch.
+
+        `steps` known at dispatch fixes the virtual finish time now; None lets the reply's
+        `local-steps` metric decide it. `reply_bytes` is the upload size the delay model
+        charges (default: the size of the model sent).
+        """
+        items = list(items)
+        for message, _, _, _ in items:
+            if message.metadata.dst_node_id in self._busy_nodes:
+                raise RuntimeError(
+                    f"node {message.metadata.dst_node_id} already has a task in flight"
+                )
+        ids = list(self.grid.push_messages([item[0] for item in items]))
+        if len(ids) != len(items):
+            raise RuntimeError(f"the Grid accepted {len(ids)} of {len(items)} messages")
+        now = self.clock.now
+        sent = []
+        for message_id, (message, client, steps, tag) in zip(ids, items):
+            down = message_bytes(message)
+            number = self._task_numbers.get(client, 0)
+            self._task_numbers[client] = number + 1
+            dispatch = Dispatch(
+                message_id=message_id,
+                node_id=message.metadata.dst_node_id,
+                client=client,
+                task_number=number,
+                sent_at=now,
+                steps=steps,
+                bytes_down=down,
+                reply_bytes=down if reply_bytes is None else reply_bytes,
+                tag=tag,
+            )
+            self._in_flight[message_id] = dispatch
+            self._busy_nodes.add(dispatch.node_id)
+            if steps is not None and self.virtual:
+                dispatch.finish = now + self._duration(dispatch, steps)
+                heapq.heappush(self._known, (dispatch.finish, client, next(self._seq), message_id))
+            else:
+                self._unknown.add(message_id)
+            self.traffic.messages_sent += 1
+            self.traffic.bytes_down += down
+            sent.append(dispatch)
+        return sent
+
+    def next_completion(self) -> Completion:
+        """Block until the next reply in the clock's order is available, and return it."""
+        if not self._in_flight:
+            raise RuntimeError("no task in flight")
+        waited_since = time.monotonic()
+        while True:
+            if self._pull():
+                waited_since = time.monotonic()
+            ready = self._ready_virtual() if self.virtual else self._ready_wall()
+            if ready is not None:
+                return self._complete(ready)
+            if self.timeout is not None and time.monotonic() - waited_since > self.timeout:
+                return self._give_up_oldest()
+            time.sleep(self.poll_interval)
+
+    def drain(self) -> list[Completion]:
+        """Completions of every task in flight, in the clock's order (one synchronous round)."""
+        return [self.next_completion() for _ in range(self.in_flight)]
+
+    def _duration(self, dispatch: Dispatch, steps: int) -> float:
+        moved = dispatch.bytes_down + dispatch.reply_bytes
+        return self.delays.task_time(dispatch.client, steps, dispatch.task_number, moved)
+
+    def _pull(self) -> bool:
+        waiting = [mid for mid in self._in_flight if mid not in self._arrived]
+        if not waiting:
+            return False
+        replies = list(self.grid.pull_messages(waiting))
+        stamp = time.monotonic()
+        for reply in replies:
+            dispatch = self._in_flight.get(reply.metadata.reply_to_message_id)
+            if dispatch is None or dispatch.message_id in self._arrived:
+                continue  # not ours, or a duplicate: never applied twice
+            dispatch.reply = reply
+            dispatch.arrived_wall = stamp
+            self._arrived[dispatch.message_id] = dispatch
+            self.traffic.replies_received += 1
+            self.traffic.bytes_up += message_bytes(reply)
+            if dispatch.message_id in self._unknown and self.virtual:
+                self._unknown.discard(dispatch.message_id)
+                dispatch.finish = dispatch.sent_at + self._duration(
+                    dispatch, reply_steps(reply, dispatch.steps)
+                )
+                heapq.heappush(
+                    self._known,
+                    (dispatch.finish, dispatch.client, next(self._seq), dispatch.message_id),
+                )
+        return bool(replies)
+
+    def _ready_virtual(self) -> Dispatch | None:
+        if self._unknown or not self._known:
+            return None
+        message_id = self._known[0][3]
+        if message_id not in self._arrived:
+            return None
+        heapq.heappop(self._known)
+        return self._in_flight[message_id]
+
+    def _ready_wall(self) -> Dispatch | None:
+        if not self._arrived:
+            return None
+        dispatch = min(self._arrived.values(), key=lambda d: (d.arrived_wall, d.client))
+        dispatch.finish = self.clock.now
+        return dispatch
+
+    def _complete(self, dispatch: Dispatch) -> Completion:
+        self._in_flight.pop(dispatch.message_id)
+        self._arrived.pop(dispatch.message_id, None)
+        self._unknown.discard(dispatch.message_id)
+        self._busy_nodes.discard(dispatch.node_id)
+        reply = dispatch.reply
+        assert dispatch.finish is not None
+        self.clock.advance_to(dispatch.finish)
+        return Completion(
+            dispatch=dispatch,
+            reply=reply,
+            finish=dispatch.finish,
+            steps=reply_steps(reply, dispatch.steps) if reply is not None else 0,
+            bytes_up=message_bytes(reply) if reply is not None else 0,
+        )
+
+    def _give_up_oldest(self) -> Completion:
+        """Nothing arrived for `timeout` seconds: report the oldest unanswered task as failed."""
+        pending = [d for d in self._in_flight.values() if d.message_id not in self._arrived]
+        dispatch = min(pending, key=lambda d: (d.sent_at, d.client))
+        self._known = [entry for entry in self._known if entry[3] != dispatch.message_id]
+        heapq.heapify(self._known)
+        dispatch.finish = max(self.clock.now, dispatch.finish or dispatch.sent_at)
+        return self._complete(dispatch)
+
+
+def reply_steps(reply: Message | None, fallback: int | None) -> int:
+    """Local steps a reply says it ran; else the steps dispatched; else 1."""
+    if reply is not None and not reply.has_error():
+        for record in reply.content.metric_records.values():
+            if STEPS_METRIC in record:
+                return int(record[STEPS_METRIC])
+    return fallback if fallback is not None else 1
