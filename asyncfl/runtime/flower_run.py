@@ -24,7 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import httpx
@@ -85,6 +86,27 @@ def start_superlink(home: Path, app_dir: Path, env: dict) -> tuple[subprocess.Po
     raise RuntimeError(f"flower-superlink did not start within {STARTUP_SECONDS:.0f} s")
 
 
+@contextmanager
+def local_superlink(app_dir: Path) -> Iterator[tuple[subprocess.Popen, dict]]:
+    """A private simulation SuperLink with its own FLWR_HOME and `asyncfl-local` connection;
+    yields the process and the environment for `flwr`; stops it by PID on exit."""
+    home = Path(tempfile.mkdtemp(prefix="asyncfl-flwr-"))
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    superlink = None
+    try:
+        superlink, api_port = start_superlink(home, app_dir, env)
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{api_port}"\ninsecure = true\n'
+        )
+        yield superlink, env
+    finally:
+        if superlink is not None:
+            stop_process_group(superlink)
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def stop_process_group(process: subprocess.Popen) -> None:
     """SIGTERM the process group led by `process` (by its PID), then SIGKILL if it lingers."""
     for sig, wait in ((signal.SIGTERM, STOP_SECONDS), (signal.SIGKILL, 5.0)):
@@ -120,29 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(config["output-dir"]).is_absolute():
         overrides["output-dir"] = config["output-dir"] = str(Path.cwd() / config["output-dir"])
 
-    home = Path(tempfile.mkdtemp(prefix="asyncfl-flwr-"))
-    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-    superlink = None
-    try:
-        superlink, api_port = start_superlink(home, app_dir, env)
-        (home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{api_port}"\ninsecure = true\n'
-        )
-        cpus = os.cpu_count() or 1
-        federation = (f"num-supernodes={config['num-clients']} "
-                      f"client-resources-num-cpus={args.cpus_per_client} "
-                      f"client-resources-num-gpus=0 init-args-num-cpus={cpus}")
+    started = time.time()
+    cpus = os.cpu_count() or 1
+    federation = (f"num-supernodes={config['num-clients']} "
+                  f"client-resources-num-cpus={args.cpus_per_client} "
+                  f"client-resources-num-gpus=0 init-args-num-cpus={cpus}")
+    with local_superlink(app_dir) as (_, env):
         command = ["flwr", "run", str(app_dir), CONNECTION, "--stream",
                    "--run-config", format_run_config(overrides), "--federation-config", federation]
         subprocess.run(command, env=env, check=False)
-    finally:
-        if superlink is not None:
-            stop_process_group(superlink)
-        shutil.rmtree(home, ignore_errors=True)
     out = run_dir(config)
-    if not (out / "summary.json").exists():
+    summary = out / "summary.json"
+    if not summary.exists() or summary.stat().st_mtime < started:
         print(f"asyncfl-flwr-run: the run wrote no results to {out}", file=sys.stderr)
         return 1
     print(f"asyncfl-flwr-run: results in {out}")

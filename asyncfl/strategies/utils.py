@@ -62,7 +62,7 @@ def weighted_average(
     out = {}
     for key, first in models[0].items():
         acc = np.zeros(first.shape, dtype=np.float64)
-        for model, weight in zip(models, weights):
+        for model, weight in zip(models, weights, strict=True):
             acc += (weight / total) * model[key]
         out[key] = acc.astype(first.dtype)
     return out

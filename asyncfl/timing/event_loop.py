@@ -158,7 +158,7 @@ class EventLoop:
             raise RuntimeError(f"the Grid accepted {len(ids)} of {len(items)} messages")
         now = self.clock.now
         sent = []
-        for message_id, (message, client, steps, tag) in zip(ids, items):
+        for message_id, (message, client, steps, tag) in zip(ids, items, strict=True):
             down = message_bytes(message)
             number = self._task_numbers.get(client, 0)
             self._task_numbers[client] = number + 1
