@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import matplotlib
@@ -26,7 +27,8 @@ def plot_run(out: Path) -> Path:
     fig, (ax_time, ax_version) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     values = [r[metric] for r in rows]
     ax_time.plot([r["virtual_time"] for r in rows], values, marker="o", ms=3)
-    ax_time.set_xlabel("time (s, run's clock)")
+    clock = json.loads((out / "config.json").read_text()).get("clock", "virtual")
+    ax_time.set_xlabel(f"{clock} time (s)")
     ax_version.plot([r["version"] for r in rows], values, marker="o", ms=3)
     ax_version.set_xlabel("global model version")
     ax_time.set_ylabel(f"test {metric}")

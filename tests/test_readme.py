@@ -1,0 +1,11 @@
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    test_command = readme.split("**Run the tests:**")[1].split("```bash\n")[1].split("\n")[0]
+    assert test_command in (ROOT / ".ci/run").read_text()
+    run_command = readme.split("```bash\n")[1].split("\n")[0]
+    assert run_command.endswith("asyncfl-flwr-run")
