@@ -1,0 +1,68 @@
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from asyncfl.runtime.inline import InlineGrid
+from asyncfl.strategies import FedAvg
+from asyncfl.strategies.utils import train_instruction
+from asyncfl.timing import DelayModel, EventLoop, VirtualClock
+
+plain_app = ClientApp()
+CONFIG = ConfigRecord({"lr": 0.1})
+
+
+@plain_app.train()
+def plain_train(msg: Message, context: Context) -> Message:
+    """A Flower-style ClientApp that knows nothing of asyncfl: adds its id, reports examples."""
+    pid = int(context.node_config["partition-id"])
+    arrays = [a + (pid + 1) for a in msg.content["arrays"].to_numpy_ndarrays()]
+    metrics = MetricRecord({"num-examples": pid + 1})
+    return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": metrics}),
+                   reply_to=msg)
+
+
+class ReversedGrid(InlineGrid):
+    def pull_messages(self, message_ids):
+        return list(reversed(list(super().pull_messages(message_ids))))
+
+
+def make_grid(grid_class=InlineGrid, n=4):
+    return grid_class(plain_app, {}, n)
+
+
+def test_ties_in_virtual_finish_time_are_broken_by_client_index():
+    grid = make_grid(ReversedGrid)
+    nodes = sorted(grid.get_node_ids())
+    delays = DelayModel(np.array([2.0, 1.0, 2.0, 1.0]))
+    loop = EventLoop(grid, VirtualClock(), delays)
+    arrays = ArrayRecord([np.zeros(2, dtype=np.float32)])
+    loop.send((train_instruction(arrays, CONFIG, nodes[c], "1"), c, 3, None)
+              for c in (3, 2, 1, 0))
+    done = loop.drain()
+    assert [c.client for c in done] == [1, 3, 0, 2]
+    assert [c.finish for c in done] == [3.0, 3.0, 6.0, 6.0]
+    assert loop.clock.now == 6.0 and loop.in_flight == 0
+    assert loop.traffic.messages == 8
+
+
+def test_one_task_per_node_is_enforced():
+    grid = make_grid(n=1)
+    node = next(iter(grid.get_node_ids()))
+    loop = EventLoop(grid, VirtualClock(), DelayModel(np.ones(1)))
+    arrays = ArrayRecord([np.zeros(1)])
+    loop.send([(train_instruction(arrays, CONFIG, node, "1"), 0, 1, None)])
+    try:
+        loop.send([(train_instruction(arrays, CONFIG, node, "1"), 0, 1, None)])
+    except RuntimeError as err:
+        assert "already has a task in flight" in str(err)
+    else:
+        raise AssertionError("a second task for a busy node was accepted")
+
+
+def test_fedavg_plugs_into_a_plain_flower_client_app():
+    grid = make_grid(n=3)
+    start = ArrayRecord([np.zeros(3, dtype=np.float32)])
+    result = FedAvg(fraction_train=1.0).start(grid, start, num_rounds=2)
+    # each round: sum_i (i+1)/6 * (w + i + 1) = w + (1 + 4 + 9) / 6
+    expected = np.full(3, 2 * 14 / 6, dtype=np.float32)
+    np.testing.assert_allclose(result.arrays.to_numpy_ndarrays()[0], expected, rtol=1e-6)
