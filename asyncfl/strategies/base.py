@@ -29,7 +29,15 @@ from asyncfl.strategies.utils import (
     task_seed,
     train_instruction,
 )
-from asyncfl.timing import Clock, Completion, DelayModel, EventLoop, WallClock, zero_delays
+from asyncfl.timing import (
+    Clock,
+    Completion,
+    DelayModel,
+    EventLoop,
+    WallClock,
+    array_bytes,
+    zero_delays,
+)
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
@@ -87,16 +95,19 @@ class AsyncflStrategy(Strategy):
         """Seconds since `start` began."""
         return time.monotonic() - self._wall_start
 
-    def client_config(self, base: ConfigRecord, version: int, client: int) -> ConfigRecord:
+    def client_config(
+        self, base: ConfigRecord, version: int, client: int, model_bytes: int
+    ) -> ConfigRecord:
         """The per-task config: the run's train config, the model version, a shuffling seed,
-        and in wall-clock mode the delay the ClientApp must really sleep."""
+        and in wall-clock mode the delay the ClientApp must really sleep (its step time, and
+        the communication time of the model going down and a model-sized reply coming up)."""
         config = ConfigRecord(dict(base))
         config[MODEL_VERSION] = version
         config["task-seed"] = task_seed(self.seed, version, client)
         if self.clock.kind == "wall":
             assert self.delays is not None
             config["step-delay"] = float(self.delays.step_times[client])
-            config["comm-delay"] = float(self.delays.comm_time(0))
+            config["comm-delay"] = float(self.delays.comm_time(2 * model_bytes))
         return config
 
     def evaluate(self, evaluate_fn: EvaluateFn | None, version: int, arrays: ArrayRecord,
@@ -186,8 +197,9 @@ class SyncStrategy(AsyncflStrategy):
         base = ConfigRecord({**dict(config), **self.fixed_train_config, "return": self.reply_kind})
         chosen = sample_clients(self._rng, self.num_clients, self.fraction_train)
         assert self.node_ids is not None
+        size = array_bytes(arrays)
         return [
-            train_instruction(arrays, self.client_config(base, server_round - 1, client),
+            train_instruction(arrays, self.client_config(base, server_round - 1, client, size),
                               self.node_ids[client], str(server_round))
             for client in chosen
         ]
