@@ -35,7 +35,10 @@ def partition_id(context: Context) -> int:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train from the received model and reply with weights, delta or gradient."""
+    """Train from the received model and reply with weights, delta or gradient.
+
+    In wall-clock mode it then sleeps step-delay x steps + comm-delay: the server's delay
+    model, or the node's own `--node-config step-delay=<seconds>` if it declares one."""
     task = load_task(validate_run_config(context.run_config))
     config = msg.content["config"]
     settings = TrainSettings(
@@ -49,7 +52,8 @@ def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     outcome = task.train(record_to_arrays(msg.content["arrays"]), partition_id(context), settings)
     compute_time = time.perf_counter() - started
-    injected = float(config.get("step-delay", 0.0)) * outcome.steps
+    step_delay = context.node_config.get("step-delay", config.get("step-delay", 0.0))
+    injected = float(step_delay) * outcome.steps
     injected += float(config.get("comm-delay", 0.0))
     if injected > 0:
         time.sleep(injected)
@@ -66,6 +70,8 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Tell the server which client (data partition) this node is."""
-    metrics = MetricRecord({PARTITION_ID: partition_id(context)})
+    """Tell the server which client (data partition) this node is, and how much data it has."""
+    task = load_task(validate_run_config(context.run_config))
+    pid = partition_id(context)
+    metrics = MetricRecord({PARTITION_ID: pid, NUM_EXAMPLES: task.partition_size(pid)})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

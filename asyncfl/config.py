@@ -90,7 +90,8 @@ _NON_NEGATIVE = "a number >= 0"
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("strategy", str, "fedavg", "federated algorithm",
-            choices=("fedsgd", "fedsgd-weights", "fedavg")),
+            choices=("fedsgd", "fedsgd-weights", "fedavg", "fedbuff", "fedasync",
+                     "running-mean")),
     Setting("task", str, "digits", "model + data", choices=("digits", "mean")),
     Setting("seed", int, 0, "drives data split, speeds, sampling and init",
             check=_non_negative, allowed="an integer >= 0"),
@@ -113,6 +114,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch-size", int, 10, "B, minibatch size; 0 means the whole partition",
             check=_non_negative, allowed="an integer >= 0"),
     Setting("lr", float, 0.2, "client learning rate eta", check=_positive, allowed=_POSITIVE),
+    Setting("server-lr", float, 1.0, "gamma, the server learning rate (fedbuff)",
+            check=_positive, allowed=_POSITIVE),
+    Setting("server-momentum", float, 0.0, "server momentum beta (fedbuff); 0 = none",
+            check=lambda x: 0 <= x < 1, allowed="a number in [0, 1)"),
+    Setting("buffer-size", int, 10, "K, updates per FedBuff server step",
+            check=_positive, allowed="an integer >= 1"),
+    Setting("concurrency", int, 0, "M, clients training at once (async); 0 = every client",
+            check=_non_negative, allowed="an integer >= 0, at most num-clients"),
+    Setting("staleness", str, "polynomial", "staleness weight s(tau) (fedbuff, fedasync)",
+            choices=("constant", "polynomial", "hinge")),
+    Setting("staleness-a", float, 0.5, "a of polynomial (1+tau)^-a and of hinge",
+            check=_non_negative, allowed=_NON_NEGATIVE),
+    Setting("staleness-b", float, 4.0, "b of hinge: staleness up to b counts fully",
+            check=_non_negative, allowed=_NON_NEGATIVE),
+    Setting("mixing", float, 0.5, "a, FedAsync's mixing weight", check=_fraction,
+            allowed="a number in (0, 1]"),
     Setting("clock", str, "virtual", "virtual: durations computed; wall: real time",
             choices=("virtual", "wall")),
     Setting("delay-dist", str, "exponential", "distribution of per-step compute times",
@@ -166,6 +183,11 @@ def validate_run_config(overrides: Mapping[str, Any]) -> dict[str, ConfigValue]:
         raise ConfigError(
             f"run-config 'delay-low' ({config['delay-low']}) must be below 'delay-high' "
             f"({config['delay-high']}) for delay-dist = uniform"
+        )
+    if config["concurrency"] > config["num-clients"]:
+        raise ConfigError(
+            f"run-config 'concurrency' ({config['concurrency']}) must be at most 'num-clients' "
+            f"({config['num-clients']}); 0 means every client"
         )
     return config
 

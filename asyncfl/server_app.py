@@ -14,7 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from asyncfl.config import validate_run_config
 from asyncfl.results import default_run_name, run_dir, write_results
-from asyncfl.strategies import STRATEGIES, AsyncflStrategy
+from asyncfl.strategies import STRATEGIES, AsyncflStrategy, staleness_function
 from asyncfl.strategies.utils import EVENT_COLUMNS, arrays_to_record, record_to_arrays
 from asyncfl.tasks import load_task
 from asyncfl.timing import DelayModel, VirtualClock, WallClock, draw_step_times, profile_step_times
@@ -44,17 +44,37 @@ def make_delays(config: Mapping[str, Any]) -> DelayModel:
                       latency=config["comm-latency"], bandwidth=config["comm-bandwidth"])
 
 
-def make_strategy(config: Mapping[str, Any], node_ids: list[int]) -> AsyncflStrategy:
+def strategy_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor arguments the named strategy takes from the run config."""
+    name = config["strategy"]
+    staleness = staleness_function(config["staleness"], config["staleness-a"],
+                                   config["staleness-b"])
+    if name == "fedsgd":
+        return {"fraction_train": config["fraction"], "lr": config["lr"]}
+    if name in ("fedavg", "fedsgd-weights"):
+        return {"fraction_train": config["fraction"]}
+    if name == "fedbuff":
+        return {"buffer_size": config["buffer-size"], "concurrency": config["concurrency"],
+                "server_lr": config["server-lr"], "server_momentum": config["server-momentum"],
+                "staleness": staleness}
+    if name == "fedasync":
+        return {"mixing": config["mixing"], "concurrency": config["concurrency"],
+                "staleness": staleness}
+    if name == "running-mean":
+        return {"concurrency": config["concurrency"]}
+    raise ValueError(f"no settings for strategy {name!r}")
+
+
+def make_strategy(
+    config: Mapping[str, Any], node_ids: list[int], partition_sizes: list[int] | None = None
+) -> AsyncflStrategy:
     """The strategy named in the run config, with the run's clock and delays."""
     clock = VirtualClock() if config["clock"] == "virtual" else WallClock()
-    common: dict[str, Any] = dict(
+    return STRATEGIES[config["strategy"]](
         clock=clock, delays=make_delays(config), seed=config["seed"],
-        eval_every=config["eval-every"], node_ids=node_ids,
+        eval_every=config["eval-every"], node_ids=node_ids, partition_sizes=partition_sizes,
+        **strategy_settings(config),
     )
-    name = config["strategy"]
-    if name == "fedsgd":
-        common["lr"] = config["lr"]
-    return STRATEGIES[name](config["fraction"], **common)
 
 
 def train_config(config: Mapping[str, Any]) -> ConfigRecord:
@@ -63,11 +83,14 @@ def train_config(config: Mapping[str, Any]) -> ConfigRecord:
     return ConfigRecord({k: config[k] for k in keys})
 
 
-def discover_clients(grid: Grid, num_clients: int, wait: float = NODE_WAIT_SECONDS) -> list[int]:
-    """Node ids in client order (index = the node's partition-id).
+def discover_clients(
+    grid: Grid, num_clients: int, wait: float = NODE_WAIT_SECONDS
+) -> tuple[list[int], list[int] | None]:
+    """Node ids in client order (index = the node's partition-id), and partition sizes.
 
-    Waits for the nodes to connect (deployment), then asks each for its partition-id with one
-    `query` message; nodes whose ClientApp does not answer fall back to sorted node-id order.
+    Waits for the nodes to connect (deployment), then asks each for its partition-id and size
+    with one `query` message; if the ClientApps do not answer, nodes are taken in node-id order
+    and the sizes are unknown.
     """
     deadline = time.monotonic() + wait
     while len(nodes := sorted(grid.get_node_ids())) < num_clients:
@@ -80,19 +103,23 @@ def discover_clients(grid: Grid, num_clients: int, wait: float = NODE_WAIT_SECON
     queries = [Message(RecordDict(), node, "query") for node in nodes]
     pending = set(grid.push_messages(queries))
     by_partition: dict[int, int] = {}
+    sizes: dict[int, int] = {}
     while pending and time.monotonic() < deadline:
         for reply in grid.pull_messages(pending):
             pending.discard(reply.metadata.reply_to_message_id)
             if not reply.has_error():
-                pid = int(reply.content["metrics"]["partition-id"])
+                metrics = reply.content["metrics"]
+                pid = int(metrics["partition-id"])
                 by_partition[pid] = reply.metadata.src_node_id
+                sizes[pid] = int(metrics["num-examples"])
         if pending:
             time.sleep(0.01)
     if sorted(by_partition)[:num_clients] != list(range(num_clients)):
         log(WARNING, "nodes did not report partition ids 0..%d; using node-id order",
             num_clients - 1)
-        return nodes[:num_clients]
-    return [by_partition[i] for i in range(num_clients)]
+        return nodes[:num_clients], None
+    return ([by_partition[i] for i in range(num_clients)],
+            [sizes[i] for i in range(num_clients)])
 
 
 def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
@@ -102,8 +129,8 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
         config["run-name"] = default_run_name(config)
     out = run_dir(config)
     task = load_task(config)
-    node_ids = discover_clients(grid, config["num-clients"])
-    strategy = make_strategy(config, node_ids)
+    node_ids, sizes = discover_clients(grid, config["num-clients"])
+    strategy = make_strategy(config, node_ids, sizes)
 
     def evaluate(version: int, arrays: ArrayRecord) -> MetricRecord:
         return MetricRecord(task.evaluate(record_to_arrays(arrays)))
@@ -118,13 +145,17 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
     )
     wall = time.monotonic() - started
     traffic = strategy.loop.traffic
-    updates = len(strategy.run_log.events)
+    events = strategy.run_log.events
+    updates = len(events)
+    staleness = [row["staleness"] for row in events]
     summary = {
         "strategy": config["strategy"],
         "task": config["task"],
         "clock": config["clock"],
-        "virtual_time": strategy.clock.now if config["clock"] == "virtual" else None,
+        "virtual_time": strategy.loop.virtual_clock.now,
         "wall_time": wall,
+        "mean_staleness": sum(staleness) / updates if updates else None,
+        "max_staleness": max(staleness, default=None),
         "updates": updates,
         "updates_per_wall_second": updates / wall if wall > 0 else None,
         "messages": traffic.messages,

@@ -40,7 +40,7 @@ def test_ties_in_virtual_finish_time_are_broken_by_client_index():
               for c in (3, 2, 1, 0))
     done = loop.drain()
     assert [c.client for c in done] == [1, 3, 0, 2]
-    assert [c.finish for c in done] == [3.0, 3.0, 6.0, 6.0]
+    assert [c.virtual_time for c in done] == [3.0, 3.0, 6.0, 6.0]
     assert loop.clock.now == 6.0 and loop.in_flight == 0
     assert loop.traffic.messages == 8
 

@@ -5,16 +5,28 @@ with any ClientApp that answers a train message with one ArrayRecord and a Metri
 `num-examples` (Flower's FedAvg contract).
 """
 
+from asyncfl.strategies.async_base import AsyncStrategy
 from asyncfl.strategies.base import AsyncflStrategy, SyncStrategy
+from asyncfl.strategies.fedasync import FedAsync
 from asyncfl.strategies.fedavg import FedAvg
+from asyncfl.strategies.fedbuff import FedBuff
 from asyncfl.strategies.fedsgd import FedSGD
 from asyncfl.strategies.fedsgd_weights import FedSGDWeights
+from asyncfl.strategies.running_mean import RunningMean
+from asyncfl.strategies.staleness import constant, hinge, polynomial, staleness_function
 
 #: run-config name -> strategy class
 STRATEGIES: dict[str, type[AsyncflStrategy]] = {
     "fedsgd": FedSGD,
     "fedsgd-weights": FedSGDWeights,
     "fedavg": FedAvg,
+    "fedbuff": FedBuff,
+    "fedasync": FedAsync,
+    "running-mean": RunningMean,
 }
 
-__all__ = ["STRATEGIES", "AsyncflStrategy", "FedAvg", "FedSGD", "FedSGDWeights", "SyncStrategy"]
+__all__ = [
+    "STRATEGIES", "AsyncStrategy", "AsyncflStrategy", "FedAsync", "FedAvg", "FedBuff",
+    "FedSGD", "FedSGDWeights", "RunningMean", "SyncStrategy", "constant", "hinge", "polynomial",
+    "staleness_function",
+]

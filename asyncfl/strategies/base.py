@@ -1,4 +1,5 @@
-"""The synchronous round loop every sync strategy shares, run on asyncfl's event loop."""
+"""What every asyncfl strategy shares: clients, clocks, the event loop, evaluation, the run log;
+and the synchronous round loop."""
 
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ from asyncfl.timing import (
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
+PROGRESS_SECONDS = 5.0
+
 
 class AsyncflStrategy(Strategy):
     """Common ground of asyncfl's strategies: clients, clock, event loop, run log, evaluation.
@@ -48,8 +51,15 @@ class AsyncflStrategy(Strategy):
     Plug-in use: construct it like Flower's FedAvg and call `start(grid, initial_arrays,
     num_rounds)`. Without a `clock` the wall clock is used and replies are applied in arrival
     order; pass `VirtualClock()` and a `DelayModel` to simulate heterogeneous speeds.
-    `node_ids` lists the nodes in client order (default: the Grid's nodes, sorted).
+    `node_ids` lists the nodes in client order (default: the Grid's nodes, sorted);
+    `partition_sizes` (examples per client, where known) lets epoch-based tasks have their
+    virtual duration fixed at dispatch.
     """
+
+    #: what the ClientApp returns: "weights", "delta" or "gradient"
+    reply_kind = "weights"
+    #: train settings the algorithm itself fixes (FedSGD: one step over the whole partition)
+    fixed_train_config: dict = {}
 
     def __init__(
         self,
@@ -59,6 +69,7 @@ class AsyncflStrategy(Strategy):
         seed: int = 0,
         eval_every: int = 1,
         node_ids: Sequence[int] | None = None,
+        partition_sizes: Sequence[int] | None = None,
         poll_interval: float = 0.01,
     ) -> None:
         self.clock = clock if clock is not None else WallClock()
@@ -66,16 +77,17 @@ class AsyncflStrategy(Strategy):
         self.seed = seed
         self.eval_every = eval_every
         self.node_ids = list(node_ids) if node_ids is not None else None
+        self.partition_sizes = list(partition_sizes) if partition_sizes is not None else None
         self.poll_interval = poll_interval
         self.run_log = RunLog()
         self.loop: EventLoop | None = None
-        self._wall_start = time.monotonic()
+        self._last_progress = 0.0
 
     @property
     def num_clients(self) -> int:
         return len(self.node_ids or [])
 
-    def _prepare(self, grid: Grid, timeout: float | None) -> None:
+    def _prepare(self, grid: Grid, timeout: float | None) -> EventLoop:
         if self.node_ids is None:
             self.node_ids = sorted(grid.get_node_ids())
         if not self.node_ids:
@@ -89,26 +101,61 @@ class AsyncflStrategy(Strategy):
             )
         self._client_of_node = {node: i for i, node in enumerate(self.node_ids)}
         self.loop = EventLoop(grid, self.clock, self.delays, self.poll_interval, timeout)
-        self._wall_start = time.monotonic()
+        self._last_progress = time.monotonic()
+        return self.loop
 
-    def wall_time(self) -> float:
-        """Seconds since `start` began."""
-        return time.monotonic() - self._wall_start
+    def train_settings(self, train_config: ConfigRecord | None) -> ConfigRecord:
+        """The run's train config with what this algorithm fixes and what it wants back."""
+        base = dict(train_config) if train_config is not None else {}
+        return ConfigRecord({**base, **self.fixed_train_config, "return": self.reply_kind})
 
-    def client_config(
-        self, base: ConfigRecord, version: int, client: int, model_bytes: int
-    ) -> ConfigRecord:
-        """The per-task config: the run's train config, the model version, a shuffling seed,
-        and in wall-clock mode the delay the ClientApp must really sleep (its step time, and
-        the communication time of the model going down and a model-sized reply coming up)."""
-        config = ConfigRecord(dict(base))
+    def expected_steps(self, client: int, config: ConfigRecord) -> int | None:
+        """Local steps a task will run, if the server can tell before the reply."""
+        if int(config.get("local-steps", 0)) > 0:
+            return int(config["local-steps"])
+        if self.partition_sizes is None or "local-epochs" not in config:
+            return None
+        n = self.partition_sizes[client]
+        batch = int(config.get("batch-size", 0)) or n
+        return int(config["local-epochs"]) * math.ceil(n / batch)
+
+    def instruction(
+        self, arrays: ArrayRecord, config: ConfigRecord, version: int, client: int,
+        model_bytes: int,
+    ) -> Message:
+        """A train message for one client: the run's config, the model version, a shuffling
+        seed, and in wall-clock mode the delay the ClientApp must really sleep (its step time,
+        plus the communication time of the model down and a model-sized reply up)."""
+        config = ConfigRecord(dict(config))
         config[MODEL_VERSION] = version
         config["task-seed"] = task_seed(self.seed, version, client)
         if self.clock.kind == "wall":
             assert self.delays is not None
             config["step-delay"] = float(self.delays.step_times[client])
             config["comm-delay"] = float(self.delays.comm_time(2 * model_bytes))
-        return config
+        assert self.node_ids is not None
+        return train_instruction(arrays, config, self.node_ids[client], str(version))
+
+    def dispatch(
+        self, arrays: ArrayRecord, config: ConfigRecord, version: int, clients: Iterable[int]
+    ) -> None:
+        """Send the model at `version` to each client; the tag remembers the version."""
+        assert self.loop is not None
+        size = array_bytes(arrays)
+        self.loop.send(
+            (self.instruction(arrays, config, version, c, size), c,
+             self.expected_steps(c, config), version)
+            for c in clients
+        )
+
+    def usable(self, completion: Completion, reference: dict[str, np.ndarray],
+               version: int) -> bool:
+        """Whether a reply may touch the global model; a reply that may not is logged and
+        counted."""
+        reason = completion.failure_reason or check_reply(completion.reply, reference)
+        if reason:
+            self.run_log.skip(completion.client, version, reason)
+        return not reason
 
     def evaluate(self, evaluate_fn: EvaluateFn | None, version: int, arrays: ArrayRecord,
                  result: Result) -> None:
@@ -119,25 +166,43 @@ class AsyncflStrategy(Strategy):
         if metrics is None:
             return
         result.evaluate_metrics_serverapp[version] = metrics
-        row = {"version": version, "virtual_time": self.clock.now, "wall_time": self.wall_time()}
+        assert self.loop is not None
+        row = {"version": version, "virtual_time": self.loop.virtual_clock.now,
+               "wall_time": self.loop.wall_clock.now}
         row.update(metrics)
         self.run_log.evals.append(row)
         shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-        log(INFO, "version %d | time %.2f s | %s", version, self.clock.now, shown)
+        log(INFO, "version %d | virtual %.2f s | wall %.2f s | %s", version,
+            self.loop.virtual_clock.now, self.loop.wall_clock.now, shown)
 
-    def record_update(self, completion: Completion, version_apply: int) -> None:
-        """One events.csv row for an update that was applied."""
+    def progress(self, version: int, total: int) -> None:
+        """A progress line every few seconds on long runs."""
+        now = time.monotonic()
+        if now - self._last_progress < PROGRESS_SECONDS:
+            return
+        self._last_progress = now
+        assert self.loop is not None
+        newest = self.run_log.evals[-1] if self.run_log.evals else {}
+        shown = " ".join(f"{k}={newest[k]:.4f}" for k in ("accuracy", "loss") if k in newest)
+        log(INFO, "progress: version %d/%d | virtual %.2f s | %d updates | newest eval: %s",
+            version, total, self.loop.virtual_clock.now, len(self.run_log.events),
+            shown or "none yet")
+
+    def record_update(self, completion: Completion, version_at_arrival: int,
+                      version_after: int) -> None:
+        """One events.csv row. Staleness = server version when the update arrived minus the
+        version the client started from."""
         metrics = reply_metrics(completion.reply)
         version_dispatch = int(completion.tag)
         row = dict.fromkeys(EVENT_COLUMNS)
         row.update(
-            version_apply=version_apply,
+            version_apply=version_after,
             version_dispatch=version_dispatch,
-            staleness=version_apply - 1 - version_dispatch,
+            staleness=version_at_arrival - version_dispatch,
             client=completion.client,
-            virtual_time=completion.finish,
-            wall_time=self.wall_time(),
-            dispatch_time=completion.dispatch.sent_at,
+            virtual_time=completion.virtual_time,
+            wall_time=completion.wall_time,
+            dispatch_time=completion.dispatch.sent_virtual,
             steps=completion.steps,
             num_examples=metrics.get(NUM_EXAMPLES),
             train_loss=metrics.get(TRAIN_LOSS, math.nan),
@@ -164,11 +229,6 @@ class SyncStrategy(AsyncflStrategy):
     every reply, apply them in the clock's order. In virtual time a round lasts as long as its
     slowest sampled client."""
 
-    #: what the ClientApp returns: "weights", "delta" or "gradient"
-    reply_kind = "weights"
-    #: train settings the algorithm itself fixes (FedSGD: one step over the whole partition)
-    fixed_train_config: dict = {}
-
     def __init__(self, fraction_train: float = 1.0, **kwargs) -> None:
         super().__init__(**kwargs)
         if not 0 < fraction_train <= 1:
@@ -194,15 +254,9 @@ class SyncStrategy(AsyncflStrategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample clients and build one train instruction for each."""
-        base = ConfigRecord({**dict(config), **self.fixed_train_config, "return": self.reply_kind})
-        chosen = sample_clients(self._rng, self.num_clients, self.fraction_train)
-        assert self.node_ids is not None
         size = array_bytes(arrays)
-        return [
-            train_instruction(arrays, self.client_config(base, server_round - 1, client, size),
-                              self.node_ids[client], str(server_round))
-            for client in chosen
-        ]
+        chosen = sample_clients(self._rng, self.num_clients, self.fraction_train)
+        return [self.instruction(arrays, config, server_round - 1, c, size) for c in chosen]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -231,30 +285,22 @@ class SyncStrategy(AsyncflStrategy):
         evaluate_fn: EvaluateFn | None = None,
     ) -> Result:
         """Run `num_rounds` rounds; same signature and result as Flower's strategies."""
-        self._prepare(grid, timeout)
-        assert self.loop is not None
+        loop = self._prepare(grid, timeout)
         log(INFO, "Starting %s for %d rounds", type(self).__name__, num_rounds)
         self.summary()
-        train_config = train_config if train_config is not None else ConfigRecord()
-        steps = int(train_config.get("local-steps", 0)) or None
-        steps = self.fixed_train_config.get("local-steps", steps)
+        config = self.train_settings(train_config)
         result = Result(arrays=initial_arrays)
         arrays = initial_arrays
         self._global = record_to_arrays(arrays)
         self.evaluate(evaluate_fn, 0, arrays, result)
         for server_round in range(1, num_rounds + 1):
-            messages = self.configure_train(server_round, arrays, train_config, grid)
-            self.loop.send(
-                (m, self._client_of_node[m.metadata.dst_node_id], steps, server_round - 1)
+            messages = self.configure_train(server_round, arrays, config, grid)
+            loop.send(
+                (m, client, self.expected_steps(client, config), server_round - 1)
                 for m in messages
+                for client in [self._client_of_node[m.metadata.dst_node_id]]
             )
-            usable = []
-            for completion in self.loop.drain():
-                reason = completion.failure_reason or check_reply(completion.reply, self._global)
-                if reason:
-                    self.run_log.skip(completion.client, server_round, reason)
-                else:
-                    usable.append(completion)
+            usable = [c for c in loop.drain() if self.usable(c, self._global, server_round)]
             new_arrays, train_metrics = self.aggregate_train(
                 server_round, [c.reply for c in usable]
             )
@@ -262,7 +308,8 @@ class SyncStrategy(AsyncflStrategy):
                 arrays = result.arrays = new_arrays
                 result.train_metrics_clientapp[server_round] = train_metrics
             for completion in usable:
-                self.record_update(completion, server_round)
+                self.record_update(completion, server_round - 1, server_round)
             if server_round % self.eval_every == 0 or server_round == num_rounds:
                 self.evaluate(evaluate_fn, server_round, arrays, result)
+            self.progress(server_round, num_rounds)
         return result

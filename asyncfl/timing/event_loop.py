@@ -25,7 +25,7 @@ from typing import Any
 from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 
-from asyncfl.timing.clocks import Clock, VirtualClock
+from asyncfl.timing.clocks import Clock, VirtualClock, WallClock
 from asyncfl.timing.delays import DelayModel
 
 STEPS_METRIC = "local-steps"
@@ -53,23 +53,26 @@ class Dispatch:
     node_id: int
     client: int
     task_number: int
-    sent_at: float
+    sent_virtual: float
+    sent_wall: float
     steps: int | None
     bytes_down: int
     reply_bytes: int
     tag: Any = None
-    finish: float | None = None
+    virtual_finish: float | None = None
     reply: Message | None = None
     arrived_wall: float = 0.0
 
 
 @dataclass
 class Completion:
-    """A finished task: the reply (None if the node never answered) and its timing."""
+    """A finished task: the reply (None if the node never answered) and when it took effect,
+    on the virtual clock (the delay model's time) and on the wall clock (real seconds)."""
 
     dispatch: Dispatch
     reply: Message | None
-    finish: float
+    virtual_time: float
+    wall_time: float
     steps: int
     bytes_up: int
 
@@ -110,7 +113,11 @@ class TrafficCounters:
 
 @dataclass
 class EventLoop:
-    """Dispatch tasks on a Grid and hand back completions in the clock's order."""
+    """Dispatch tasks on a Grid and hand back completions in the clock's order.
+
+    Both clocks are kept in both modes: with a wall clock the virtual clock is a shadow that
+    says what the delay model would have made of the same run.
+    """
 
     grid: Grid
     clock: Clock
@@ -120,10 +127,14 @@ class EventLoop:
     traffic: TrafficCounters = field(default_factory=TrafficCounters)
 
     def __post_init__(self) -> None:
+        self.virtual = isinstance(self.clock, VirtualClock)
+        self.virtual_clock = self.clock if self.virtual else VirtualClock()
+        self.wall_clock = self.clock if not self.virtual else WallClock()
         self._in_flight: dict[str, Dispatch] = {}
         self._busy_nodes: set[int] = set()
         self._known: list[tuple[float, int, int, str]] = []  # heap of (finish, client, seq, id)
-        self._unknown: set[str] = set()  # in flight, finish depends on the reply
+        self._unknown: set[str] = set()  # in flight, virtual finish depends on the reply
+        self._waiting: set[str] = set()  # in flight, reply not pulled yet
         self._arrived: dict[str, Dispatch] = {}
         self._task_numbers: dict[int, int] = {}
         self._seq = itertools.count()
@@ -132,9 +143,8 @@ class EventLoop:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    @property
-    def virtual(self) -> bool:
-        return isinstance(self.clock, VirtualClock)
+    def busy(self, node_id: int) -> bool:
+        return node_id in self._busy_nodes
 
     def send(
         self,
@@ -156,7 +166,7 @@ class EventLoop:
         ids = list(self.grid.push_messages([item[0] for item in items]))
         if len(ids) != len(items):
             raise RuntimeError(f"the Grid accepted {len(ids)} of {len(items)} messages")
-        now = self.clock.now
+        now_virtual, now_wall = self.virtual_clock.now, self.wall_clock.now
         sent = []
         for message_id, (message, client, steps, tag) in zip(ids, items, strict=True):
             down = message_bytes(message)
@@ -167,17 +177,18 @@ class EventLoop:
                 node_id=message.metadata.dst_node_id,
                 client=client,
                 task_number=number,
-                sent_at=now,
+                sent_virtual=now_virtual,
+                sent_wall=now_wall,
                 steps=steps,
                 bytes_down=down,
                 reply_bytes=down if reply_bytes is None else reply_bytes,
                 tag=tag,
             )
             self._in_flight[message_id] = dispatch
+            self._waiting.add(message_id)
             self._busy_nodes.add(dispatch.node_id)
-            if steps is not None and self.virtual:
-                dispatch.finish = now + self._duration(dispatch, steps)
-                heapq.heappush(self._known, (dispatch.finish, client, next(self._seq), message_id))
+            if steps is not None:
+                self._set_virtual_finish(dispatch, steps)
             else:
                 self._unknown.add(message_id)
             self.traffic.messages_sent += 1
@@ -204,34 +215,43 @@ class EventLoop:
         """Completions of every task in flight, in the clock's order (one synchronous round)."""
         return [self.next_completion() for _ in range(self.in_flight)]
 
-    def _duration(self, dispatch: Dispatch, steps: int) -> float:
+    def _set_virtual_finish(self, dispatch: Dispatch, steps: int) -> None:
         moved = dispatch.bytes_down + dispatch.reply_bytes
-        return self.delays.task_time(dispatch.client, steps, dispatch.task_number, moved)
+        duration = self.delays.task_time(dispatch.client, steps, dispatch.task_number, moved)
+        dispatch.virtual_finish = dispatch.sent_virtual + duration
+        if self.virtual:
+            entry = (dispatch.virtual_finish, dispatch.client, next(self._seq), dispatch.message_id)
+            heapq.heappush(self._known, entry)
+
+    def _pull_ids(self) -> list[str]:
+        """Replies worth asking for: in virtual time only those that decide what comes next."""
+        if not self.virtual:
+            return list(self._waiting)
+        ids = [mid for mid in self._unknown if mid in self._waiting]
+        if self._known and self._known[0][3] in self._waiting:
+            ids.append(self._known[0][3])
+        return ids
 
     def _pull(self) -> bool:
-        waiting = [mid for mid in self._in_flight if mid not in self._arrived]
-        if not waiting:
+        ids = self._pull_ids()
+        if not ids:
             return False
-        replies = list(self.grid.pull_messages(waiting))
+        replies = list(self.grid.pull_messages(ids))
         stamp = time.monotonic()
         for reply in replies:
-            dispatch = self._in_flight.get(reply.metadata.reply_to_message_id)
-            if dispatch is None or dispatch.message_id in self._arrived:
+            message_id = reply.metadata.reply_to_message_id
+            if message_id not in self._waiting:
                 continue  # not ours, or a duplicate: never applied twice
+            dispatch = self._in_flight[message_id]
+            self._waiting.discard(message_id)
             dispatch.reply = reply
             dispatch.arrived_wall = stamp
-            self._arrived[dispatch.message_id] = dispatch
+            self._arrived[message_id] = dispatch
             self.traffic.replies_received += 1
             self.traffic.bytes_up += message_bytes(reply)
-            if dispatch.message_id in self._unknown and self.virtual:
-                self._unknown.discard(dispatch.message_id)
-                dispatch.finish = dispatch.sent_at + self._duration(
-                    dispatch, reply_steps(reply, dispatch.steps)
-                )
-                heapq.heappush(
-                    self._known,
-                    (dispatch.finish, dispatch.client, next(self._seq), dispatch.message_id),
-                )
+            if message_id in self._unknown:
+                self._unknown.discard(message_id)
+                self._set_virtual_finish(dispatch, reply_steps(reply, dispatch.steps))
         return bool(replies)
 
     def _ready_virtual(self) -> Dispatch | None:
@@ -246,33 +266,33 @@ class EventLoop:
     def _ready_wall(self) -> Dispatch | None:
         if not self._arrived:
             return None
-        dispatch = min(self._arrived.values(), key=lambda d: (d.arrived_wall, d.client))
-        dispatch.finish = self.clock.now
-        return dispatch
+        return min(self._arrived.values(), key=lambda d: (d.arrived_wall, d.client))
 
     def _complete(self, dispatch: Dispatch) -> Completion:
         self._in_flight.pop(dispatch.message_id)
         self._arrived.pop(dispatch.message_id, None)
         self._unknown.discard(dispatch.message_id)
+        self._waiting.discard(dispatch.message_id)
         self._busy_nodes.discard(dispatch.node_id)
         reply = dispatch.reply
-        assert dispatch.finish is not None
-        self.clock.advance_to(dispatch.finish)
+        if dispatch.virtual_finish is None:  # a task that never answered, steps unknown
+            dispatch.virtual_finish = self.virtual_clock.now
+        self.virtual_clock.advance_to(dispatch.virtual_finish)
         return Completion(
             dispatch=dispatch,
             reply=reply,
-            finish=dispatch.finish,
+            virtual_time=dispatch.virtual_finish,
+            wall_time=self.wall_clock.now,
             steps=reply_steps(reply, dispatch.steps) if reply is not None else 0,
             bytes_up=message_bytes(reply) if reply is not None else 0,
         )
 
     def _give_up_oldest(self) -> Completion:
         """Nothing arrived for `timeout` seconds: report the oldest unanswered task as failed."""
-        pending = [d for d in self._in_flight.values() if d.message_id not in self._arrived]
-        dispatch = min(pending, key=lambda d: (d.sent_at, d.client))
+        pending = [self._in_flight[mid] for mid in self._waiting]
+        dispatch = min(pending, key=lambda d: (d.sent_wall, d.client))
         self._known = [entry for entry in self._known if entry[3] != dispatch.message_id]
         heapq.heapify(self._known)
-        dispatch.finish = max(self.clock.now, dispatch.finish or dispatch.sent_at)
         return self._complete(dispatch)
 
 

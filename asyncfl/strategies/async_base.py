@@ -1,0 +1,122 @@
+"""The asynchronous loop every async strategy shares: keep M clients busy, fold in each update
+as it lands (virtual-finish order or arrival order), re-dispatch from the newest model."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from logging import INFO
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
+
+from asyncfl.strategies.base import AsyncflStrategy, EvaluateFn
+from asyncfl.strategies.utils import (
+    NUM_EXAMPLES,
+    arrays_to_record,
+    record_to_arrays,
+    reply_arrays,
+    reply_metrics,
+)
+
+
+class IdlePool:
+    """Idle clients, sampled without replacement in O(1) with a seeded generator."""
+
+    def __init__(self, clients: range, rng: np.random.Generator) -> None:
+        self._items = list(clients)
+        self._rng = rng
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, client: int) -> None:
+        self._items.append(client)
+
+    def take(self, k: int) -> list[int]:
+        """k idle clients, drawn uniformly; they stop being idle."""
+        taken = []
+        for _ in range(min(k, len(self._items))):
+            i = int(self._rng.integers(len(self._items))) if len(self._items) > 1 else 0
+            self._items[i], self._items[-1] = self._items[-1], self._items[i]
+            taken.append(self._items.pop())
+        return taken
+
+
+class AsyncStrategy(AsyncflStrategy):
+    """Asynchronous training with `concurrency` (M) clients in flight; `num_rounds` counts
+    global model versions. Subclasses give the rule that folds one update into the model."""
+
+    def __init__(self, concurrency: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if concurrency < 0:
+            raise ValueError(f"concurrency must be >= 0 (0 = every client), got {concurrency}")
+        self.concurrency = concurrency
+        self._rng = np.random.default_rng([self.seed, 5])
+
+    @abstractmethod
+    def apply(
+        self, global_arrays: dict[str, np.ndarray], update: dict[str, np.ndarray],
+        num_examples: float, staleness: int,
+    ) -> dict[str, np.ndarray] | None:
+        """Fold one client's update in; return the new global model if this update produced
+        a new version, else None (e.g. FedBuff's buffer is not full yet)."""
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ):
+        """Async strategies dispatch from `start` as clients become idle."""
+        return []
+
+    def aggregate_train(self, server_round: int, replies):
+        """Async strategies fold updates in one at a time in `apply`."""
+        return None, None
+
+    def summary(self) -> None:
+        log(INFO, "\t%s: concurrency=%s, clock=%s, clients=%d", type(self).__name__,
+            self.concurrency or "all", self.clock.kind, self.num_clients)
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: EvaluateFn | None = None,
+    ) -> Result:
+        """Run until `num_rounds` global versions exist; Flower's signature and result."""
+        loop = self._prepare(grid, timeout)
+        in_flight = min(self.concurrency or self.num_clients, self.num_clients)
+        log(INFO, "Starting %s for %d versions", type(self).__name__, num_rounds)
+        self.summary()
+        config = self.train_settings(train_config)
+        result = Result(arrays=initial_arrays)
+        arrays, version = initial_arrays, 0
+        global_arrays = record_to_arrays(arrays)
+        self.evaluate(evaluate_fn, 0, arrays, result)
+        idle = IdlePool(range(self.num_clients), self._rng)
+        self.dispatch(arrays, config, version, idle.take(in_flight))
+        while version < num_rounds:
+            completion = loop.next_completion()
+            idle.add(completion.client)
+            arrived_at = version
+            if self.usable(completion, global_arrays, version):
+                update = record_to_arrays(reply_arrays(completion.reply))
+                examples = float(reply_metrics(completion.reply)[NUM_EXAMPLES])
+                new = self.apply(global_arrays, update, examples, version - completion.tag)
+                if new is not None:
+                    global_arrays, version = new, version + 1
+                    arrays = arrays_to_record(new)
+                self.record_update(completion, arrived_at, version)
+                if version > arrived_at and (version % self.eval_every == 0
+                                             or version == num_rounds):
+                    self.evaluate(evaluate_fn, version, arrays, result)
+            if version < num_rounds:
+                self.dispatch(arrays, config, version, idle.take(in_flight - loop.in_flight))
+            self.progress(version, num_rounds)
+        result.arrays = arrays
+        return result
