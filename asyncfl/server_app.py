@@ -55,6 +55,7 @@ def strategy_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         return {"fraction_train": config["fraction"]}
     if name == "fedbuff":
         return {"buffer_size": config["buffer-size"], "concurrency": config["concurrency"],
+                "client_returns": "delta",
                 "server_lr": config["server-lr"], "server_momentum": config["server-momentum"],
                 "staleness": staleness}
     if name == "fedasync":

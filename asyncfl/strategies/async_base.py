@@ -45,9 +45,42 @@ class IdlePool:
         return taken
 
 
+class VersionStore:
+    """Model versions that clients in flight started from, kept only while needed."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._models: dict[int, dict[str, np.ndarray]] = {}
+        self._users: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def dispatched(self, version: int, model: dict[str, np.ndarray], count: int) -> None:
+        if self.enabled and count:
+            self._models[version] = model
+            self._users[version] = self._users.get(version, 0) + count
+
+    def returned(self, version: int) -> dict[str, np.ndarray] | None:
+        if not self.enabled:
+            return None
+        model = self._models[version]
+        self._users[version] -= 1
+        if self._users[version] == 0:
+            del self._models[version], self._users[version]
+        return model
+
+
 class AsyncStrategy(AsyncflStrategy):
     """Asynchronous training with `concurrency` (M) clients in flight; `num_rounds` counts
-    global model versions. Subclasses give the rule that folds one update into the model."""
+    global model versions. Subclasses give the rule that folds one update into the model.
+
+    Where a rule needs the model a client started from (`needs_base`), the server keeps each
+    version only while some client in flight started from it: at most M versions.
+    """
+
+    #: whether `apply` needs the model version the client started from
+    needs_base = False
 
     def __init__(self, concurrency: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -59,10 +92,11 @@ class AsyncStrategy(AsyncflStrategy):
     @abstractmethod
     def apply(
         self, global_arrays: dict[str, np.ndarray], update: dict[str, np.ndarray],
-        num_examples: float, staleness: int,
+        num_examples: float, staleness: int, base: dict[str, np.ndarray] | None,
     ) -> dict[str, np.ndarray] | None:
         """Fold one client's update in; return the new global model if this update produced
-        a new version, else None (e.g. FedBuff's buffer is not full yet)."""
+        a new version, else None (e.g. FedBuff's buffer is not full yet). `base` is the model
+        the client started from when `needs_base`, else None."""
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -99,15 +133,19 @@ class AsyncStrategy(AsyncflStrategy):
         global_arrays = record_to_arrays(arrays)
         self.evaluate(evaluate_fn, 0, arrays, result)
         idle = IdlePool(range(self.num_clients), self._rng)
-        self.dispatch(arrays, config, version, idle.take(in_flight))
+        bases = VersionStore(self.needs_base)
+        bases.dispatched(version, global_arrays, self.dispatch(arrays, config, version,
+                                                               idle.take(in_flight)))
         while version < num_rounds:
             completion = loop.next_completion()
             idle.add(completion.client)
+            base = bases.returned(completion.tag)
             arrived_at = version
             if self.usable(completion, global_arrays, version):
                 update = record_to_arrays(reply_arrays(completion.reply))
                 examples = float(reply_metrics(completion.reply)[NUM_EXAMPLES])
-                new = self.apply(global_arrays, update, examples, version - completion.tag)
+                new = self.apply(global_arrays, update, examples, version - completion.tag,
+                                 base)
                 if new is not None:
                     global_arrays, version = new, version + 1
                     arrays = arrays_to_record(new)
@@ -116,7 +154,8 @@ class AsyncStrategy(AsyncflStrategy):
                                              or version == num_rounds):
                     self.evaluate(evaluate_fn, version, arrays, result)
             if version < num_rounds:
-                self.dispatch(arrays, config, version, idle.take(in_flight - loop.in_flight))
+                sent = self.dispatch(arrays, config, version, idle.take(in_flight - loop.in_flight))
+                bases.dispatched(version, global_arrays, sent)
             self.progress(version, num_rounds)
         result.arrays = arrays
         return result

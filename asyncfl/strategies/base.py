@@ -138,15 +138,16 @@ class AsyncflStrategy(Strategy):
 
     def dispatch(
         self, arrays: ArrayRecord, config: ConfigRecord, version: int, clients: Iterable[int]
-    ) -> None:
-        """Send the model at `version` to each client; the tag remembers the version."""
+    ) -> int:
+        """Send the model at `version` to each client (the tag remembers the version);
+        return how many were sent."""
         assert self.loop is not None
         size = array_bytes(arrays)
-        self.loop.send(
+        return len(self.loop.send(
             (self.instruction(arrays, config, version, c, size), c,
              self.expected_steps(c, config), version)
             for c in clients
-        )
+        ))
 
     def usable(self, completion: Completion, reference: dict[str, np.ndarray],
                version: int) -> bool:

@@ -33,7 +33,7 @@ class FedAsync(AsyncStrategy):
 
     def apply(
         self, global_arrays: dict[str, np.ndarray], update: dict[str, np.ndarray],
-        num_examples: float, staleness: int,
+        num_examples: float, staleness: int, base: dict[str, np.ndarray] | None,
     ) -> dict[str, np.ndarray] | None:
         alpha = self.mixing * self.staleness(staleness)
         if alpha == 1.0:

@@ -12,7 +12,10 @@ class FedBuff(AsyncStrategy):
     r"""Buffered asynchronous aggregation.
 
     M clients train at once; each runs Q local steps from the version tau_i it received and
-    returns its delta Delta_i. The server buffers staleness-weighted deltas and, every K
+    returns its delta Delta_i = w_i - w_{tau_i}. With `client_returns="weights"` (any ClientApp
+    that follows Flower's FedAvg contract) the server computes the delta itself from the
+    version the client started from, which it keeps while that client is in flight.
+    The server buffers staleness-weighted deltas and, every K
     arrivals, steps with server learning rate gamma and momentum beta:
 
     .. math::
@@ -20,13 +23,12 @@ class FedBuff(AsyncStrategy):
         m \leftarrow \beta m + \bar\Delta, \qquad w \leftarrow w + \gamma m
     """
 
-    reply_kind = "delta"
-
     def __init__(
         self,
         buffer_size: int = 10,
         concurrency: int = 0,
         *,
+        client_returns: str = "weights",
         server_lr: float = 1.0,
         server_momentum: float = 0.0,
         staleness: StalenessFn | None = None,
@@ -37,6 +39,10 @@ class FedBuff(AsyncStrategy):
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
         if not 0 <= server_momentum < 1:
             raise ValueError(f"server_momentum must be in [0, 1), got {server_momentum}")
+        if client_returns not in ("weights", "delta"):
+            raise ValueError(f"client_returns must be 'weights' or 'delta', got {client_returns!r}")
+        self.reply_kind = client_returns
+        self.needs_base = client_returns == "weights"
         self.buffer_size = buffer_size
         self.server_lr = server_lr
         self.server_momentum = server_momentum
@@ -47,10 +53,11 @@ class FedBuff(AsyncStrategy):
 
     def apply(
         self, global_arrays: dict[str, np.ndarray], update: dict[str, np.ndarray],
-        num_examples: float, staleness: int,
+        num_examples: float, staleness: int, base: dict[str, np.ndarray] | None,
     ) -> dict[str, np.ndarray] | None:
         weight = self.staleness(staleness)
-        for key, delta in update.items():
+        for key, value in update.items():
+            delta = value.astype(np.float64) - base[key] if base is not None else value
             if key not in self._buffer:
                 self._buffer[key] = np.zeros(delta.shape, dtype=np.float64)
             self._buffer[key] += weight * delta

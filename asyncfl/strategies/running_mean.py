@@ -28,7 +28,7 @@ class RunningMean(AsyncStrategy):
 
     def apply(
         self, global_arrays: dict[str, np.ndarray], update: dict[str, np.ndarray],
-        num_examples: float, staleness: int,
+        num_examples: float, staleness: int, base: dict[str, np.ndarray] | None,
     ) -> dict[str, np.ndarray] | None:
         self._count += 1
         new = {}
