@@ -40,3 +40,29 @@ def plot_run(out: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_async_mean(out: Path, title: str = "") -> Path:
+    """Seed 000's four panels for a `mean` run: compute-time histogram, estimate vs true mean
+    against model age (version), absolute error (log scale), staleness histogram."""
+    out = Path(out)
+    clients, evals, events = (read_csv(out / f"{name}.csv")
+                              for name in ("clients", "evals", "events"))
+    fig, ax = plt.subplots(1, 4, figsize=(20, 4.5))
+    ax[0].hist([c["step_time"] for c in clients], bins=30)
+    ax[0].set(title="Compute time per step", xlabel="seconds", ylabel="clients")
+    versions = [r["version"] for r in evals]
+    ax[1].plot(versions, [r["estimate"] for r in evals], label="estimate")
+    ax[1].plot(versions, [r["true-mean"] for r in evals], label="true mean", ls="--")
+    ax[1].set(title="Estimate", xlabel="model age (version)")
+    ax[1].legend()
+    ax[2].plot(versions[1:], [max(r["abs-error"], 1e-12) for r in evals[1:]])
+    ax[2].set(title="Absolute error", xlabel="model age (version)", yscale="log")
+    ax[3].hist([e["staleness"] for e in events], bins=40)
+    ax[3].set(title="Staleness (versions)", xlabel="staleness", ylabel="updates")
+    fig.suptitle(title or out.name)
+    fig.tight_layout()
+    path = out / "mean_panels.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 EVAL_BASE_COLUMNS = ("version", "virtual_time", "wall_time")
+CLIENT_COLUMNS = ("client", "node_id", "step_time", "num_examples", "updates")
 
 
 def default_run_name(config: Mapping[str, Any]) -> str:
@@ -55,6 +56,7 @@ def write_results(
     events: Sequence[Mapping[str, Any]],
     event_columns: Sequence[str],
     evals: Sequence[Mapping[str, Any]],
+    clients: Sequence[Mapping[str, Any]],
     final_arrays: Mapping[str, np.ndarray],
     summary: dict[str, Any],
 ) -> Path:
@@ -64,6 +66,7 @@ def write_results(
     metric_keys = sorted({k for row in evals for k in row} - set(EVAL_BASE_COLUMNS))
     write_rows(out / "evals.csv", evals, (*EVAL_BASE_COLUMNS, *metric_keys))
     (out / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True))
+    write_rows(out / "clients.csv", clients, CLIENT_COLUMNS)
     np.savez(out / "final_model.npz", **final_arrays)
     if evals:
         last = evals[-1]
@@ -75,3 +78,24 @@ def write_results(
 
     plot_run(out)
     return out
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as a Markdown table; floats with 4 significant digits."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(stem: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """`stem`.md and `stem`.csv with the same rows; returns the Markdown."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_rows(stem.with_suffix(".csv"), rows, columns)
+    text = markdown_table(rows, columns)
+    stem.with_suffix(".md").write_text(text)
+    return text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping
 from logging import INFO, WARNING
 from pathlib import Path
@@ -167,10 +168,15 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
         "skipped_replies": sum(strategy.run_log.failures.values()),
         "skipped_by_reason": dict(strategy.run_log.failures),
     }
+    counts = Counter(row["client"] for row in events)
+    clients = [
+        {"client": i, "node_id": node, "step_time": float(strategy.delays.step_times[i]),
+         "num_examples": sizes[i] if sizes else None, "updates": counts[i]}
+        for i, node in enumerate(node_ids)
+    ]
     write_results(
-        out, config, events=strategy.run_log.events, event_columns=EVENT_COLUMNS,
-        evals=strategy.run_log.evals, final_arrays=record_to_arrays(result.arrays),
-        summary=summary,
+        out, config, events=events, event_columns=EVENT_COLUMNS, evals=strategy.run_log.evals,
+        clients=clients, final_arrays=record_to_arrays(result.arrays), summary=summary,
     )
     log(INFO, "asyncfl: results written to %s", out.resolve())
     return out

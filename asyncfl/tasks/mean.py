@@ -44,4 +44,5 @@ class MeanTask(Task):
 
     def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
         error = abs(float(arrays["estimate"][0]) - self.true_mean)
-        return {"loss": error, "abs-error": error, "estimate": float(arrays["estimate"][0])}
+        return {"loss": error, "abs-error": error, "estimate": float(arrays["estimate"][0]),
+                "true-mean": self.true_mean}
