@@ -22,6 +22,18 @@ PARTITION_ID = "partition-id"
 
 app = ClientApp()
 
+_validated: dict[tuple, dict] = {}
+
+
+def run_config(context: Context) -> dict:
+    """The node's validated run config (validated once per distinct config)."""
+    key = tuple(sorted(context.run_config.items()))
+    if key not in _validated:
+        if len(_validated) >= 16:
+            _validated.clear()
+        _validated[key] = validate_run_config(context.run_config)
+    return _validated[key]
+
 
 def partition_id(context: Context) -> int:
     """This node's client index, from `--node-config partition-id=i` (set by simulation)."""
@@ -39,7 +51,7 @@ def train(msg: Message, context: Context) -> Message:
 
     In wall-clock mode it then sleeps step-delay x steps + comm-delay: the server's delay
     model, or the node's own `--node-config step-delay=<seconds>` if it declares one."""
-    task = load_task(validate_run_config(context.run_config))
+    task = load_task(run_config(context))
     config = msg.content["config"]
     settings = TrainSettings(
         lr=float(config["lr"]),
@@ -71,7 +83,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Tell the server which client (data partition) this node is, and how much data it has."""
-    task = load_task(validate_run_config(context.run_config))
+    task = load_task(run_config(context))
     pid = partition_id(context)
     metrics = MetricRecord({PARTITION_ID: pid, NUM_EXAMPLES: task.partition_size(pid)})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

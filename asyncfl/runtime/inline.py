@@ -1,7 +1,8 @@
 """The inline runtime: a Grid that runs the ClientApp in the server's process.
 
-No Ray, no polling: `push_messages` runs the ClientApp at once and keeps the reply until
-`pull_messages` asks for it, so whole runs are fast and deterministic (tests, sweeps).
+No Ray, no polling: `pull_messages` runs the ClientApp for each pushed message it is asked
+about, so whole runs are fast and deterministic (tests, sweeps), and a task whose reply is
+never needed (still in flight when the run ends) is never computed.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class InlineGrid(Grid):
             )
             for i in range(num_nodes)
         }
-        self._replies: dict[str, Message] = {}
+        self._pending: dict[str, Message] = {}
         TaskIdentity.run_id = run_id
         TaskIdentity.node_id = SERVER_NODE_ID
         TaskIdentity.task_id = 0
@@ -68,12 +69,12 @@ class InlineGrid(Grid):
         for message in messages:
             message_id = str(uuid4())
             message.metadata.__dict__["_message_id"] = message_id
-            self._replies[message_id] = self._execute(message)
+            self._pending[message_id] = message
             ids.append(message_id)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+        return [self._execute(self._pending.pop(i)) for i in message_ids if i in self._pending]
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:

@@ -13,13 +13,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
 from asyncfl.strategies.base import AsyncflStrategy, EvaluateFn
-from asyncfl.strategies.utils import (
-    NUM_EXAMPLES,
-    arrays_to_record,
-    record_to_arrays,
-    reply_arrays,
-    reply_metrics,
-)
+from asyncfl.strategies.utils import NUM_EXAMPLES, arrays_to_record, record_to_arrays
 
 
 class IdlePool:
@@ -141,15 +135,15 @@ class AsyncStrategy(AsyncflStrategy):
             idle.add(completion.client)
             base = bases.returned(completion.tag)
             arrived_at = version
-            if self.usable(completion, global_arrays, version):
-                update = record_to_arrays(reply_arrays(completion.reply))
-                examples = float(reply_metrics(completion.reply)[NUM_EXAMPLES])
-                new = self.apply(global_arrays, update, examples, version - completion.tag,
-                                 base)
+            accepted = self.accept(completion, global_arrays, version)
+            if accepted is not None:
+                update, metrics = accepted
+                new = self.apply(global_arrays, update, float(metrics[NUM_EXAMPLES]),
+                                 version - completion.tag, base)
                 if new is not None:
                     global_arrays, version = new, version + 1
                     arrays = arrays_to_record(new)
-                self.record_update(completion, arrived_at, version)
+                self.record_update(completion, metrics, arrived_at, version)
                 if version > arrived_at and (version % self.eval_every == 0
                                              or version == num_rounds):
                     self.evaluate(evaluate_fn, version, arrays, result)

@@ -23,6 +23,7 @@ from asyncfl.strategies.utils import (
     RunLog,
     arrays_to_record,
     check_reply,
+    parse_reply,
     record_to_arrays,
     reply_arrays,
     reply_metrics,
@@ -104,12 +105,12 @@ class AsyncflStrategy(Strategy):
         self._last_progress = time.monotonic()
         return self.loop
 
-    def train_settings(self, train_config: ConfigRecord | None) -> ConfigRecord:
+    def train_settings(self, train_config: ConfigRecord | None) -> dict:
         """The run's train config with what this algorithm fixes and what it wants back."""
         base = dict(train_config) if train_config is not None else {}
-        return ConfigRecord({**base, **self.fixed_train_config, "return": self.reply_kind})
+        return {**base, **self.fixed_train_config, "return": self.reply_kind}
 
-    def expected_steps(self, client: int, config: ConfigRecord) -> int | None:
+    def expected_steps(self, client: int, config: dict) -> int | None:
         """Local steps a task will run, if the server can tell before the reply."""
         if int(config.get("local-steps", 0)) > 0:
             return int(config["local-steps"])
@@ -120,43 +121,50 @@ class AsyncflStrategy(Strategy):
         return int(config["local-epochs"]) * math.ceil(n / batch)
 
     def instruction(
-        self, arrays: ArrayRecord, config: ConfigRecord, version: int, client: int,
-        model_bytes: int,
+        self, arrays: ArrayRecord, config: dict, version: int, client: int, model_bytes: int,
     ) -> Message:
         """A train message for one client: the run's config, the model version, a shuffling
         seed, and in wall-clock mode the delay the ClientApp must really sleep (its step time,
         plus the communication time of the model down and a model-sized reply up)."""
-        config = ConfigRecord(dict(config))
-        config[MODEL_VERSION] = version
-        config["task-seed"] = task_seed(self.seed, version, client)
+        config = {**config, MODEL_VERSION: version,
+                  "task-seed": task_seed(self.seed, version, client)}
         if self.clock.kind == "wall":
             assert self.delays is not None
             config["step-delay"] = float(self.delays.step_times[client])
             config["comm-delay"] = float(self.delays.comm_time(2 * model_bytes))
         assert self.node_ids is not None
-        return train_instruction(arrays, config, self.node_ids[client], str(version))
+        return train_instruction(arrays, ConfigRecord(config), self.node_ids[client],
+                                 str(version))
 
     def dispatch(
-        self, arrays: ArrayRecord, config: ConfigRecord, version: int, clients: Iterable[int]
+        self, arrays: ArrayRecord, config: dict, version: int, clients: Iterable[int]
     ) -> int:
         """Send the model at `version` to each client (the tag remembers the version);
         return how many were sent."""
         assert self.loop is not None
         size = array_bytes(arrays)
         return len(self.loop.send(
-            (self.instruction(arrays, config, version, c, size), c,
-             self.expected_steps(c, config), version)
-            for c in clients
+            ((self.instruction(arrays, config, version, c, size), c,
+              self.expected_steps(c, config), version) for c in clients),
+            model_bytes=size,
         ))
 
-    def usable(self, completion: Completion, reference: dict[str, np.ndarray],
-               version: int) -> bool:
-        """Whether a reply may touch the global model; a reply that may not is logged and
-        counted."""
-        reason = completion.failure_reason or check_reply(completion.reply, reference)
+    def accept(
+        self, completion: Completion, reference: dict[str, np.ndarray], version: int
+    ) -> tuple[dict[str, np.ndarray], MetricRecord] | None:
+        """The reply's arrays and metrics if it may touch the global model; otherwise None,
+        and the reply is logged and counted as skipped."""
+        reason = completion.failure_reason
+        if not reason:
+            try:
+                arrays, metrics = parse_reply(completion.reply)
+                reason = check_reply(arrays, metrics, reference)
+            except ValueError as err:
+                reason = f"malformed reply: {err}"
         if reason:
             self.run_log.skip(completion.client, version, reason)
-        return not reason
+            return None
+        return arrays, metrics
 
     def evaluate(self, evaluate_fn: EvaluateFn | None, version: int, arrays: ArrayRecord,
                  result: Result) -> None:
@@ -189,11 +197,10 @@ class AsyncflStrategy(Strategy):
             version, total, self.loop.virtual_clock.now, len(self.run_log.events),
             shown or "none yet")
 
-    def record_update(self, completion: Completion, version_at_arrival: int,
-                      version_after: int) -> None:
+    def record_update(self, completion: Completion, metrics: MetricRecord,
+                      version_at_arrival: int, version_after: int) -> None:
         """One events.csv row. Staleness = server version when the update arrived minus the
         version the client started from."""
-        metrics = reply_metrics(completion.reply)
         version_dispatch = int(completion.tag)
         row = dict.fromkeys(EVENT_COLUMNS)
         row.update(
@@ -255,6 +262,7 @@ class SyncStrategy(AsyncflStrategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample clients and build one train instruction for each."""
+        config = self.train_settings(config)
         size = array_bytes(arrays)
         chosen = sample_clients(self._rng, self.num_clients, self.fraction_train)
         return [self.instruction(arrays, config, server_round - 1, c, size) for c in chosen]
@@ -289,27 +297,29 @@ class SyncStrategy(AsyncflStrategy):
         loop = self._prepare(grid, timeout)
         log(INFO, "Starting %s for %d rounds", type(self).__name__, num_rounds)
         self.summary()
-        config = self.train_settings(train_config)
+        train_config = train_config if train_config is not None else ConfigRecord()
+        settings = self.train_settings(train_config)
         result = Result(arrays=initial_arrays)
         arrays = initial_arrays
         self._global = record_to_arrays(arrays)
         self.evaluate(evaluate_fn, 0, arrays, result)
         for server_round in range(1, num_rounds + 1):
-            messages = self.configure_train(server_round, arrays, config, grid)
+            messages = self.configure_train(server_round, arrays, train_config, grid)
             loop.send(
-                (m, client, self.expected_steps(client, config), server_round - 1)
+                (m, client, self.expected_steps(client, settings), server_round - 1)
                 for m in messages
                 for client in [self._client_of_node[m.metadata.dst_node_id]]
             )
-            usable = [c for c in loop.drain() if self.usable(c, self._global, server_round)]
+            usable = [(c, accepted) for c in loop.drain()
+                      if (accepted := self.accept(c, self._global, server_round))]
             new_arrays, train_metrics = self.aggregate_train(
-                server_round, [c.reply for c in usable]
+                server_round, [c.reply for c, _ in usable]
             )
             if new_arrays is not None:
                 arrays = result.arrays = new_arrays
                 result.train_metrics_clientapp[server_round] = train_metrics
-            for completion in usable:
-                self.record_update(completion, server_round - 1, server_round)
+            for completion, (_, metrics) in usable:
+                self.record_update(completion, metrics, server_round - 1, server_round)
             if server_round % self.eval_every == 0 or server_round == num_rounds:
                 self.evaluate(evaluate_fn, server_round, arrays, result)
             self.progress(server_round, num_rounds)

@@ -6,6 +6,8 @@ messaging around them lives in the strategy modules.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -39,17 +41,65 @@ def sample_clients(rng: np.random.Generator, num_clients: int, fraction: float) 
 
 def task_seed(seed: int, version: int, client: int) -> int:
     """Seed for a client's local shuffling, fixed by (run seed, model version, client)."""
-    return int(np.random.SeedSequence([seed, version, client]).generate_state(1)[0])
+    digest = hashlib.blake2b(f"{seed}:{version}:{client}".encode(), digest_size=7).digest()
+    return int.from_bytes(digest, "little")
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def array_to_numpy(array: Array) -> np.ndarray:
+    """A read-only numpy view of a serialized Array, without parsing the .npy header.
+
+    Flower stores numpy arrays as .npy bytes; `Array.numpy()` re-parses the header with
+    `ast.literal_eval` and copies the data, which dominates small messages. The shape and dtype
+    are on the Array already, so C-ordered data is viewed in place; anything else (Fortran
+    order, another serialization, a size that does not add up) goes through `Array.numpy()`.
+    """
+    data = array.data
+    if array.stype == "numpy.ndarray" and data[:6] == _NPY_MAGIC:
+        length_bytes = 2 if data[6] == 1 else 4
+        start = 8 + length_bytes
+        header_end = start + int.from_bytes(data[8:start], "little")
+        if b"'fortran_order': False" in data[start:header_end]:
+            dtype = np.dtype(array.dtype)
+            count = math.prod(array.shape)
+            if not dtype.hasobject and len(data) - header_end == count * dtype.itemsize:
+                view = np.frombuffer(data, dtype=dtype, count=count, offset=header_end)
+                return view.reshape(tuple(array.shape))
+    return array.numpy()
+
+
+_npy_headers: dict[tuple[str, tuple[int, ...]], bytes] = {}
+
+
+def numpy_to_array(value: np.ndarray) -> Array:
+    """A Flower Array holding exactly the .npy bytes `np.save` writes, built from a cached
+    header per (dtype, shape): the header is the costly part of `np.save` for small arrays."""
+    value = np.ascontiguousarray(value)
+    key = (value.dtype.str, value.shape)
+    header = _npy_headers.get(key)
+    if header is None:
+        buffer = io.BytesIO()
+        np.save(buffer, value, allow_pickle=False)
+        header = buffer.getvalue()[: buffer.tell() - value.nbytes]
+        if len(_npy_headers) < 4096:
+            _npy_headers[key] = header
+    return Array(dtype=str(value.dtype), shape=tuple(value.shape), stype="numpy.ndarray",
+                 data=header + value.tobytes())
 
 
 def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """The arrays of an ArrayRecord by key, as numpy."""
-    return {key: array.numpy() for key, array in record.items()}
+    """The arrays of an ArrayRecord by key, as (read-only) numpy arrays."""
+    return {key: array_to_numpy(array) for key, array in record.items()}
 
 
 def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     """An ArrayRecord that keeps the keys (and so works with torch state_dicts)."""
-    return ArrayRecord(array_dict={key: Array(value) for key, value in arrays.items()})
+    record = ArrayRecord()
+    for key, value in arrays.items():
+        record[key] = numpy_to_array(value)
+    return record
 
 
 def weighted_average(
@@ -83,29 +133,39 @@ def gradient_step(
     return out
 
 
+def reply_records(reply: Message) -> tuple[ArrayRecord, MetricRecord]:
+    """The single ArrayRecord and MetricRecord of a train reply (Flower's FedAvg contract)."""
+    arrays = [r for r in reply.content.values() if isinstance(r, ArrayRecord)]
+    metrics = [r for r in reply.content.values() if isinstance(r, MetricRecord)]
+    if len(arrays) != 1 or len(metrics) != 1:
+        raise ValueError(f"expected one ArrayRecord and one MetricRecord in the reply, found "
+                         f"{len(arrays)} and {len(metrics)}")
+    return arrays[0], metrics[0]
+
+
 def reply_arrays(reply: Message) -> ArrayRecord:
-    """The single ArrayRecord of a train reply (Flower's FedAvg contract)."""
-    records = list(reply.content.array_records.values())
-    if len(records) != 1:
-        raise ValueError(f"expected one ArrayRecord in the reply, found {len(records)}")
-    return records[0]
+    """The single ArrayRecord of a train reply."""
+    return reply_records(reply)[0]
 
 
 def reply_metrics(reply: Message) -> MetricRecord:
-    """The single MetricRecord of a train reply (Flower's FedAvg contract)."""
-    records = list(reply.content.metric_records.values())
-    if len(records) != 1:
-        raise ValueError(f"expected one MetricRecord in the reply, found {len(records)}")
-    return records[0]
+    """The single MetricRecord of a train reply."""
+    return reply_records(reply)[1]
 
 
-def check_reply(reply: Message, reference: dict[str, np.ndarray]) -> str:
-    """Why a train reply must not touch the global model, or '' if it is usable."""
+def parse_reply(reply: Message) -> tuple[dict[str, np.ndarray], MetricRecord]:
+    """The arrays and metrics of a train reply (raises ValueError if it is malformed)."""
     try:
-        metrics = reply_metrics(reply)
-        arrays = record_to_arrays(reply_arrays(reply))
-    except (ValueError, TypeError) as err:
-        return f"malformed reply: {err}"
+        arrays, metrics = reply_records(reply)
+        return record_to_arrays(arrays), metrics
+    except TypeError as err:
+        raise ValueError(str(err)) from err
+
+
+def check_reply(
+    arrays: dict[str, np.ndarray], metrics: MetricRecord, reference: dict[str, np.ndarray]
+) -> str:
+    """Why a parsed train reply must not touch the global model, or '' if it is usable."""
     examples = metrics.get(NUM_EXAMPLES)
     if not isinstance(examples, (int, float)) or not examples > 0 or not math.isfinite(examples):
         return f"bad {NUM_EXAMPLES}: {examples!r}"

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ArrayRecord, Message
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from asyncfl.timing.clocks import Clock, VirtualClock, WallClock
@@ -42,7 +42,7 @@ def message_bytes(message: Message) -> int:
     """Serialized array bytes carried by a message (0 for an error reply)."""
     if message.has_error():
         return 0
-    return sum(array_bytes(record) for record in message.content.array_records.values())
+    return sum(array_bytes(r) for r in message.content.values() if isinstance(r, ArrayRecord))
 
 
 @dataclass
@@ -61,6 +61,7 @@ class Dispatch:
     tag: Any = None
     virtual_finish: float | None = None
     reply: Message | None = None
+    reply_size: int = 0
     arrived_wall: float = 0.0
 
 
@@ -150,11 +151,13 @@ class EventLoop:
         self,
         items: Iterable[tuple[Message, int, int | None, Any]],
         reply_bytes: int | None = None,
+        model_bytes: int | None = None,
     ) -> list[Dispatch]:
         """Push (message, client, steps or None, tag) items in one batch.
 
         `steps` known at dispatch fixes the virtual finish time now; None lets the reply's
-        `local-steps` metric decide it. `reply_bytes` is the upload size the delay model
+        `local-steps` metric decide it. `model_bytes`, if the caller knows it, is the array
+        size of every message of the batch; `reply_bytes` is the upload size the delay model
         charges (default: the size of the model sent).
         """
         items = list(items)
@@ -169,7 +172,7 @@ class EventLoop:
         now_virtual, now_wall = self.virtual_clock.now, self.wall_clock.now
         sent = []
         for message_id, (message, client, steps, tag) in zip(ids, items, strict=True):
-            down = message_bytes(message)
+            down = message_bytes(message) if model_bytes is None else model_bytes
             number = self._task_numbers.get(client, 0)
             self._task_numbers[client] = number + 1
             dispatch = Dispatch(
@@ -245,10 +248,11 @@ class EventLoop:
             dispatch = self._in_flight[message_id]
             self._waiting.discard(message_id)
             dispatch.reply = reply
+            dispatch.reply_size = message_bytes(reply)
             dispatch.arrived_wall = stamp
             self._arrived[message_id] = dispatch
             self.traffic.replies_received += 1
-            self.traffic.bytes_up += message_bytes(reply)
+            self.traffic.bytes_up += dispatch.reply_size
             if message_id in self._unknown:
                 self._unknown.discard(message_id)
                 self._set_virtual_finish(dispatch, reply_steps(reply, dispatch.steps))
@@ -284,7 +288,7 @@ class EventLoop:
             virtual_time=dispatch.virtual_finish,
             wall_time=self.wall_clock.now,
             steps=reply_steps(reply, dispatch.steps) if reply is not None else 0,
-            bytes_up=message_bytes(reply) if reply is not None else 0,
+            bytes_up=dispatch.reply_size,
         )
 
     def _give_up_oldest(self) -> Completion:
@@ -299,7 +303,7 @@ class EventLoop:
 def reply_steps(reply: Message | None, fallback: int | None) -> int:
     """Local steps a reply says it ran; else the steps dispatched; else 1."""
     if reply is not None and not reply.has_error():
-        for record in reply.content.metric_records.values():
-            if STEPS_METRIC in record:
+        for record in reply.content.values():
+            if isinstance(record, MetricRecord) and STEPS_METRIC in record:
                 return int(record[STEPS_METRIC])
     return fallback if fallback is not None else 1
