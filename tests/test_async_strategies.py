@@ -166,3 +166,23 @@ def test_fedbuff_reaches_fedavg_final_accuracy_sooner_in_virtual_time(out):
              for r in read_rows(fedbuff.output_dir / "evals.csv")]
     reached = next(t for t, acc in curve if acc >= target)
     assert reached < fedavg.summary["virtual_time"] / 2
+
+
+class SlowNodeGrid(InlineGrid):
+    """Node of client 0 declares its own slowdown in its node config."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        first = min(self.contexts)
+        self.contexts[first].node_config["step-delay"] = 0.05
+
+
+def test_a_node_declared_step_delay_is_slept_in_wall_clock_mode(out):
+    result = asyncfl.simulate(grid_class=SlowNodeGrid, strategy="fedasync", task="mean",
+                              num_clients=2, num_server_rounds=6, clock="wall",
+                              delay_dist="constant", delay_mean=0.001, local_steps=1,
+                              run_name="slow-node", **out)
+    events = read_rows(result.output_dir / "events.csv")
+    # client 0 sleeps 50 ms per task instead of 1 ms: at least 6 x 50 ms passed in total
+    assert result.summary["wall_time"] >= 0.05 * sum(r["client"] == "0" for r in events)
+    assert {r["client"] for r in events} == {"0", "1"}
