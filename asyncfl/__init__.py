@@ -1,15 +1,30 @@
 """asyncfl: federated learning with clients of unequal speed, as Flower strategies and apps."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from asyncfl.config import ConfigError
+
+if TYPE_CHECKING:
+    from asyncfl.runtime.inline import SimulationResult
 
 __version__ = "0.1.0"
 
 
-def simulate(**run_config):
-    """Run a whole federated run inline (see `asyncfl.runtime.inline.simulate`)."""
-    from asyncfl.runtime.inline import simulate as run_inline
+def simulate(**kwargs) -> SimulationResult:
+    """Run a whole federated run (see `asyncfl.runtime.inline.simulate`)."""
+    from asyncfl.runtime.inline import simulate as run
 
-    return run_inline(**run_config)
+    return run(**kwargs)
 
 
-__all__ = ["ConfigError", "__version__", "simulate"]
+def __getattr__(name: str):
+    if name == "SimulationResult":
+        from asyncfl.runtime.inline import SimulationResult
+
+        return SimulationResult
+    raise AttributeError(name)
+
+
+__all__ = ["ConfigError", "SimulationResult", "__version__", "simulate"]

@@ -122,30 +122,18 @@ def stop_process_group(process: subprocess.Popen) -> None:
             continue
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--app", default=".", help="the Flower app folder (default: .)")
-    parser.add_argument("--run-config", default="", help="run-config overrides, as for flwr run")
-    parser.add_argument("--cpus-per-client", type=int, default=1,
-                        help="Ray CPUs per ClientApp (1 lets every core run a client)")
-    args = parser.parse_args(argv)
-
-    app_dir = Path(args.app).resolve()
-    overrides = parse_config_args([args.run_config]) if args.run_config else {}
-    try:
-        config = validate_run_config(overrides)
-    except ConfigError as err:
-        print(f"asyncfl-flwr-run: {err}", file=sys.stderr)
-        return 2
+def run_flower(overrides: dict, app_dir: Path, cpus_per_client: int = 1) -> Path:
+    """Validate, run `flwr run` on a private SuperLink, stop it; return the results folder."""
+    overrides = dict(overrides)
+    config = validate_run_config(overrides)
     if not config["run-name"]:
         overrides["run-name"] = config["run-name"] = default_run_name(config)
     if not Path(config["output-dir"]).is_absolute():
         overrides["output-dir"] = config["output-dir"] = str(Path.cwd() / config["output-dir"])
-
     started = time.time()
     cpus = os.cpu_count() or 1
     federation = (f"num-supernodes={config['num-clients']} "
-                  f"client-resources-num-cpus={args.cpus_per_client} "
+                  f"client-resources-num-cpus={cpus_per_client} "
                   f"client-resources-num-gpus=0 init-args-num-cpus={cpus}")
     with local_superlink(app_dir) as (_, env):
         command = ["flwr", "run", str(app_dir), CONNECTION, "--stream",
@@ -154,8 +142,23 @@ def main(argv: list[str] | None = None) -> int:
     out = run_dir(config)
     summary = out / "summary.json"
     if not summary.exists() or summary.stat().st_mtime < started:
-        print(f"asyncfl-flwr-run: the run wrote no results to {out}", file=sys.stderr)
-        return 1
+        raise RuntimeError(f"the run wrote no results to {out}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--app", default=".", help="the Flower app folder (default: .)")
+    parser.add_argument("--run-config", default="", help="run-config overrides, as for flwr run")
+    parser.add_argument("--cpus-per-client", type=int, default=1,
+                        help="Ray CPUs per ClientApp (1 lets every core run a client)")
+    args = parser.parse_args(argv)
+    overrides = parse_config_args([args.run_config]) if args.run_config else {}
+    try:
+        out = run_flower(overrides, Path(args.app).resolve(), args.cpus_per_client)
+    except (ConfigError, RuntimeError) as err:
+        print(f"asyncfl-flwr-run: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ConfigError) else 1
     print(f"asyncfl-flwr-run: results in {out}")
     return 0
 

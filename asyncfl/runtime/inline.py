@@ -105,15 +105,36 @@ class SimulationResult:
             return {k: data[k] for k in data.files}
 
 
-def simulate(grid_class: type[InlineGrid] = InlineGrid, **run_config: Any) -> SimulationResult:
-    """Run the ServerApp and ClientApp in this process; keys as in the run config, with
-    underscores (`simulate(strategy="fedavg", num_clients=10)`)."""
+RUNTIMES = ("inline", "simulation")
+
+
+def simulate(
+    grid_class: type[InlineGrid] = InlineGrid, runtime: str = "inline", **run_config: Any
+) -> SimulationResult:
+    """Run the ServerApp and ClientApp; keys as in the run config, with underscores
+    (`simulate(strategy="fedavg", num_clients=10)`). `runtime="inline"` runs everything in
+    this process; `runtime="simulation"` runs the same through Flower's simulation engine
+    (`flwr run` on a private SuperLink; needs the project folder, as an editable install has).
+    """
     from asyncfl.client_app import app as client_app
     from asyncfl.server_app import app as server_app
 
-    config = validate_run_config(from_python_kwargs(run_config))
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    overrides = from_python_kwargs(run_config)
+    config = validate_run_config(overrides)
     if not config["run-name"]:
         config["run-name"] = default_run_name(config)
+    if runtime == "simulation":
+        from asyncfl.runtime.flower_run import run_flower
+
+        app_dir = Path(__file__).resolve().parents[2]
+        if not (app_dir / "pyproject.toml").exists():
+            raise RuntimeError(f"runtime='simulation' needs the app folder; none at {app_dir}")
+        out = run_flower({**overrides, "run-name": config["run-name"]}, app_dir)
+        return SimulationResult(out, json.loads((out / "summary.json").read_text()),
+                                validate_run_config({**overrides, "run-name": config["run-name"],
+                                                     "output-dir": str(out.parent)}))
     grid = grid_class(client_app, config, config["num-clients"])
     context = Context(run_id=1, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(),
                       run_config=config)

@@ -35,7 +35,8 @@ def digits_task(
 ) -> ClassificationTask:
     """Digits split 80/20 (stratified, by seed) and the training part partitioned."""
     data = load_digits()
-    images = data.images.astype("float32") / 16.0
+    images = data.images.astype("float32")
+    images = (images - images.mean()) / images.std()
     x_train, x_test, y_train, y_test = train_test_split(
         images, data.target, test_size=TEST_FRACTION, stratify=data.target, random_state=seed
     )

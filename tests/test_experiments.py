@@ -1,0 +1,43 @@
+"""The experiment scripts run and check what they claim (small settings)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / args[0]), *args[1:]],
+                          cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_homework_a1_passes_and_fails_on_its_tolerance(tmp_path):
+    done = run_script("homework_part_a.py", "a1", "--out", str(tmp_path / "hw"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "A1: largest difference 0.0000 pp" in done.stdout
+    table = (tmp_path / "hw" / "a1.md").read_text()
+    assert table.count("\n") == 2 + 12  # header, rule, 2 scenarios x rounds 0..5
+    strict = run_script("homework_part_a.py", "a1", "--tolerance", "-1", "--out",
+                        str(tmp_path / "hw2"), cwd=tmp_path)
+    assert strict.returncode == 1 and "FAILED" in strict.stdout
+
+
+def test_homework_a2_message_counts(tmp_path):
+    done = run_script("homework_part_a.py", "a2", "--rounds", "2", "--out",
+                      str(tmp_path / "hw"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = (tmp_path / "hw" / "a2_fraction.csv").read_text().splitlines()[1:]
+    # N = 100, C = 0.01 / 0.1 / 0.2, 2 rounds: 2 x 2 x (1, 10, 20) messages
+    assert [int(r.split(",")[4]) for r in rows] == [4, 4, 40, 40, 80, 80]
+
+
+def test_seed000_small_run_writes_panels_and_table(tmp_path):
+    done = run_script("seed000_async_mean.py", "--sizes", "20x200", "--out",
+                      str(tmp_path / "s0"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "s0"
+    assert {p.name for p in out.glob("*-panels.png")} == {
+        "normal-20x200-panels.png", "exponential-20x200-panels.png",
+        "uniform-20x200-panels.png"}
+    assert (out / "table.md").read_text().count("\n") == 2 + 9
