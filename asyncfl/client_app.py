@@ -62,7 +62,8 @@ def train(msg: Message, context: Context) -> Message:
         seed=int(config.get("task-seed", 0)),
     )
     started = time.perf_counter()
-    outcome = task.train(record_to_arrays(msg.content["arrays"]), partition_id(context), settings)
+    start = record_to_arrays(msg.content["arrays"])
+    outcome = task.train(start, partition_id(context), settings)
     compute_time = time.perf_counter() - started
     step_delay = context.node_config.get("step-delay", config.get("step-delay", 0.0))
     injected = float(step_delay) * outcome.steps
@@ -76,7 +77,8 @@ def train(msg: Message, context: Context) -> Message:
         MODEL_VERSION: int(config.get(MODEL_VERSION, 0)),
         "compute-time": compute_time + injected,
     })
-    content = RecordDict({"arrays": arrays_to_record(outcome.arrays), "metrics": metrics})
+    reply = outcome.reply(start, settings.returns)
+    content = RecordDict({"arrays": arrays_to_record(reply), "metrics": metrics})
     return Message(content=content, reply_to=msg)
 
 

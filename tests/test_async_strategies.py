@@ -49,7 +49,7 @@ def test_fedbuff_k1_m1_constant_lr1_is_sequential_sgd(out):
         client = int(row["client"])
         settings = TrainSettings(lr=0.1, local_steps=3, batch_size=8, returns="weights",
                                  seed=task_seed(3, version, client))
-        w = task.train(w, client, settings).arrays
+        w = task.train(w, client, settings).weights
     final = result.final_arrays()
     for key in w:
         np.testing.assert_allclose(final[key], w[key], rtol=1e-6, atol=1e-7)

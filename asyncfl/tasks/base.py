@@ -12,7 +12,12 @@ RETURN_KINDS = ("weights", "delta", "gradient")
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """How a client trains one task (sent by the server in the train config)."""
+    """How a client trains one task (sent by the server in the train config).
+
+    `skip_steps` resumes a task part-way: the minibatch sequence is the one the whole task
+    would use (fixed by `seed`), and the first `skip_steps` batches of it are passed over;
+    `local_steps` then counts the steps to run from there.
+    """
 
     lr: float
     local_epochs: int = 1
@@ -20,6 +25,7 @@ class TrainSettings:
     batch_size: int = 0  # 0: the whole partition in one batch
     returns: str = "weights"  # weights | delta | gradient (sum of the step gradients)
     seed: int = 0  # minibatch shuffling
+    skip_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.returns not in RETURN_KINDS:
@@ -28,12 +34,23 @@ class TrainSettings:
 
 @dataclass
 class TrainOutcome:
-    """What local training produced."""
+    """What local training produced: the local model after the last step and, when the
+    settings ask for gradients, the sum of the step gradients."""
 
-    arrays: dict[str, np.ndarray]
+    weights: dict[str, np.ndarray]
+    gradient: dict[str, np.ndarray] | None
     num_examples: int
     train_loss: float
     steps: int
+
+    def reply(self, start: dict[str, np.ndarray], returns: str) -> dict[str, np.ndarray]:
+        """What the client sends back: weights, delta from `start`, or the gradient sum."""
+        if returns == "weights":
+            return self.weights
+        if returns == "delta":
+            return {k: v - start[k] for k, v in self.weights.items()}
+        assert self.gradient is not None
+        return self.gradient
 
 
 class Task(ABC):

@@ -22,15 +22,18 @@ def load_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
 
 
 def minibatches(n: int, settings: TrainSettings, generator: torch.Generator):
-    """Index batches for local training: `local_steps` batches, or `local_epochs` epochs."""
+    """Index batches for local training: `local_steps` batches after the first `skip_steps`
+    of the task's sequence, or `local_epochs` epochs."""
     batch = settings.batch_size or n
-    done = 0
+    seen = 0
+    last = settings.skip_steps + settings.local_steps
     for _ in range(settings.local_epochs if settings.local_steps == 0 else 1 << 62):
         order = torch.randperm(n, generator=generator) if batch < n else torch.arange(n)
         for start in range(0, n, batch):
-            yield order[start:start + batch]
-            done += 1
-            if done == settings.local_steps:
+            seen += 1
+            if seen > settings.skip_steps:
+                yield order[start:start + batch]
+            if seen == last:
                 return
 
 
@@ -87,24 +90,22 @@ class ClassificationTask(Task):
         loss_fn = nn.CrossEntropyLoss()
         generator = torch.Generator().manual_seed(settings.seed)
         losses = []
+        track = settings.returns == "gradient"
         for batch in minibatches(len(index), settings, generator):
             optimizer.zero_grad()
             loss = loss_fn(model(x[batch]), y[batch])
             loss.backward()
-            if settings.returns == "gradient":
+            if track:
                 for k, p in params.items():
                     grad_sum[k] += p.grad
             optimizer.step()
             losses.append(loss.item())
-        final = state_to_arrays(model)
-        if settings.returns == "delta":
-            final = {k: final[k] - arrays[k] for k in final}
-        elif settings.returns == "gradient":
-            final = {
-                k: grad_sum[k].numpy() if k in grad_sum else np.zeros_like(v)
-                for k, v in final.items()
-            }
-        return TrainOutcome(final, len(index), float(np.mean(losses)), len(losses))
+        weights = state_to_arrays(model)
+        gradient = None
+        if track:
+            gradient = {k: grad_sum[k].numpy() if k in grad_sum else np.zeros_like(v)
+                        for k, v in weights.items()}
+        return TrainOutcome(weights, gradient, len(index), float(np.mean(losses)), len(losses))
 
     @torch.no_grad()
     def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:

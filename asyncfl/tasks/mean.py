@@ -33,14 +33,9 @@ class MeanTask(Task):
         self, arrays: dict[str, np.ndarray], partition_id: int, settings: TrainSettings
     ) -> TrainOutcome:
         value = np.array([float(self.values[partition_id])])
-        if settings.returns == "weights":
-            out = value
-        elif settings.returns == "delta":
-            out = value - arrays["estimate"]
-        else:  # the gradient of 0.5 * (estimate - value)^2
-            out = arrays["estimate"] - value
+        gradient = {"estimate": arrays["estimate"] - value}  # of 0.5 (estimate - value)^2
         loss = float(abs(arrays["estimate"][0] - value[0]))
-        return TrainOutcome({"estimate": out}, 1, loss, 1)
+        return TrainOutcome({"estimate": value}, gradient, 1, loss, 1)
 
     def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
         error = abs(float(arrays["estimate"][0]) - self.true_mean)
