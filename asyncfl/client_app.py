@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from asyncfl.config import validate_run_config
@@ -15,10 +15,13 @@ from asyncfl.strategies.utils import (
     arrays_to_record,
     record_to_arrays,
 )
-from asyncfl.tasks import TrainSettings, load_task
+from asyncfl.tasks import TrainOutcome, TrainSettings, load_task
 from asyncfl.timing.event_loop import STEPS_METRIC
 
 PARTITION_ID = "partition-id"
+SEGMENT_MODEL = "segment.local-model"
+SEGMENT_GRADIENT = "segment.gradient"
+SEGMENT_STATS = "segment.stats"
 
 app = ClientApp()
 
@@ -45,15 +48,9 @@ def partition_id(context: Context) -> int:
     return int(context.node_config[PARTITION_ID])
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Train from the received model and reply with weights, delta or gradient.
-
-    In wall-clock mode it then sleeps step-delay x steps + comm-delay: the server's delay
-    model, or the node's own `--node-config step-delay=<seconds>` if it declares one."""
-    task = load_task(run_config(context))
-    config = msg.content["config"]
-    settings = TrainSettings(
+def settings_from(config: ConfigRecord, **overrides) -> TrainSettings:
+    """The training settings a train instruction carries."""
+    fields = dict(
         lr=float(config["lr"]),
         local_epochs=int(config.get("local-epochs", 1)),
         local_steps=int(config.get("local-steps", 0)),
@@ -61,25 +58,89 @@ def train(msg: Message, context: Context) -> Message:
         returns=str(config.get("return", "weights")),
         seed=int(config.get("task-seed", 0)),
     )
+    return TrainSettings(**{**fields, **overrides})
+
+
+def run_task(
+    context: Context, config: ConfigRecord, start: dict, settings: TrainSettings
+) -> tuple[TrainOutcome, float]:
+    """Train, then in wall-clock mode sleep step-delay x steps + comm-delay (the server's
+    delay model, or the node's own `--node-config step-delay=<seconds>`); return the outcome
+    and the seconds it represents."""
+    task = load_task(run_config(context))
     started = time.perf_counter()
-    start = record_to_arrays(msg.content["arrays"])
     outcome = task.train(start, partition_id(context), settings)
     compute_time = time.perf_counter() - started
     step_delay = context.node_config.get("step-delay", config.get("step-delay", 0.0))
-    injected = float(step_delay) * outcome.steps
-    injected += float(config.get("comm-delay", 0.0))
+    injected = float(step_delay) * outcome.steps + float(config.get("comm-delay", 0.0))
     if injected > 0:
         time.sleep(injected)
-    metrics = MetricRecord({
+    return outcome, compute_time + injected
+
+
+def train_reply(msg: Message, arrays: dict | None, metrics: dict) -> Message:
+    """A reply with the arrays (if any) and the metrics."""
+    content = RecordDict({"metrics": MetricRecord(metrics)})
+    if arrays is not None:
+        content["arrays"] = arrays_to_record(arrays)
+    return Message(content=content, reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train from the received model and reply with weights, delta or gradient."""
+    config = msg.content["config"]
+    settings = settings_from(config)
+    start = record_to_arrays(msg.content["arrays"])
+    outcome, seconds = run_task(context, config, start, settings)
+    return train_reply(msg, outcome.reply(start, settings.returns), {
         NUM_EXAMPLES: outcome.num_examples,
         TRAIN_LOSS: outcome.train_loss,
         STEPS_METRIC: outcome.steps,
         MODEL_VERSION: int(config.get(MODEL_VERSION, 0)),
-        "compute-time": compute_time + injected,
+        "compute-time": seconds,
     })
-    reply = outcome.reply(start, settings.returns)
-    content = RecordDict({"arrays": arrays_to_record(reply), "metrics": metrics})
-    return Message(content=content, reply_to=msg)
+
+
+@app.train("segment")
+def train_segment(msg: Message, context: Context) -> Message:
+    """Run iterations [segment-start, segment-start + segment-steps) of a task (APSB).
+
+    The local model comes with the message at the task's start or when the worker adopts a
+    broadcast; otherwise it is the one the previous segment left in `context.state`, and so
+    is the accumulated gradient. The last segment replies with the accumulated gradient."""
+    config = msg.content["config"]
+    state = context.state
+    first = int(config["segment-start"]) == 0
+    if "arrays" in msg.content:
+        local = record_to_arrays(msg.content["arrays"])
+    else:
+        local = record_to_arrays(state[SEGMENT_MODEL])
+    settings = settings_from(config, local_steps=int(config["segment-steps"]),
+                             skip_steps=int(config["segment-start"]), returns="gradient")
+    outcome, seconds = run_task(context, config, local, settings)
+    gradient = outcome.gradient
+    losses = outcome.train_loss * outcome.steps
+    if not first:
+        earlier = record_to_arrays(state[SEGMENT_GRADIENT])
+        gradient = {k: earlier[k] + v for k, v in gradient.items()}
+        losses += float(state[SEGMENT_STATS]["loss-sum"])
+    steps = int(config["segment-start"]) + outcome.steps
+    if not bool(config["final"]):
+        state[SEGMENT_MODEL] = arrays_to_record(outcome.weights)
+        state[SEGMENT_GRADIENT] = arrays_to_record(gradient)
+        state[SEGMENT_STATS] = MetricRecord({"loss-sum": losses})
+        return train_reply(msg, None, {STEPS_METRIC: outcome.steps, "compute-time": seconds})
+    for key in (SEGMENT_MODEL, SEGMENT_GRADIENT, SEGMENT_STATS):
+        if key in state:
+            del state[key]
+    return train_reply(msg, gradient, {
+        NUM_EXAMPLES: outcome.num_examples,
+        TRAIN_LOSS: losses / steps,
+        STEPS_METRIC: steps,
+        MODEL_VERSION: int(config.get(MODEL_VERSION, 0)),
+        "compute-time": seconds,
+    })
 
 
 @app.query()

@@ -86,13 +86,20 @@ def _plain_name(text: str) -> bool:
 
 
 _POSITIVE = "a number > 0"
+MODEL_CHOICES = ("auto", "small-cnn", "mnist-cnn", "resnet18")
+#: model -> tasks it fits ("auto" fits every task)
+MODEL_FITS = {"small-cnn": ("digits",), "mnist-cnn": ("digits", "mnist", "fashion-mnist"),
+              "resnet18": ("cifar10",)}
 _NON_NEGATIVE = "a number >= 0"
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("strategy", str, "fedavg", "federated algorithm",
             choices=("fedsgd", "fedsgd-weights", "fedavg", "fedbuff", "fedasync",
-                     "running-mean")),
-    Setting("task", str, "digits", "model + data", choices=("digits", "mean")),
+                     "running-mean", "lsgd", "ssgd", "alsgd", "asgd", "apsb")),
+    Setting("task", str, "digits", "data set (mnist, fashion-mnist, cifar10: hub, cached)",
+            choices=("digits", "mean", "mnist", "fashion-mnist", "cifar10")),
+    Setting("model", str, "auto", "auto = the task's own: small-cnn for digits, mnist-cnn for "
+            "(fashion-)mnist, resnet18 for cifar10", choices=MODEL_CHOICES),
     Setting("seed", int, 0, "drives data split, speeds, sampling and init",
             check=_non_negative, allowed="an integer >= 0"),
     Setting("num-clients", int, 10, "N, the number of clients (one per node)",
@@ -114,7 +121,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch-size", int, 10, "B, minibatch size; 0 means the whole partition",
             check=_non_negative, allowed="an integer >= 0"),
     Setting("lr", float, 0.2, "client learning rate eta", check=_positive, allowed=_POSITIVE),
-    Setting("server-lr", float, 1.0, "gamma, the server learning rate (fedbuff)",
+    Setting("server-lr", float, 1.0, "gamma: fedbuff's server step; alsgd/asgd/apsb step with "
+            "gamma = lr x server-lr",
             check=_positive, allowed=_POSITIVE),
     Setting("server-momentum", float, 0.0, "server momentum beta (fedbuff); 0 = none",
             check=lambda x: 0 <= x < 1, allowed="a number in [0, 1)"),
@@ -130,6 +138,10 @@ SETTINGS: tuple[Setting, ...] = (
             check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("mixing", float, 0.5, "a, FedAsync's mixing weight", check=_fraction,
             allowed="a number in (0, 1]"),
+    Setting("broadcast-latency", float, 0.0, "apsb: seconds before a broadcast model "
+            "reaches the workers", check=_non_negative, allowed=_NON_NEGATIVE),
+    Setting("apsb-chunk", int, 1, "apsb with a wall clock: iterations between check-ins",
+            check=_positive, allowed="an integer >= 1"),
     Setting("clock", str, "virtual", "virtual: durations computed; wall: real time",
             choices=("virtual", "wall")),
     Setting("delay-dist", str, "exponential", "distribution of per-step compute times",
@@ -183,6 +195,17 @@ def validate_run_config(overrides: Mapping[str, Any]) -> dict[str, ConfigValue]:
         raise ConfigError(
             f"run-config 'delay-low' ({config['delay-low']}) must be below 'delay-high' "
             f"({config['delay-high']}) for delay-dist = uniform"
+        )
+    fits = MODEL_FITS.get(config["model"])
+    if fits is not None and config["task"] not in fits:
+        raise ConfigError(
+            f"run-config 'model' = {config['model']!r} does not fit task = {config['task']!r}; "
+            f"it fits: {', '.join(fits)}"
+        )
+    if config["strategy"] in ("lsgd", "alsgd", "apsb") and config["local-steps"] < 1:
+        raise ConfigError(
+            f"run-config 'local-steps' must be >= 1 for strategy = {config['strategy']} "
+            "(K local iterations per round or push)"
         )
     if config["concurrency"] > config["num-clients"]:
         raise ConfigError(

@@ -64,6 +64,15 @@ def strategy_settings(config: Mapping[str, Any]) -> dict[str, Any]:
                 "staleness": staleness}
     if name == "running-mean":
         return {"concurrency": config["concurrency"]}
+    if name in ("lsgd", "ssgd"):
+        return {}
+    if name in ("alsgd", "asgd"):
+        return {"server_lr": config["lr"] * config["server-lr"],
+                "concurrency": config["concurrency"]}
+    if name == "apsb":
+        return {"server_lr": config["lr"] * config["server-lr"],
+                "concurrency": config["concurrency"],
+                "broadcast_latency": config["broadcast-latency"], "chunk": config["apsb-chunk"]}
     raise ValueError(f"no settings for strategy {name!r}")
 
 
@@ -147,6 +156,7 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
     )
     wall = time.monotonic() - started
     traffic = strategy.loop.traffic
+    comm = strategy.communication()
     events = strategy.run_log.events
     updates = len(events)
     staleness = [row["staleness"] for row in events]
@@ -165,6 +175,10 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
         "replies_received": traffic.replies_received,
         "bytes_down": traffic.bytes_down,
         "bytes_up": traffic.bytes_up,
+        "comm_messages_down": comm.messages_sent,
+        "comm_messages_up": comm.replies_received,
+        "comm_bytes_down": comm.bytes_down,
+        "comm_bytes_up": comm.bytes_up,
         "skipped_replies": sum(strategy.run_log.failures.values()),
         "skipped_by_reason": dict(strategy.run_log.failures),
     }

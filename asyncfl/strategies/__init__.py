@@ -5,6 +5,9 @@ with any ClientApp that answers a train message with one ArrayRecord and a Metri
 `num-examples` (Flower's FedAvg contract).
 """
 
+from asyncfl.strategies.alsgd import ALSGD
+from asyncfl.strategies.apsb import APSB
+from asyncfl.strategies.asgd import ASGD
 from asyncfl.strategies.async_base import AsyncStrategy
 from asyncfl.strategies.base import AsyncflStrategy, SyncStrategy
 from asyncfl.strategies.fedasync import FedAsync
@@ -12,7 +15,9 @@ from asyncfl.strategies.fedavg import FedAvg
 from asyncfl.strategies.fedbuff import FedBuff
 from asyncfl.strategies.fedsgd import FedSGD
 from asyncfl.strategies.fedsgd_weights import FedSGDWeights
+from asyncfl.strategies.lsgd import LSGD
 from asyncfl.strategies.running_mean import RunningMean
+from asyncfl.strategies.ssgd import SSGD
 from asyncfl.strategies.staleness import constant, hinge, polynomial, staleness_function
 
 #: run-config name -> strategy class
@@ -23,10 +28,15 @@ STRATEGIES: dict[str, type[AsyncflStrategy]] = {
     "fedbuff": FedBuff,
     "fedasync": FedAsync,
     "running-mean": RunningMean,
+    "lsgd": LSGD,
+    "ssgd": SSGD,
+    "alsgd": ALSGD,
+    "asgd": ASGD,
+    "apsb": APSB,
 }
 
 __all__ = [
-    "STRATEGIES", "AsyncStrategy", "AsyncflStrategy", "FedAsync", "FedAvg", "FedBuff",
-    "FedSGD", "FedSGDWeights", "RunningMean", "SyncStrategy", "constant", "hinge", "polynomial",
-    "staleness_function",
+    "ALSGD", "APSB", "ASGD", "LSGD", "SSGD", "STRATEGIES", "AsyncStrategy", "AsyncflStrategy",
+    "FedAsync", "FedAvg", "FedBuff", "FedSGD", "FedSGDWeights", "RunningMean", "SyncStrategy",
+    "constant", "hinge", "polynomial", "staleness_function",
 ]

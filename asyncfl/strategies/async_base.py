@@ -14,6 +14,7 @@ from flwr.serverapp.strategy import Result
 
 from asyncfl.strategies.base import AsyncflStrategy, EvaluateFn
 from asyncfl.strategies.utils import NUM_EXAMPLES, arrays_to_record, record_to_arrays
+from asyncfl.timing import Completion
 
 
 class IdlePool:
@@ -92,6 +93,14 @@ class AsyncStrategy(AsyncflStrategy):
         a new version, else None (e.g. FedBuff's buffer is not full yet). `base` is the model
         the client started from when `needs_base`, else None."""
 
+    def continue_task(self, completion: Completion, arrays: ArrayRecord, version: int) -> bool:
+        """Whether `completion` ended only part of a task whose next part this sent (APSB's
+        segments); plain async strategies have one message per task."""
+        return False
+
+    def on_new_version(self, version: int, arrays: ArrayRecord) -> None:
+        """Called once per new global model (APSB broadcasts it)."""
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ):
@@ -132,6 +141,8 @@ class AsyncStrategy(AsyncflStrategy):
                                                                idle.take(in_flight)))
         while version < num_rounds:
             completion = loop.next_completion()
+            if self.continue_task(completion, arrays, version):
+                continue
             idle.add(completion.client)
             base = bases.returned(completion.tag)
             arrived_at = version
@@ -143,6 +154,7 @@ class AsyncStrategy(AsyncflStrategy):
                 if new is not None:
                     global_arrays, version = new, version + 1
                     arrays = arrays_to_record(new)
+                    self.on_new_version(version, arrays)
                 self.record_update(completion, metrics, arrived_at, version)
                 if version > arrived_at and (version % self.eval_every == 0
                                              or version == num_rounds):

@@ -36,6 +36,7 @@ from asyncfl.timing import (
     Completion,
     DelayModel,
     EventLoop,
+    TrafficCounters,
     WallClock,
     array_bytes,
     zero_delays,
@@ -121,20 +122,21 @@ class AsyncflStrategy(Strategy):
         return int(config["local-epochs"]) * math.ceil(n / batch)
 
     def instruction(
-        self, arrays: ArrayRecord, config: dict, version: int, client: int, model_bytes: int,
+        self, arrays: ArrayRecord | None, config: dict, version: int, client: int,
+        model_bytes: int, message_type: str = "train", extra: dict | None = None,
     ) -> Message:
         """A train message for one client: the run's config, the model version, a shuffling
         seed, and in wall-clock mode the delay the ClientApp must really sleep (its step time,
         plus the communication time of the model down and a model-sized reply up)."""
         config = {**config, MODEL_VERSION: version,
-                  "task-seed": task_seed(self.seed, version, client)}
+                  "task-seed": task_seed(self.seed, version, client), **(extra or {})}
         if self.clock.kind == "wall":
             assert self.delays is not None
             config["step-delay"] = float(self.delays.step_times[client])
             config["comm-delay"] = float(self.delays.comm_time(2 * model_bytes))
         assert self.node_ids is not None
         return train_instruction(arrays, ConfigRecord(config), self.node_ids[client],
-                                 str(version))
+                                 str(version), message_type)
 
     def dispatch(
         self, arrays: ArrayRecord, config: dict, version: int, clients: Iterable[int]
@@ -197,6 +199,13 @@ class AsyncflStrategy(Strategy):
             version, total, self.loop.virtual_clock.now, len(self.run_log.events),
             shown or "none yet")
 
+    def communication(self) -> TrafficCounters:
+        """Messages and bytes the algorithm moves, each way. For most strategies these are the
+        Grid's messages; APSB counts its broadcasts (one model transfer per receiving worker)
+        instead of the continuation messages its virtual-time simulation needs."""
+        assert self.loop is not None
+        return self.loop.traffic
+
     def record_update(self, completion: Completion, metrics: MetricRecord,
                       version_at_arrival: int, version_after: int) -> None:
         """One events.csv row. Staleness = server version when the update arrived minus the
@@ -217,6 +226,9 @@ class AsyncflStrategy(Strategy):
             bytes_down=completion.dispatch.bytes_down,
             bytes_up=completion.bytes_up,
         )
+        comm = self.communication()
+        row["comm_messages"] = comm.messages
+        row["comm_bytes"] = comm.bytes_down + comm.bytes_up
         self.run_log.events.append(row)
 
     def configure_evaluate(

@@ -25,6 +25,7 @@ MODEL_VERSION = "model-version"
 EVENT_COLUMNS = (
     "version_apply", "version_dispatch", "staleness", "client", "virtual_time", "wall_time",
     "dispatch_time", "steps", "num_examples", "train_loss", "bytes_down", "bytes_up",
+    "comm_messages", "comm_bytes",
 )
 
 
@@ -180,11 +181,14 @@ def check_reply(
 
 
 def train_instruction(
-    arrays: ArrayRecord, config: ConfigRecord, node_id: int, group_id: str
+    arrays: ArrayRecord | None, config: ConfigRecord, node_id: int, group_id: str,
+    message_type: str = "train",
 ) -> Message:
-    """A `train` message carrying the model and its config."""
-    content = RecordDict({"arrays": arrays, "config": config})
-    return Message(content=content, dst_node_id=node_id, message_type="train", group_id=group_id)
+    """A train message carrying its config and, unless None, a model."""
+    content = RecordDict({"config": config} if arrays is None
+                         else {"arrays": arrays, "config": config})
+    return Message(content=content, dst_node_id=node_id, message_type=message_type,
+                   group_id=group_id)
 
 
 @dataclass

@@ -8,27 +8,31 @@ from typing import Any
 
 from asyncfl.tasks.base import Task, TrainOutcome, TrainSettings
 
-TASK_NAMES = ("digits", "mean")
+TASK_NAMES = ("digits", "mean", "mnist", "fashion-mnist", "cifar10")
 
 
 @lru_cache(maxsize=4)
-def _build(name: str, num_clients: int, partition: str, alpha: float,
+def _build(name: str, num_clients: int, partition: str, model: str, alpha: float,
            classes_per_client: int, seed: int) -> Task:
+    split = dict(alpha=alpha, classes_per_client=classes_per_client, seed=seed, model=model)
     if name == "digits":
         from asyncfl.tasks.digits import digits_task
 
-        return digits_task(num_clients, partition, alpha=alpha,
-                           classes_per_client=classes_per_client, seed=seed)
+        return digits_task(num_clients, partition, **split)
     if name == "mean":
         from asyncfl.tasks.mean import MeanTask
 
         return MeanTask(num_clients, seed)
+    from asyncfl.tasks.hub import HUB_DATASETS, hub_task
+
+    if name in HUB_DATASETS:
+        return hub_task(name, num_clients, partition, **split)
     raise ValueError(f"unknown task {name!r}; choose one of {TASK_NAMES}")
 
 
 def load_task(config: Mapping[str, Any]) -> Task:
     """The task a validated run config describes (built once per process and reused)."""
-    return _build(config["task"], config["num-clients"], config["partition"],
+    return _build(config["task"], config["num-clients"], config["partition"], config["model"],
                   float(config["alpha"]), config["classes-per-client"], config["seed"])
 
 

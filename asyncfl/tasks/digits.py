@@ -5,33 +5,17 @@ from __future__ import annotations
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from torch import nn
 
 from asyncfl.tasks.classification import ClassificationTask
+from asyncfl.tasks.models import model_factory
 from asyncfl.tasks.partition import partition_indices
 
 TEST_FRACTION = 0.2
 
 
-class DigitsCNN(nn.Module):
-    """Two 3x3 conv layers with pooling and two fully connected layers (about 12k weights)."""
-
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(32 * 2 * 2, 64), nn.ReLU(), nn.Linear(64, num_classes)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
-
 def digits_task(
-    num_clients: int, partition: str, *, alpha: float, classes_per_client: int, seed: int
+    num_clients: int, partition: str, *, model: str = "auto", alpha: float,
+    classes_per_client: int, seed: int,
 ) -> ClassificationTask:
     """Digits split 80/20 (stratified, by seed) and the training part partitioned."""
     data = load_digits()
@@ -44,8 +28,9 @@ def digits_task(
         y_train, num_clients, partition, alpha=alpha, classes_per_client=classes_per_client,
         seed=seed,
     )
+    factory = model_factory("small-cnn" if model == "auto" else model, 8, 1)
     return ClassificationTask(
-        "digits", DigitsCNN,
+        "digits", factory,
         torch.from_numpy(x_train).unsqueeze(1), torch.from_numpy(y_train).long(),
         torch.from_numpy(x_test).unsqueeze(1), torch.from_numpy(y_test).long(),
         parts,

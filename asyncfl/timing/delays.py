@@ -71,6 +71,13 @@ class DelayModel:
     latency: float = 0.0
     bandwidth: float = 0.0  # bytes per second; 0 means unlimited
 
+    def step_times_of_task(self, client: int, task_number: int, steps: int) -> np.ndarray:
+        """The duration of each of a task's steps (the client's step time, jittered)."""
+        base = float(self.step_times[client])
+        if self.jitter == 0.0:
+            return np.full(steps, base)
+        return base * self.jitter_factors(client, task_number, steps)
+
     def compute_time(self, client: int, steps: int, task_number: int) -> float:
         """Seconds of compute for `steps` local steps of this client's `task_number`-th task."""
         base = float(self.step_times[client])

@@ -59,6 +59,8 @@ class Dispatch:
     bytes_down: int
     reply_bytes: int
     tag: Any = None
+    priority: int = 0
+    duration: float | None = None
     virtual_finish: float | None = None
     reply: Message | None = None
     reply_size: int = 0
@@ -133,7 +135,8 @@ class EventLoop:
         self.wall_clock = self.clock if not self.virtual else WallClock()
         self._in_flight: dict[str, Dispatch] = {}
         self._busy_nodes: set[int] = set()
-        self._known: list[tuple[float, int, int, str]] = []  # heap of (finish, client, seq, id)
+        # heap of (finish, priority, client, seq, message id)
+        self._known: list[tuple[float, int, int, int, str]] = []
         self._unknown: set[str] = set()  # in flight, virtual finish depends on the reply
         self._waiting: set[str] = set()  # in flight, reply not pulled yet
         self._arrived: dict[str, Dispatch] = {}
@@ -152,13 +155,17 @@ class EventLoop:
         items: Iterable[tuple[Message, int, int | None, Any]],
         reply_bytes: int | None = None,
         model_bytes: int | None = None,
+        duration: float | None = None,
+        priority: int = 0,
     ) -> list[Dispatch]:
         """Push (message, client, steps or None, tag) items in one batch.
 
         `steps` known at dispatch fixes the virtual finish time now; None lets the reply's
-        `local-steps` metric decide it. `model_bytes`, if the caller knows it, is the array
-        size of every message of the batch; `reply_bytes` is the upload size the delay model
-        charges (default: the size of the model sent).
+        `local-steps` metric decide it; an explicit `duration` overrides the delay model.
+        `model_bytes`, if the caller knows it, is the array size of every message of the
+        batch; `reply_bytes` is the upload size the delay model charges (default: the size
+        of the model sent). Among replies due at the same virtual time, lower `priority`
+        comes first, then lower client index.
         """
         items = list(items)
         for message, _, _, _ in items:
@@ -186,11 +193,13 @@ class EventLoop:
                 bytes_down=down,
                 reply_bytes=down if reply_bytes is None else reply_bytes,
                 tag=tag,
+                priority=priority,
+                duration=duration,
             )
             self._in_flight[message_id] = dispatch
             self._waiting.add(message_id)
             self._busy_nodes.add(dispatch.node_id)
-            if steps is not None:
+            if steps is not None or duration is not None:
                 self._set_virtual_finish(dispatch, steps)
             else:
                 self._unknown.add(message_id)
@@ -218,12 +227,16 @@ class EventLoop:
         """Completions of every task in flight, in the clock's order (one synchronous round)."""
         return [self.next_completion() for _ in range(self.in_flight)]
 
-    def _set_virtual_finish(self, dispatch: Dispatch, steps: int) -> None:
-        moved = dispatch.bytes_down + dispatch.reply_bytes
-        duration = self.delays.task_time(dispatch.client, steps, dispatch.task_number, moved)
+    def _set_virtual_finish(self, dispatch: Dispatch, steps: int | None) -> None:
+        duration = dispatch.duration
+        if duration is None:
+            moved = dispatch.bytes_down + dispatch.reply_bytes
+            duration = self.delays.task_time(dispatch.client, steps or 0, dispatch.task_number,
+                                             moved)
         dispatch.virtual_finish = dispatch.sent_virtual + duration
         if self.virtual:
-            entry = (dispatch.virtual_finish, dispatch.client, next(self._seq), dispatch.message_id)
+            entry = (dispatch.virtual_finish, dispatch.priority, dispatch.client,
+                     next(self._seq), dispatch.message_id)
             heapq.heappush(self._known, entry)
 
     def _pull_ids(self) -> list[str]:
@@ -231,8 +244,8 @@ class EventLoop:
         if not self.virtual:
             return list(self._waiting)
         ids = [mid for mid in self._unknown if mid in self._waiting]
-        if self._known and self._known[0][3] in self._waiting:
-            ids.append(self._known[0][3])
+        if self._known and self._known[0][-1] in self._waiting:
+            ids.append(self._known[0][-1])
         return ids
 
     def _pull(self) -> bool:
@@ -261,7 +274,7 @@ class EventLoop:
     def _ready_virtual(self) -> Dispatch | None:
         if self._unknown or not self._known:
             return None
-        message_id = self._known[0][3]
+        message_id = self._known[0][-1]
         if message_id not in self._arrived:
             return None
         heapq.heappop(self._known)
@@ -295,7 +308,7 @@ class EventLoop:
         """Nothing arrived for `timeout` seconds: report the oldest unanswered task as failed."""
         pending = [self._in_flight[mid] for mid in self._waiting]
         dispatch = min(pending, key=lambda d: (d.sent_wall, d.client))
-        self._known = [entry for entry in self._known if entry[3] != dispatch.message_id]
+        self._known = [entry for entry in self._known if entry[-1] != dispatch.message_id]
         heapq.heapify(self._known)
         return self._complete(dispatch)
 

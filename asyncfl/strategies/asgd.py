@@ -1,0 +1,12 @@
+"""Asynchronous SGD (ASGD): A-LSGD with one local iteration."""
+
+from __future__ import annotations
+
+from asyncfl.strategies.alsgd import ALSGD
+
+
+class ASGD(ALSGD):
+    r"""Asynchronous SGD: a worker pushes one minibatch gradient g computed at the model it
+    last received, and :math:`w \leftarrow w - \gamma g`."""
+
+    fixed_train_config = {"local-steps": 1}
