@@ -85,22 +85,22 @@ class APSB(ALSGD):
         assert self.loop is not None and self.delays is not None
         self._config = config
         size = array_bytes(arrays)
-        sent = 0
-        for client in clients:
+        plans = []
+        for client in clients:  # plan every new task first: each bounds the others' segments
             number = self._tasks_started.get(client, 0)
             self._tasks_started[client] = number + 1
             times = self.delays.step_times_of_task(client, number, self._steps())
             offsets = np.concatenate([[0.0], np.cumsum(times)])
             duration = float(times.sum()) + self.delays.comm_time(2 * size)
-            plan = TaskPlan(client, self.loop.virtual_clock.now, offsets, duration,
-                            task_seed(self.seed, version, client), version)
-            self._plans[client] = plan
+            plans.append(TaskPlan(client, self.loop.virtual_clock.now, offsets, duration,
+                                  task_seed(self.seed, version, client), version))
+            self._plans[client] = plans[-1]
+        for plan in plans:
             self._send_segment(plan, arrays, size)
-            sent += 1
             if version != self._broadcast_version:
                 self._comm.messages_sent += 1
                 self._comm.bytes_down += size
-        return sent
+        return len(plans)
 
     def on_new_version(self, version: int, arrays: ArrayRecord) -> None:
         """Broadcast: one model transfer to every worker."""

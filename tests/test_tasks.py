@@ -1,0 +1,74 @@
+"""Tasks: the hub loading code on small data made here, models, and the offline error."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from asyncfl.tasks import TrainSettings, hub
+from asyncfl.tasks.models import MnistCNN, model_factory, resnet18_32x32
+
+
+def fake_splits(shape, n_train=60, n_test=20, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        return rng.integers(0, 256, (n, *shape), dtype=np.uint8), np.arange(n) % 10
+
+    return {"train": split(n_train), "test": split(n_test)}
+
+
+@pytest.mark.parametrize(("name", "shape", "model_type"), [
+    ("mnist", (28, 28), MnistCNN),
+    ("fashion-mnist", (28, 28), MnistCNN),
+    ("cifar10", (32, 32, 3), torch.nn.Module),
+])
+def test_hub_task_builds_trains_and_evaluates_on_small_data(monkeypatch, name, shape,
+                                                            model_type):
+    monkeypatch.setattr(hub, "load_splits", lambda _: fake_splits(shape))
+    task = hub.hub_task(name, 4, "iid", model="auto", alpha=0.5, classes_per_client=2, seed=0)
+    assert isinstance(task.model_factory(), model_type)
+    channels = 1 if len(shape) == 2 else 3
+    assert task.x_train.shape == (60, channels, 32 if channels == 3 else 28,
+                                  32 if channels == 3 else 28)
+    # standardized per channel on the training split
+    assert abs(float(task.x_train.mean())) < 1e-4
+    assert sum(task.partition_size(i) for i in range(4)) == 60
+    start = task.initial_arrays(0)
+    outcome = task.train(start, 1, TrainSettings(lr=0.05, local_steps=2, batch_size=5))
+    assert outcome.steps == 2 and set(outcome.weights) == set(start)
+    assert not np.array_equal(outcome.weights[next(iter(start))], start[next(iter(start))])
+    assert set(task.evaluate(outcome.weights)) == {"loss", "accuracy"}
+
+
+def test_models_fit_their_inputs():
+    assert MnistCNN(28)(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert MnistCNN(8)(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert resnet18_32x32()(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="resnet18"):
+        model_factory("resnet18", 28, 1)
+
+
+def test_mnist_cnn_also_runs_on_digits(tmp_path):
+    import asyncfl
+
+    result = asyncfl.simulate(task="digits", model="mnist-cnn", num_clients=2,
+                              num_server_rounds=1, local_steps=2, output_dir=str(tmp_path),
+                              run_name="mnist-cnn-digits")
+    assert 0.0 <= result.summary["accuracy"] <= 1.0
+    assert "features.0.weight" in result.final_arrays()
+
+
+def test_an_uncached_hub_dataset_fails_fast_with_instructions():
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    code = ("import asyncfl\n"
+            "asyncfl.simulate(task='mnist', num_clients=2, num_server_rounds=1)\n")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0
+    assert "DatasetUnavailable" in done.stderr
+    assert "Pre-cache it on a machine with network" in done.stderr
+    assert "task = digits" in done.stderr
