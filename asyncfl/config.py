@@ -218,3 +218,17 @@ def validate_run_config(overrides: Mapping[str, Any]) -> dict[str, ConfigValue]:
 def from_python_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Map `simulate(num_clients=5)` style names to run-config keys (`num-clients`)."""
     return {key.replace("_", "-"): value for key, value in kwargs.items()}
+
+
+def markdown_table() -> str:
+    """The run-config keys as the README's Markdown table."""
+    rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        allowed = ", ".join(s.choices) if s.choices else (s.allowed or s.type.__name__)
+        default = repr(s.default) if isinstance(s.default, str) else s.default
+        rows.append(f"| `{s.key}` | `{default}` | {allowed} | {s.help} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -41,3 +41,17 @@ def test_seed000_small_run_writes_panels_and_table(tmp_path):
         "normal-20x200-panels.png", "exponential-20x200-panels.png",
         "uniform-20x200-panels.png"}
     assert (out / "table.md").read_text().count("\n") == 2 + 9
+
+
+def test_apsb_poster_table_1_shape(tmp_path):
+    """8 workers of unequal speed, K = 8, same iteration budget: APSB at least A-LSGD and
+    close to LSGD, as on the poster."""
+    done = run_script("apsb_poster.py", "--only", "k8", "--out", str(tmp_path / "apsb"),
+                      cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import csv
+
+    with (tmp_path / "apsb" / "table_k8.csv").open() as f:
+        acc = {r["strategy"]: float(r["accuracy_pct"]) for r in csv.DictReader(f)}
+    assert acc["apsb"] >= acc["alsgd"]
+    assert acc["apsb"] >= acc["lsgd"] - 3.0
