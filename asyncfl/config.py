@@ -163,6 +163,8 @@ SETTINGS: tuple[Setting, ...] = (
             check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("comm-bandwidth", float, 0.0, "bytes per second each way; 0 = unlimited",
             check=_non_negative, allowed=_NON_NEGATIVE),
+    Setting("time-budget", float, 0.0, "stop once the run's clock passes this many seconds "
+            "(0: run all num-server-rounds)", check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("eval-every", int, 1, "evaluate the newest model every this many versions",
             check=_positive, allowed="an integer >= 1"),
     Setting("target-accuracy", float, 0.9, "accuracy whose first reaching time is reported",
@@ -221,7 +223,8 @@ def from_python_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def markdown_table() -> str:
-    """The run-config keys as the README's Markdown table."""
+    """The run-config keys as the README's Markdown table (`python -m asyncfl.config
+    README.md` rewrites the one in the README)."""
     rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
     for s in SETTINGS:
         allowed = ", ".join(s.choices) if s.choices else (s.allowed or s.type.__name__)
@@ -230,5 +233,21 @@ def markdown_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def update_readme(path: str) -> None:
+    """Rewrite the run-config table that follows the `config-table` marker in a README."""
+    import pathlib
+
+    readme = pathlib.Path(path)
+    text = readme.read_text()
+    start = text.index("\n", text.index("<!-- config-table")) + 1
+    end = text.index("\n\n", start)
+    readme.write_text(text[:start] + markdown_table().rstrip("\n") + text[end:])
+
+
 if __name__ == "__main__":
-    print(markdown_table(), end="")
+    import sys
+
+    if len(sys.argv) > 1:
+        update_readme(sys.argv[1])
+    else:
+        print(markdown_table(), end="")

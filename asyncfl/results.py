@@ -59,6 +59,7 @@ def write_results(
     clients: Sequence[Mapping[str, Any]],
     final_arrays: Mapping[str, np.ndarray],
     summary: dict[str, Any],
+    tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> Path:
     """Write every file of the results folder and return the folder."""
     out.mkdir(parents=True, exist_ok=True)
@@ -67,6 +68,8 @@ def write_results(
     write_rows(out / "evals.csv", evals, (*EVAL_BASE_COLUMNS, *metric_keys))
     (out / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True))
     write_rows(out / "clients.csv", clients, CLIENT_COLUMNS)
+    for name, rows in (tables or {}).items():
+        write_rows(out / f"{name}.csv", rows, list(rows[0]) if rows else [])
     np.savez(out / "final_model.npz", **final_arrays)
     if evals:
         last = evals[-1]

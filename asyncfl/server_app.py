@@ -83,6 +83,7 @@ def make_strategy(
     clock = VirtualClock() if config["clock"] == "virtual" else WallClock()
     return STRATEGIES[config["strategy"]](
         clock=clock, delays=make_delays(config), seed=config["seed"],
+        time_budget=config["time-budget"],
         eval_every=config["eval-every"], node_ids=node_ids, partition_sizes=partition_sizes,
         **strategy_settings(config),
     )
@@ -191,6 +192,7 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
     write_results(
         out, config, events=events, event_columns=EVENT_COLUMNS, evals=strategy.run_log.evals,
         clients=clients, final_arrays=record_to_arrays(result.arrays), summary=summary,
+        tables=strategy.run_log.tables,
     )
     log(INFO, "asyncfl: results written to %s", out.resolve())
     return out

@@ -15,4 +15,4 @@ def test_readme_config_table_is_current():
     from asyncfl.config import markdown_table
 
     assert markdown_table() in (ROOT / "README.md").read_text(), (
-        "README's run-config table is stale: regenerate it with python -m asyncfl.config")
+        "README's run-config table is stale: regenerate it with python -m asyncfl.config README.md")

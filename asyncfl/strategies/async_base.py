@@ -139,7 +139,7 @@ class AsyncStrategy(AsyncflStrategy):
         bases = VersionStore(self.needs_base)
         bases.dispatched(version, global_arrays, self.dispatch(arrays, config, version,
                                                                idle.take(in_flight)))
-        while version < num_rounds:
+        while version < num_rounds and not self.out_of_time():
             completion = loop.next_completion()
             if self.continue_task(completion, arrays, version):
                 continue
@@ -157,7 +157,7 @@ class AsyncStrategy(AsyncflStrategy):
                     self.on_new_version(version, arrays)
                 self.record_update(completion, metrics, arrived_at, version)
                 if version > arrived_at and (version % self.eval_every == 0
-                                             or version == num_rounds):
+                                             or version == num_rounds or self.out_of_time()):
                     self.evaluate(evaluate_fn, version, arrays, result)
             if version < num_rounds:
                 sent = self.dispatch(arrays, config, version, idle.take(in_flight - loop.in_flight))

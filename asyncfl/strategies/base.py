@@ -73,6 +73,7 @@ class AsyncflStrategy(Strategy):
         node_ids: Sequence[int] | None = None,
         partition_sizes: Sequence[int] | None = None,
         poll_interval: float = 0.01,
+        time_budget: float = 0.0,
     ) -> None:
         self.clock = clock if clock is not None else WallClock()
         self.delays = delays
@@ -81,6 +82,7 @@ class AsyncflStrategy(Strategy):
         self.node_ids = list(node_ids) if node_ids is not None else None
         self.partition_sizes = list(partition_sizes) if partition_sizes is not None else None
         self.poll_interval = poll_interval
+        self.time_budget = time_budget
         self.run_log = RunLog()
         self.loop: EventLoop | None = None
         self._last_progress = 0.0
@@ -105,6 +107,10 @@ class AsyncflStrategy(Strategy):
         self.loop = EventLoop(grid, self.clock, self.delays, self.poll_interval, timeout)
         self._last_progress = time.monotonic()
         return self.loop
+
+    def out_of_time(self) -> bool:
+        """Whether the run's clock has passed `time_budget` (0: no budget)."""
+        return self.time_budget > 0 and self.clock.now >= self.time_budget
 
     def train_settings(self, train_config: ConfigRecord | None) -> dict:
         """The run's train config with what this algorithm fixes and what it wants back."""
@@ -220,6 +226,7 @@ class AsyncflStrategy(Strategy):
             virtual_time=completion.virtual_time,
             wall_time=completion.wall_time,
             dispatch_time=completion.dispatch.sent_virtual,
+            duration=completion.virtual_time - completion.dispatch.sent_virtual,
             steps=completion.steps,
             num_examples=metrics.get(NUM_EXAMPLES),
             train_loss=metrics.get(TRAIN_LOSS, math.nan),
@@ -317,11 +324,7 @@ class SyncStrategy(AsyncflStrategy):
         self.evaluate(evaluate_fn, 0, arrays, result)
         for server_round in range(1, num_rounds + 1):
             messages = self.configure_train(server_round, arrays, train_config, grid)
-            loop.send(
-                (m, client, self.expected_steps(client, settings), server_round - 1)
-                for m in messages
-                for client in [self._client_of_node[m.metadata.dst_node_id]]
-            )
+            self.send_round(messages, settings, server_round)
             usable = [(c, accepted) for c in loop.drain()
                       if (accepted := self.accept(c, self._global, server_round))]
             new_arrays, train_metrics = self.aggregate_train(
@@ -332,7 +335,19 @@ class SyncStrategy(AsyncflStrategy):
                 result.train_metrics_clientapp[server_round] = train_metrics
             for completion, (_, metrics) in usable:
                 self.record_update(completion, metrics, server_round - 1, server_round)
-            if server_round % self.eval_every == 0 or server_round == num_rounds:
+            last = server_round == num_rounds or self.out_of_time()
+            if server_round % self.eval_every == 0 or last:
                 self.evaluate(evaluate_fn, server_round, arrays, result)
             self.progress(server_round, num_rounds)
+            if last:
+                break
         return result
+
+    def send_round(self, messages: Iterable[Message], settings: dict, server_round: int) -> None:
+        """Push a round's instructions; the virtual duration follows from each task's steps."""
+        assert self.loop is not None
+        self.loop.send(
+            (m, client, self.expected_steps(client, settings), server_round - 1)
+            for m in messages
+            for client in [self._client_of_node[m.metadata.dst_node_id]]
+        )

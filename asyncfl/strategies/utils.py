@@ -24,8 +24,8 @@ MODEL_VERSION = "model-version"
 
 EVENT_COLUMNS = (
     "version_apply", "version_dispatch", "staleness", "client", "virtual_time", "wall_time",
-    "dispatch_time", "steps", "num_examples", "train_loss", "bytes_down", "bytes_up",
-    "comm_messages", "comm_bytes",
+    "dispatch_time", "duration", "steps", "num_examples", "train_loss", "bytes_down",
+    "bytes_up", "comm_messages", "comm_bytes",
 )
 
 
@@ -198,6 +198,8 @@ class RunLog:
     events: list[dict] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
     failures: Counter = field(default_factory=Counter)
+    #: further per-run tables a strategy keeps (written as <name>.csv), e.g. ESync's state
+    tables: dict[str, list[dict]] = field(default_factory=dict)
 
     def skip(self, client: int, version: int, reason: str) -> None:
         """Count and log a reply that was not applied."""
