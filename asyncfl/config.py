@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from asyncfl.timing.delays import SPEED_CLASSES, parse_profile
+
 ConfigValue = bool | int | float | str
 
 
@@ -76,9 +78,10 @@ def _delay_profile(text: str) -> bool:
     if text == "":
         return True
     try:
-        return all(float(part) > 0 for part in text.split(","))
-    except ValueError:
+        parse_profile(text)
+    except (ValueError, KeyError):
         return False
+    return True
 
 
 def _plain_name(text: str) -> bool:
@@ -95,7 +98,7 @@ _NON_NEGATIVE = "a number >= 0"
 SETTINGS: tuple[Setting, ...] = (
     Setting("strategy", str, "fedavg", "federated algorithm",
             choices=("fedsgd", "fedsgd-weights", "fedavg", "fedbuff", "fedasync",
-                     "running-mean", "lsgd", "ssgd", "alsgd", "asgd", "apsb")),
+                     "running-mean", "lsgd", "ssgd", "alsgd", "asgd", "apsb", "esync")),
     Setting("task", str, "digits", "data set (mnist, fashion-mnist, cifar10: hub, cached)",
             choices=("digits", "mean", "mnist", "fashion-mnist", "cifar10")),
     Setting("model", str, "auto", "auto = the task's own: small-cnn for digits, mnist-cnn for "
@@ -121,8 +124,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch-size", int, 10, "B, minibatch size; 0 means the whole partition",
             check=_non_negative, allowed="an integer >= 0"),
     Setting("lr", float, 0.2, "client learning rate eta", check=_positive, allowed=_POSITIVE),
-    Setting("server-lr", float, 1.0, "gamma: fedbuff's server step; alsgd/asgd/apsb step with "
-            "gamma = lr x server-lr",
+    Setting("server-lr", float, 1.0, "gamma: fedbuff's server step and esync's global lr; "
+            "alsgd/asgd/apsb step with gamma = lr x server-lr",
             check=_positive, allowed=_POSITIVE),
     Setting("server-momentum", float, 0.0, "server momentum beta (fedbuff); 0 = none",
             check=lambda x: 0 <= x < 1, allowed="a number in [0, 1)"),
@@ -142,6 +145,8 @@ SETTINGS: tuple[Setting, ...] = (
             "reaches the workers", check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("apsb-chunk", int, 1, "apsb with a wall clock: iterations between check-ins",
             check=_positive, allowed="an integer >= 1"),
+    Setting("esync-eps", float, 0.0, "esync: seconds a worker may overrun the slowest "
+            "worker's step", check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("clock", str, "virtual", "virtual: durations computed; wall: real time",
             choices=("virtual", "wall")),
     Setting("delay-dist", str, "exponential", "distribution of per-step compute times",
@@ -156,9 +161,11 @@ SETTINGS: tuple[Setting, ...] = (
             check=_positive, allowed=_POSITIVE),
     Setting("delay-jitter", float, 0.0, "relative std of each step's time around the "
             "client's own (0 = none)", check=_non_negative, allowed=_NON_NEGATIVE),
-    Setting("delay-profile", str, "", "explicit per-step times '1,2,4,8', cycled over clients; "
-            "overrides delay-dist", check=_delay_profile,
-            allowed="empty, or comma-separated numbers > 0"),
+    Setting("delay-profile", str, "", "per-step times '1,2,4,8' or speed classes "
+            "'gpu-fast*2,cpu', cycled over clients; overrides delay-dist", check=_delay_profile,
+            allowed="empty, or comma-separated numbers > 0 or classes "
+            f"{', '.join(f'{k} ({v:g} s)' for k, v in SPEED_CLASSES.items())}, each "
+            "optionally *count"),
     Setting("comm-latency", float, 0.0, "one-way message latency, seconds",
             check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("comm-bandwidth", float, 0.0, "bytes per second each way; 0 = unlimited",

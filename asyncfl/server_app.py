@@ -19,6 +19,7 @@ from asyncfl.strategies import STRATEGIES, AsyncflStrategy, staleness_function
 from asyncfl.strategies.utils import EVENT_COLUMNS, arrays_to_record, record_to_arrays
 from asyncfl.tasks import load_task
 from asyncfl.timing import DelayModel, VirtualClock, WallClock, draw_step_times, profile_step_times
+from asyncfl.timing.delays import parse_profile
 
 NODE_WAIT_SECONDS = 120.0
 
@@ -35,7 +36,7 @@ def make_delays(config: Mapping[str, Any]) -> DelayModel:
     """The delay model the run config describes (delay-profile overrides delay-dist)."""
     n = config["num-clients"]
     if config["delay-profile"]:
-        steps = profile_step_times([float(x) for x in config["delay-profile"].split(",")], n)
+        steps = profile_step_times(parse_profile(config["delay-profile"]), n)
     else:
         steps = draw_step_times(
             config["delay-dist"], n, config["seed"], mean=config["delay-mean"],
@@ -69,6 +70,8 @@ def strategy_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     if name in ("alsgd", "asgd"):
         return {"server_lr": config["lr"] * config["server-lr"],
                 "concurrency": config["concurrency"]}
+    if name == "esync":
+        return {"global_lr": config["server-lr"], "eps": config["esync-eps"]}
     if name == "apsb":
         return {"server_lr": config["lr"] * config["server-lr"],
                 "concurrency": config["concurrency"],

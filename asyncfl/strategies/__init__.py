@@ -10,6 +10,7 @@ from asyncfl.strategies.apsb import APSB
 from asyncfl.strategies.asgd import ASGD
 from asyncfl.strategies.async_base import AsyncStrategy
 from asyncfl.strategies.base import AsyncflStrategy, SyncStrategy
+from asyncfl.strategies.esync import ESync
 from asyncfl.strategies.fedasync import FedAsync
 from asyncfl.strategies.fedavg import FedAvg
 from asyncfl.strategies.fedbuff import FedBuff
@@ -33,10 +34,12 @@ STRATEGIES: dict[str, type[AsyncflStrategy]] = {
     "alsgd": ALSGD,
     "asgd": ASGD,
     "apsb": APSB,
+    "esync": ESync,
 }
 
 __all__ = [
-    "ALSGD", "APSB", "ASGD", "LSGD", "SSGD", "STRATEGIES", "AsyncStrategy", "AsyncflStrategy",
-    "FedAsync", "FedAvg", "FedBuff", "FedSGD", "FedSGDWeights", "RunningMean", "SyncStrategy",
+    "ALSGD", "APSB", "ASGD", "ESync", "LSGD", "SSGD", "STRATEGIES", "AsyncStrategy",
+    "AsyncflStrategy", "FedAsync", "FedAvg", "FedBuff", "FedSGD", "FedSGDWeights", "RunningMean",
+    "SyncStrategy",
     "constant", "hinge", "polynomial", "staleness_function",
 ]

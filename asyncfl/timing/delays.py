@@ -56,6 +56,22 @@ def draw_step_times(
     raise ValueError(f"unknown delay distribution {dist!r}; choose one of {DISTRIBUTIONS}")
 
 
+#: named speed classes for `delay-profile`: seconds per local step, relative to a fast GPU
+SPEED_CLASSES = {"gpu-fast": 1.0, "gpu-mid": 2.0, "gpu-slow": 4.0, "cpu": 16.0}
+
+
+def parse_profile(text: str) -> list[float]:
+    """'1,2,4,8' or 'gpu-fast*2,gpu-slow,cpu' (classes from SPEED_CLASSES, *n repeats)."""
+    times: list[float] = []
+    for item in text.split(","):
+        name, _, count = item.strip().partition("*")
+        value = SPEED_CLASSES[name] if name in SPEED_CLASSES else float(name)
+        if not value > 0 or (count and int(count) < 1):
+            raise ValueError(f"bad delay-profile entry {item!r}")
+        times.extend([value] * (int(count) if count else 1))
+    return times
+
+
 def profile_step_times(profile: Sequence[float], n: int) -> np.ndarray:
     """Per-step times given explicitly, assigned to clients in order and cycled."""
     return np.resize(np.asarray(profile, dtype=float), n)
@@ -72,7 +88,8 @@ class DelayModel:
     bandwidth: float = 0.0  # bytes per second; 0 means unlimited
 
     def step_times_of_task(self, client: int, task_number: int, steps: int) -> np.ndarray:
-        """The duration of each of a task's steps (the client's step time, jittered)."""
+        """The duration of each of a task's steps (the client's step time, jittered); a longer
+        draw extends a shorter one, so steps can be drawn as they are needed."""
         base = float(self.step_times[client])
         if self.jitter == 0.0:
             return np.full(steps, base)
