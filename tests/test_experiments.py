@@ -55,3 +55,18 @@ def test_apsb_poster_table_1_shape(tmp_path):
         acc = {r["strategy"]: float(r["accuracy_pct"]) for r in csv.DictReader(f)}
     assert acc["apsb"] >= acc["alsgd"]
     assert acc["apsb"] >= acc["lsgd"] - 3.0
+
+
+def test_esync_experiment_reports_compute_shares(tmp_path):
+    done = run_script("esync_experiment.py", "--budget", "200", "--out", str(tmp_path / "es"),
+                      cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import csv
+
+    with (tmp_path / "es" / "table.csv").open() as f:
+        rows = {r["strategy"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"esync", "ssgd", "asgd", "fedavg", "fedbuff"}
+    # SSGD: worker i computes c_i of every 8 s round; ESync keeps everyone busy
+    assert rows["ssgd"]["compute_share_per_worker"] == "0.12 / 0.25 / 0.50 / 1.00"
+    assert rows["esync"]["compute_share_per_worker"] == "1.00 / 1.00 / 1.00 / 1.00"
+    assert (tmp_path / "es" / "accuracy_vs_time.png").exists()
