@@ -110,11 +110,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("num-server-rounds", int, 10, "rounds (sync) or global versions (async)",
             check=_positive, allowed="an integer >= 1"),
     Setting("partition", str, "iid", "how training data is split over clients",
-            choices=("iid", "dirichlet", "pathological")),
+            choices=("iid", "dirichlet", "pathological", "label-skew")),
     Setting("alpha", float, 0.5, "Dirichlet concentration (partition = dirichlet)",
             check=_positive, allowed=_POSITIVE),
     Setting("classes-per-client", int, 2, "classes per client (partition = pathological)",
             check=_positive, allowed="an integer >= 1"),
+    Setting("label-groups", int, 2, "partition = label-skew: disjoint class groups; client i "
+            "holds group i mod label-groups", check=_positive, allowed="an integer >= 1"),
     Setting("fraction", float, 1.0, "C, the fraction of clients sampled per round",
             check=_fraction, allowed="a number in (0, 1]"),
     Setting("local-epochs", int, 2, "E, local epochs (used when local-steps = 0)",
@@ -172,6 +174,9 @@ SETTINGS: tuple[Setting, ...] = (
             check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("time-budget", float, 0.0, "stop once the run's clock passes this many seconds "
             "(0: run all num-server-rounds)", check=_non_negative, allowed=_NON_NEGATIVE),
+    Setting("eval-interval", float, 0.0, "if > 0: evaluate the newest model every this many "
+            "seconds of the run's clock instead of every eval-every versions",
+            check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("eval-every", int, 1, "evaluate the newest model every this many versions",
             check=_positive, allowed="an integer >= 1"),
     Setting("target-accuracy", float, 0.9, "accuracy whose first reaching time is reported",

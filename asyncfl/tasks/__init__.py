@@ -13,8 +13,9 @@ TASK_NAMES = ("digits", "mean", "mnist", "fashion-mnist", "cifar10")
 
 @lru_cache(maxsize=4)
 def _build(name: str, num_clients: int, partition: str, model: str, alpha: float,
-           classes_per_client: int, seed: int) -> Task:
-    split = dict(alpha=alpha, classes_per_client=classes_per_client, seed=seed, model=model)
+           classes_per_client: int, label_groups: int, seed: int) -> Task:
+    split = dict(alpha=alpha, classes_per_client=classes_per_client, label_groups=label_groups,
+                 seed=seed, model=model)
     if name == "digits":
         from asyncfl.tasks.digits import digits_task
 
@@ -33,7 +34,8 @@ def _build(name: str, num_clients: int, partition: str, model: str, alpha: float
 def load_task(config: Mapping[str, Any]) -> Task:
     """The task a validated run config describes (built once per process and reused)."""
     return _build(config["task"], config["num-clients"], config["partition"], config["model"],
-                  float(config["alpha"]), config["classes-per-client"], config["seed"])
+                  float(config["alpha"]), config["classes-per-client"], config["label-groups"],
+                  config["seed"])
 
 
 __all__ = ["TASK_NAMES", "Task", "TrainOutcome", "TrainSettings", "load_task"]

@@ -114,5 +114,9 @@ class ClassificationTask(Task):
         model.eval()
         logits = model(self.x_test)
         loss = nn.functional.cross_entropy(logits, self.y_test).item()
-        accuracy = (logits.argmax(1) == self.y_test).float().mean().item()
-        return {"loss": float(loss), "accuracy": float(accuracy)}
+        correct = logits.argmax(1) == self.y_test
+        metrics = {"loss": float(loss), "accuracy": float(correct.float().mean().item())}
+        for label in torch.unique(self.y_test).tolist():
+            mask = self.y_test == label
+            metrics[f"accuracy-class-{label}"] = float(correct[mask].float().mean().item())
+        return metrics

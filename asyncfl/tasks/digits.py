@@ -15,7 +15,7 @@ TEST_FRACTION = 0.2
 
 def digits_task(
     num_clients: int, partition: str, *, model: str = "auto", alpha: float,
-    classes_per_client: int, seed: int,
+    classes_per_client: int, label_groups: int = 2, seed: int,
 ) -> ClassificationTask:
     """Digits split 80/20 (stratified, by seed) and the training part partitioned."""
     data = load_digits()
@@ -26,7 +26,7 @@ def digits_task(
     )
     parts = partition_indices(
         y_train, num_clients, partition, alpha=alpha, classes_per_client=classes_per_client,
-        seed=seed,
+        label_groups=label_groups, seed=seed,
     )
     factory = model_factory("small-cnn" if model == "auto" else model, 8, 1)
     return ClassificationTask(

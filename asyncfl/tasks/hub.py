@@ -58,7 +58,8 @@ def to_tensor(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Te
 
 
 def hub_task(name: str, num_clients: int, partition: str, *, model: str, alpha: float,
-             classes_per_client: int, seed: int) -> ClassificationTask:
+             classes_per_client: int, label_groups: int = 2,
+             seed: int) -> ClassificationTask:
     """A hub image dataset, its train split partitioned with flwr-datasets partitioners."""
     splits = load_splits(name)
     (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
@@ -70,7 +71,8 @@ def hub_task(name: str, num_clients: int, partition: str, *, model: str, alpha: 
     factory = model_factory(HUB_DATASETS[name][2] if model == "auto" else model,
                             x_train.shape[1], channels)
     parts = partition_indices(y_train, num_clients, partition, alpha=alpha,
-                              classes_per_client=classes_per_client, seed=seed)
+                              classes_per_client=classes_per_client,
+                              label_groups=label_groups, seed=seed)
     return ClassificationTask(
         name, factory, to_tensor(x_train, mean, std), torch.from_numpy(y_train).long(),
         to_tensor(x_test, mean, std), torch.from_numpy(y_test).long(), parts,

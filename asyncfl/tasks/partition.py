@@ -11,7 +11,31 @@ from flwr_datasets.partitioner import (
     PathologicalPartitioner,
 )
 
-SCHEMES = ("iid", "dirichlet", "pathological")
+SCHEMES = ("iid", "dirichlet", "pathological", "label-skew")
+
+
+def label_skew_indices(
+    labels: np.ndarray, num_partitions: int, groups: int, seed: int
+) -> list[np.ndarray]:
+    """Disjoint class groups: classes are cut into `groups` contiguous groups, client i holds
+    group i % groups, and a group's examples are shuffled and split evenly among its clients.
+    With 2 clients and 2 groups, client 0 holds the lower half of the classes and client 1
+    the upper half; which client is fast is set separately (delay-profile)."""
+    classes = np.unique(labels)
+    if not 1 <= groups <= min(len(classes), num_partitions):
+        raise ValueError(f"label-groups = {groups} must be between 1 and min(classes = "
+                         f"{len(classes)}, num-clients = {num_partitions})")
+    group_of_class = {int(c): g for g, part in enumerate(np.array_split(classes, groups))
+                      for c in part}
+    example_group = np.array([group_of_class[int(y)] for y in labels])
+    rng = np.random.default_rng([seed, 6])
+    parts: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * num_partitions
+    for g in range(groups):
+        members = list(range(g, num_partitions, groups))
+        indices = rng.permutation(np.flatnonzero(example_group == g))
+        for client, chunk in zip(members, np.array_split(indices, len(members)), strict=True):
+            parts[client] = np.sort(chunk)
+    return parts
 
 
 def make_partitioner(
@@ -36,21 +60,25 @@ def make_partitioner(
 
 def partition_indices(
     labels: np.ndarray, num_partitions: int, scheme: str, *, alpha: float = 0.5,
-    classes_per_client: int = 2, seed: int = 0,
+    classes_per_client: int = 2, label_groups: int = 2, seed: int = 0,
 ) -> list[np.ndarray]:
     """Indices into `labels` held by each client; every client gets at least one example."""
     if num_partitions > len(labels):
         raise ValueError(
             f"num-clients = {num_partitions} exceeds the {len(labels)} training examples"
         )
-    partitioner = make_partitioner(
-        scheme, num_partitions, alpha=alpha, classes_per_client=classes_per_client, seed=seed,
-        num_examples=len(labels),
-    )
-    partitioner.dataset = Dataset.from_dict(
-        {"index": np.arange(len(labels)), "label": labels.astype(np.int64)}
-    )
-    parts = [np.asarray(partitioner.load_partition(i)["index"]) for i in range(num_partitions)]
+    if scheme == "label-skew":
+        parts = label_skew_indices(labels, num_partitions, label_groups, seed)
+    else:
+        partitioner = make_partitioner(
+            scheme, num_partitions, alpha=alpha, classes_per_client=classes_per_client,
+            seed=seed, num_examples=len(labels),
+        )
+        partitioner.dataset = Dataset.from_dict(
+            {"index": np.arange(len(labels)), "label": labels.astype(np.int64)}
+        )
+        parts = [np.asarray(partitioner.load_partition(i)["index"])
+                 for i in range(num_partitions)]
     empty = [i for i, part in enumerate(parts) if len(part) == 0]
     if empty:
         raise ValueError(
