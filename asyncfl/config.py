@@ -181,6 +181,8 @@ SETTINGS: tuple[Setting, ...] = (
             check=_positive, allowed="an integer >= 1"),
     Setting("target-accuracy", float, 0.9, "accuracy whose first reaching time is reported",
             check=_unit_interval, allowed="a number in [0, 1]"),
+    Setting("profile", bool, False, "run the ServerApp under cProfile; report written to "
+            "server_profile.txt next to the results"),
     Setting("output-dir", str, "outputs", "folder that holds one results folder per run"),
     Setting("run-name", str, "", "results folder name; empty = strategy-task-timestamp",
             check=_plain_name, allowed="a folder name without '/'"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ def write_results(
     final_arrays: Mapping[str, np.ndarray],
     summary: dict[str, Any],
     tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    finalize: Callable[[dict[str, Any]], None] | None = None,
 ) -> Path:
     """Write every file of the results folder and return the folder."""
     out.mkdir(parents=True, exist_ok=True)
@@ -76,6 +77,8 @@ def write_results(
         summary.update({k: last[k] for k in metric_keys if k in last})
         summary["final_version"] = last["version"]
     summary["time_to_target_accuracy"] = time_to_target(evals, float(config["target-accuracy"]))
+    if finalize is not None:
+        finalize(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     from asyncfl.plots import plot_run
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import cProfile
+import pstats
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -28,8 +30,17 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Validate the run config before any node is contacted, then run."""
-    run_server(grid, validate_run_config(context.run_config))
+    """Validate the run config before any node is contacted, then run (under the standard
+    library's profiler when `profile` is set, writing its report next to the results)."""
+    config = validate_run_config(context.run_config)
+    if not config["profile"]:
+        run_server(grid, config)
+        return
+    profiler = cProfile.Profile()
+    out = profiler.runcall(run_server, grid, config)
+    profiler.dump_stats(out / "server.prof")
+    with (out / "server_profile.txt").open("w") as f:
+        pstats.Stats(profiler, stream=f).sort_stats("cumulative").print_stats(60)
 
 
 def make_delays(config: Mapping[str, Any]) -> DelayModel:
@@ -87,7 +98,8 @@ def make_strategy(
     return STRATEGIES[config["strategy"]](
         clock=clock, delays=make_delays(config), seed=config["seed"],
         time_budget=config["time-budget"],
-        eval_every=config["eval-every"], node_ids=node_ids, partition_sizes=partition_sizes,
+        eval_every=config["eval-every"], eval_interval=config["eval-interval"],
+        node_ids=node_ids, partition_sizes=partition_sizes,
         **strategy_settings(config),
     )
 
@@ -139,6 +151,7 @@ def discover_clients(
 
 def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
     """Run the configured strategy on the Grid and write the results folder."""
+    began = time.perf_counter()
     config = dict(config)
     if not config["run-name"]:
         config["run-name"] = default_run_name(config)
@@ -146,6 +159,7 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
     task = load_task(config)
     node_ids, sizes = discover_clients(grid, config["num-clients"])
     strategy = make_strategy(config, node_ids, sizes)
+    strategy.phases.lap("setup", began)
 
     def evaluate(version: int, arrays: ArrayRecord) -> MetricRecord:
         return MetricRecord(task.evaluate(record_to_arrays(arrays)))
@@ -159,6 +173,7 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
         evaluate_fn=evaluate,
     )
     wall = time.monotonic() - started
+    finishing = time.perf_counter()
     traffic = strategy.loop.traffic
     comm = strategy.communication()
     events = strategy.run_log.events
@@ -192,10 +207,17 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
          "num_examples": sizes[i] if sizes else None, "updates": counts[i]}
         for i, node in enumerate(node_ids)
     ]
+
+    def finalize(summary: dict) -> None:
+        """The ServerApp's time by phase, up to writing summary.json."""
+        strategy.phases.lap("results", finishing)
+        summary["server_wall_time"] = time.perf_counter() - began
+        summary["server_phases"] = strategy.phases.as_dict()
+
     write_results(
         out, config, events=events, event_columns=EVENT_COLUMNS, evals=strategy.run_log.evals,
         clients=clients, final_arrays=record_to_arrays(result.arrays), summary=summary,
-        tables=strategy.run_log.tables,
+        tables=strategy.run_log.tables, finalize=finalize,
     )
     log(INFO, "asyncfl: results written to %s", out.resolve())
     return out

@@ -3,6 +3,7 @@ as it lands (virtual-finish order or arrival order), re-dispatch from the newest
 
 from __future__ import annotations
 
+import time
 from abc import abstractmethod
 from logging import INFO
 
@@ -134,34 +135,50 @@ class AsyncStrategy(AsyncflStrategy):
         result = Result(arrays=initial_arrays)
         arrays, version = initial_arrays, 0
         global_arrays = record_to_arrays(arrays)
+        phases, t = self.phases, time.perf_counter()
         self.evaluate(evaluate_fn, 0, arrays, result)
+        t = phases.lap("evaluate", t)
         idle = IdlePool(range(self.num_clients), self._rng)
         bases = VersionStore(self.needs_base)
         bases.dispatched(version, global_arrays, self.dispatch(arrays, config, version,
                                                                idle.take(in_flight)))
+        t = phases.lap("dispatch", t)
         while version < num_rounds and not self.out_of_time():
             completion = loop.next_completion()
+            t = phases.lap("wait", t)
             if self.continue_task(completion, arrays, version):
+                t = phases.lap("dispatch", t)
                 continue
+            self.evaluate_due(evaluate_fn, version, arrays, result, self.clock.now)
+            t = phases.lap("evaluate", t)
             idle.add(completion.client)
             base = bases.returned(completion.tag)
             arrived_at = version
             accepted = self.accept(completion, global_arrays, version)
+            t = phases.lap("deserialize", t)
             if accepted is not None:
                 update, metrics = accepted
                 new = self.apply(global_arrays, update, float(metrics[NUM_EXAMPLES]),
                                  version - completion.tag, base)
+                t = phases.lap("aggregate", t)
                 if new is not None:
                     global_arrays, version = new, version + 1
                     arrays = arrays_to_record(new)
                     self.on_new_version(version, arrays)
+                    t = phases.lap("serialize", t)
                 self.record_update(completion, metrics, arrived_at, version)
-                if version > arrived_at and (version % self.eval_every == 0
-                                             or version == num_rounds or self.out_of_time()):
+                t = phases.lap("bookkeeping", t)
+                last = version == num_rounds or self.out_of_time()
+                if version > arrived_at and self.version_evaluated(version, last):
                     self.evaluate(evaluate_fn, version, arrays, result)
-            if version < num_rounds:
+                    t = phases.lap("evaluate", t)
+            if version < num_rounds and not self.out_of_time():
                 sent = self.dispatch(arrays, config, version, idle.take(in_flight - loop.in_flight))
                 bases.dispatched(version, global_arrays, sent)
+                t = phases.lap("dispatch", t)
             self.progress(version, num_rounds)
+            t = phases.lap("bookkeeping", t)
+        self.evaluate_due(evaluate_fn, version, arrays, result, self.clock.now, inclusive=True)
+        phases.lap("evaluate", t)
         result.arrays = arrays
         return result

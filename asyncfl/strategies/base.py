@@ -36,6 +36,7 @@ from asyncfl.timing import (
     Completion,
     DelayModel,
     EventLoop,
+    PhaseTimer,
     TrafficCounters,
     WallClock,
     array_bytes,
@@ -74,6 +75,7 @@ class AsyncflStrategy(Strategy):
         partition_sizes: Sequence[int] | None = None,
         poll_interval: float = 0.01,
         time_budget: float = 0.0,
+        eval_interval: float = 0.0,
     ) -> None:
         self.clock = clock if clock is not None else WallClock()
         self.delays = delays
@@ -83,6 +85,9 @@ class AsyncflStrategy(Strategy):
         self.partition_sizes = list(partition_sizes) if partition_sizes is not None else None
         self.poll_interval = poll_interval
         self.time_budget = time_budget
+        self.eval_interval = eval_interval
+        self._next_eval = eval_interval
+        self.phases = PhaseTimer()
         self.run_log = RunLog()
         self.loop: EventLoop | None = None
         self._last_progress = 0.0
@@ -175,8 +180,9 @@ class AsyncflStrategy(Strategy):
         return arrays, metrics
 
     def evaluate(self, evaluate_fn: EvaluateFn | None, version: int, arrays: ArrayRecord,
-                 result: Result) -> None:
-        """Evaluate the newest model, log one line, and keep the row for evals.csv."""
+                 result: Result, at: float | None = None) -> None:
+        """Evaluate the newest model, log one line, and keep the row for evals.csv; `at` is
+        the time on the run's clock it stands for (default: now)."""
         if evaluate_fn is None:
             return
         metrics = evaluate_fn(version, arrays)
@@ -184,13 +190,33 @@ class AsyncflStrategy(Strategy):
             return
         result.evaluate_metrics_serverapp[version] = metrics
         assert self.loop is not None
-        row = {"version": version, "virtual_time": self.loop.virtual_clock.now,
-               "wall_time": self.loop.wall_clock.now}
+        virtual, wall = self.loop.virtual_clock.now, self.loop.wall_clock.now
+        if at is not None:
+            virtual, wall = (at, wall) if self.clock.kind == "virtual" else (virtual, at)
+        row = {"version": version, "virtual_time": virtual, "wall_time": wall}
         row.update(metrics)
         self.run_log.evals.append(row)
-        shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-        log(INFO, "version %d | virtual %.2f s | wall %.2f s | %s", version,
-            self.loop.virtual_clock.now, self.loop.wall_clock.now, shown)
+        shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                         if isinstance(v, float) and "class" not in k)
+        log(INFO, "version %d | virtual %.2f s | wall %.2f s | %s", version, virtual, wall, shown)
+
+    def version_evaluated(self, version: int, last: bool) -> bool:
+        """Whether to evaluate a new version: every eval-every versions and the last one;
+        with an evaluation interval, only the last (the interval evaluator does the rest)."""
+        if self.eval_interval > 0:
+            return last
+        return version % self.eval_every == 0 or last
+
+    def evaluate_due(self, evaluate_fn: EvaluateFn | None, version: int, arrays: ArrayRecord,
+                     result: Result, until: float, inclusive: bool = False) -> None:
+        """The evaluator beside training: evaluate the model in force at every multiple of
+        `eval_interval` up to `until` on the run's clock (before an update landing at `until`
+        takes effect, unless `inclusive`)."""
+        if self.eval_interval <= 0:
+            return
+        while self._next_eval < until or (inclusive and self._next_eval <= until):
+            self.evaluate(evaluate_fn, version, arrays, result, at=self._next_eval)
+            self._next_eval += self.eval_interval
 
     def progress(self, version: int, total: int) -> None:
         """A progress line every few seconds on long runs."""
@@ -321,24 +347,38 @@ class SyncStrategy(AsyncflStrategy):
         result = Result(arrays=initial_arrays)
         arrays = initial_arrays
         self._global = record_to_arrays(arrays)
+        phases, t = self.phases, time.perf_counter()
         self.evaluate(evaluate_fn, 0, arrays, result)
+        t = phases.lap("evaluate", t)
         for server_round in range(1, num_rounds + 1):
             messages = self.configure_train(server_round, arrays, train_config, grid)
             self.send_round(messages, settings, server_round)
-            usable = [(c, accepted) for c in loop.drain()
+            t = phases.lap("dispatch", t)
+            completions = loop.drain()
+            t = phases.lap("wait", t)
+            self.evaluate_due(evaluate_fn, server_round - 1, arrays, result, self.clock.now)
+            t = phases.lap("evaluate", t)
+            usable = [(c, accepted) for c in completions
                       if (accepted := self.accept(c, self._global, server_round))]
+            t = phases.lap("deserialize", t)
             new_arrays, train_metrics = self.aggregate_train(
                 server_round, [c.reply for c, _ in usable]
             )
             if new_arrays is not None:
                 arrays = result.arrays = new_arrays
                 result.train_metrics_clientapp[server_round] = train_metrics
+            t = phases.lap("aggregate", t)
             for completion, (_, metrics) in usable:
                 self.record_update(completion, metrics, server_round - 1, server_round)
             last = server_round == num_rounds or self.out_of_time()
-            if server_round % self.eval_every == 0 or last:
-                self.evaluate(evaluate_fn, server_round, arrays, result)
             self.progress(server_round, num_rounds)
+            t = phases.lap("bookkeeping", t)
+            if self.version_evaluated(server_round, last):
+                self.evaluate(evaluate_fn, server_round, arrays, result)
+            if last:
+                self.evaluate_due(evaluate_fn, server_round, arrays, result, self.clock.now,
+                                  inclusive=True)
+            t = phases.lap("evaluate", t)
             if last:
                 break
         return result

@@ -3,12 +3,14 @@
 from asyncfl.timing.clocks import Clock, VirtualClock, WallClock
 from asyncfl.timing.delays import DelayModel, draw_step_times, profile_step_times, zero_delays
 from asyncfl.timing.event_loop import Completion, EventLoop, TrafficCounters, array_bytes
+from asyncfl.timing.phases import PhaseTimer
 
 __all__ = [
     "Clock",
     "Completion",
     "DelayModel",
     "EventLoop",
+    "PhaseTimer",
     "TrafficCounters",
     "VirtualClock",
     "WallClock",
