@@ -100,7 +100,7 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("fedsgd", "fedsgd-weights", "fedavg", "fedbuff", "fedasync",
                      "running-mean", "lsgd", "ssgd", "alsgd", "asgd", "apsb", "esync")),
     Setting("task", str, "digits", "data set (mnist, fashion-mnist, cifar10: hub, cached)",
-            choices=("digits", "mean", "mnist", "fashion-mnist", "cifar10")),
+            choices=("digits", "mean", "synthetic", "mnist", "fashion-mnist", "cifar10")),
     Setting("model", str, "auto", "auto = the task's own: small-cnn for digits, mnist-cnn for "
             "(fashion-)mnist, resnet18 for cifar10", choices=MODEL_CHOICES),
     Setting("seed", int, 0, "drives data split, speeds, sampling and init",
@@ -111,8 +111,11 @@ SETTINGS: tuple[Setting, ...] = (
             check=_positive, allowed="an integer >= 1"),
     Setting("partition", str, "iid", "how training data is split over clients",
             choices=("iid", "dirichlet", "pathological", "label-skew")),
-    Setting("alpha", float, 0.5, "Dirichlet concentration (partition = dirichlet)",
+    Setting("alpha", float, 0.5, "Dirichlet concentration (partition = dirichlet); alpha of "
+            "task = synthetic",
             check=_positive, allowed=_POSITIVE),
+    Setting("synthetic-beta", float, 0.5, "task = synthetic: beta, how much clients' inputs "
+            "differ", check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("classes-per-client", int, 2, "classes per client (partition = pathological)",
             check=_positive, allowed="an integer >= 1"),
     Setting("label-groups", int, 2, "partition = label-skew: disjoint class groups; client i "

@@ -8,12 +8,13 @@ from typing import Any
 
 from asyncfl.tasks.base import Task, TrainOutcome, TrainSettings
 
-TASK_NAMES = ("digits", "mean", "mnist", "fashion-mnist", "cifar10")
+TASK_NAMES = ("digits", "mean", "synthetic", "mnist", "fashion-mnist", "cifar10")
 
 
 @lru_cache(maxsize=4)
 def _build(name: str, num_clients: int, partition: str, model: str, alpha: float,
-           classes_per_client: int, label_groups: int, seed: int) -> Task:
+           classes_per_client: int, label_groups: int, synthetic_beta: float,
+           seed: int) -> Task:
     split = dict(alpha=alpha, classes_per_client=classes_per_client, label_groups=label_groups,
                  seed=seed, model=model)
     if name == "digits":
@@ -24,6 +25,10 @@ def _build(name: str, num_clients: int, partition: str, model: str, alpha: float
         from asyncfl.tasks.mean import MeanTask
 
         return MeanTask(num_clients, seed)
+    if name == "synthetic":
+        from asyncfl.tasks.synthetic import synthetic_task
+
+        return synthetic_task(num_clients, alpha=alpha, beta=synthetic_beta, seed=seed)
     from asyncfl.tasks.hub import HUB_DATASETS, hub_task
 
     if name in HUB_DATASETS:
@@ -35,7 +40,7 @@ def load_task(config: Mapping[str, Any]) -> Task:
     """The task a validated run config describes (built once per process and reused)."""
     return _build(config["task"], config["num-clients"], config["partition"], config["model"],
                   float(config["alpha"]), config["classes-per-client"], config["label-groups"],
-                  config["seed"])
+                  float(config["synthetic-beta"]), config["seed"])
 
 
 __all__ = ["TASK_NAMES", "Task", "TrainOutcome", "TrainSettings", "load_task"]
