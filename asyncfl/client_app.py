@@ -57,6 +57,7 @@ def settings_from(config: ConfigRecord, **overrides) -> TrainSettings:
         batch_size=int(config.get("batch-size", 0)),
         returns=str(config.get("return", "weights")),
         seed=int(config.get("task-seed", 0)),
+        threads=int(config.get("client-threads", 1)),
     )
     return TrainSettings(**{**fields, **overrides})
 

@@ -128,6 +128,9 @@ SETTINGS: tuple[Setting, ...] = (
             check=_non_negative, allowed="an integer >= 0"),
     Setting("batch-size", int, 10, "B, minibatch size; 0 means the whole partition",
             check=_non_negative, allowed="an integer >= 0"),
+    Setting("client-threads", int, 1, "torch threads per ClientApp call; 1 keeps runs "
+            "bit-identical across runtimes, more speeds up large models inline",
+            check=_positive, allowed="an integer >= 1"),
     Setting("lr", float, 0.2, "client learning rate eta", check=_positive, allowed=_POSITIVE),
     Setting("server-lr", float, 1.0, "gamma: fedbuff's server step and esync's global lr; "
             "alsgd/asgd/apsb step with gamma = lr x server-lr",

@@ -106,7 +106,7 @@ def make_strategy(
 
 def train_config(config: Mapping[str, Any]) -> ConfigRecord:
     """The part of the run config every train instruction carries."""
-    keys = ("lr", "local-epochs", "local-steps", "batch-size")
+    keys = ("lr", "local-epochs", "local-steps", "batch-size", "client-threads")
     return ConfigRecord({k: config[k] for k in keys})
 
 

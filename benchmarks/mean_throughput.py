@@ -67,6 +67,26 @@ def asyncfl_run(num_clients: int, num_updates: int, out: Path) -> dict[str, floa
             "end_to_end": num_updates / total}
 
 
+def measure(reps: int, out: str, clients=(100, 1_000, 10_000), updates: int = 10_000
+            ) -> list[dict]:
+    """Side by side, median of `reps`: the notebook's loop and asyncfl."""
+    rows = []
+    for n in clients:
+        nb, ours, e2e = [], [], []
+        for _ in range(reps):
+            nb.append(notebook_loop(n, updates))
+            measured = asyncfl_run(n, updates, Path(out))
+            ours.append(measured["loop"])
+            e2e.append(measured["end_to_end"])
+        nb_m, ours_m = statistics.median(nb), statistics.median(ours)
+        rows.append({"clients": n, "notebook_updates_per_s": nb_m,
+                     "asyncfl_updates_per_s": ours_m,
+                     "asyncfl_end_to_end_per_s": statistics.median(e2e),
+                     "ratio_asyncfl_over_notebook": ours_m / nb_m,
+                     "asyncfl_us_per_update": 1e6 / ours_m})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--updates", type=int, default=10_000)
@@ -75,30 +95,14 @@ def main() -> None:
     parser.add_argument("--out", default="outputs/benchmarks")
     args = parser.parse_args()
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    out = Path(args.out)
-    rows, raw = [], []
-    for n in (int(x) for x in args.clients.split(",")):
-        nb, ours, e2e = [], [], []
-        for _ in range(args.reps):
-            nb.append(notebook_loop(n, args.updates))
-            measured = asyncfl_run(n, args.updates, out)
-            ours.append(measured["loop"])
-            e2e.append(measured["end_to_end"])
-        raw.append({"clients": n, "updates": args.updates, "notebook": nb, "asyncfl": ours,
-                    "asyncfl_end_to_end": e2e})
-        nb_m, ours_m = statistics.median(nb), statistics.median(ours)
-        rows.append({"clients": n, "notebook_updates_per_s": nb_m,
-                     "asyncfl_updates_per_s": ours_m,
-                     "asyncfl_end_to_end_per_s": statistics.median(e2e),
-                     "ratio_asyncfl_over_notebook": ours_m / nb_m,
-                     "asyncfl_us_per_update": 1e6 / ours_m})
-    columns = list(rows[0])
+    clients = [int(x) for x in args.clients.split(",")]
+    rows = measure(args.reps, args.out, clients, args.updates)
     machine = f"{platform.processor() or platform.machine()}, {platform.python_version()}"
     print(f"mean task, {args.updates} updates, median of {args.reps}; {machine}")
-    print(markdown_table(rows, columns))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "mean_throughput.json").write_text(
-        json.dumps({"machine": machine, "rows": rows, "raw": raw}, indent=2))
+    print(markdown_table(rows, list(rows[0])))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "mean_throughput.json").write_text(
+        json.dumps({"machine": machine, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

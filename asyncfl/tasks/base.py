@@ -26,6 +26,7 @@ class TrainSettings:
     returns: str = "weights"  # weights | delta | gradient (sum of the step gradients)
     seed: int = 0  # minibatch shuffling
     skip_steps: int = 0
+    threads: int = 1  # torch threads for local training
 
     def __post_init__(self) -> None:
         if self.returns not in RETURN_KINDS:

@@ -40,8 +40,9 @@ def minibatches(n: int, settings: TrainSettings, generator: torch.Generator):
 class ClassificationTask(Task):
     """A torch classifier over in-memory tensors, split by client index lists.
 
-    Clients train single-threaded: results are then bit-identical whichever runtime or
-    process runs them, and parallelism comes from running clients side by side.
+    Clients train single-threaded by default (`client-threads`): results are then
+    bit-identical whichever runtime or process runs them, and parallelism comes from running
+    clients side by side.
     """
 
     def __init__(
@@ -78,7 +79,7 @@ class ClassificationTask(Task):
     def train(
         self, arrays: dict[str, np.ndarray], partition_id: int, settings: TrainSettings
     ) -> TrainOutcome:
-        torch.set_num_threads(1)
+        torch.set_num_threads(settings.threads)
         model = self.model()
         load_arrays(model, arrays)
         model.train()

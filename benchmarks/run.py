@@ -1,0 +1,61 @@
+"""All of asyncfl's benchmarks, side by side in one run.
+
+    python benchmarks/run.py                   # everything (about 6 minutes here)
+    python benchmarks/run.py --only overhead   # overhead | engine | scale | mean
+    python benchmarks/run.py --reps 5
+
+Prints one table per benchmark (medians of --reps repetitions, ratios measured in this run,
+the machine named) and writes the raw numbers to outputs/benchmarks/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import engine  # noqa: E402
+import mean_throughput  # noqa: E402
+import overhead  # noqa: E402
+import scale  # noqa: E402
+
+from asyncfl.results import markdown_table  # noqa: E402
+
+BENCHMARKS = {
+    "overhead": overhead.measure,
+    "engine": engine.measure,
+    "scale": scale.measure,
+    "mean": lambda reps, out: mean_throughput.measure(reps, out),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=sorted(BENCHMARKS))
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--out", default="outputs/benchmarks")
+    args = parser.parse_args()
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python "
+               f"{platform.python_version()}, torch {__import__('torch').__version__}")
+    print(f"machine: {machine}; median of {args.reps}")
+    raw = {"machine": machine}
+    for name, measure in BENCHMARKS.items():
+        if args.only and name != args.only:
+            continue
+        rows = measure(args.reps, args.out)
+        raw[name] = rows
+        print(f"\n## {name}\n")
+        print(markdown_table(rows, list(rows[0])))
+    (Path(args.out) / "results.json").write_text(json.dumps(raw, indent=2))
+
+
+if __name__ == "__main__":
+    main()
