@@ -48,6 +48,7 @@ class VersionStore:
         self.enabled = enabled
         self._models: dict[int, dict[str, np.ndarray]] = {}
         self._users: dict[int, int] = {}
+        self.peak = 0  # most versions held at once
 
     def __len__(self) -> int:
         return len(self._models)
@@ -56,6 +57,7 @@ class VersionStore:
         if self.enabled and count:
             self._models[version] = model
             self._users[version] = self._users.get(version, 0) + count
+            self.peak = max(self.peak, len(self._models))
 
     def returned(self, version: int) -> dict[str, np.ndarray] | None:
         if not self.enabled:
@@ -77,6 +79,8 @@ class AsyncStrategy(AsyncflStrategy):
 
     #: whether `apply` needs the model version the client started from
     needs_base = False
+    #: the versions kept for clients in flight (FedBuff with weights replies)
+    versions: VersionStore | None = None
 
     def __init__(self, concurrency: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -139,7 +143,7 @@ class AsyncStrategy(AsyncflStrategy):
         self.evaluate(evaluate_fn, 0, arrays, result)
         t = phases.lap("evaluate", t)
         idle = IdlePool(range(self.num_clients), self._rng)
-        bases = VersionStore(self.needs_base)
+        bases = self.versions = VersionStore(self.needs_base)
         bases.dispatched(version, global_arrays, self.dispatch(arrays, config, version,
                                                                idle.take(in_flight)))
         t = phases.lap("dispatch", t)
