@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 
+import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -24,6 +26,41 @@ SEGMENT_GRADIENT = "segment.gradient"
 SEGMENT_STATS = "segment.stats"
 
 app = ClientApp()
+
+
+class NodeSilent(Exception):
+    """An injected fault: the node does not answer. The inline runtime drops the reply; in
+    Flower's runtimes it arrives as an error reply."""
+
+
+@lru_cache(maxsize=8)
+def _faulty_clients(seed: int, num_clients: int, fraction: float) -> tuple[int, ...]:
+    count = round(fraction * num_clients)
+    chosen = np.random.default_rng([seed, 8]).choice(num_clients, count, replace=False)
+    return tuple(sorted(int(c) for c in chosen))
+
+
+def injected_fault(config: dict, pid: int) -> str:
+    """How this client misbehaves under `fault-fraction` / `fault-kinds` ('' if it does
+    not): a seeded choice of clients, the kinds cycled over them."""
+    if config["fault-fraction"] == 0:
+        return ""
+    faulty = _faulty_clients(config["seed"], config["num-clients"], config["fault-fraction"])
+    if pid not in faulty:
+        return ""
+    kinds = config["fault-kinds"].split(",")
+    return kinds[faulty.index(pid) % len(kinds)]
+
+
+def corrupt(arrays: dict, kind: str) -> dict:
+    """The reply of a client injected with `nan` or `shape`."""
+    key = next(k for k, v in arrays.items() if np.issubdtype(v.dtype, np.floating))
+    bad = np.array(arrays[key], copy=True)
+    if kind == "nan":
+        bad.flat[0] = np.nan
+    elif kind == "shape":
+        bad = np.append(bad, 0.0).astype(bad.dtype)
+    return {**arrays, key: bad}
 
 _validated: dict[tuple, dict] = {}
 
@@ -68,7 +105,13 @@ def run_task(
     """Train, then in wall-clock mode sleep step-delay x steps + comm-delay (the server's
     delay model, or the node's own `--node-config step-delay=<seconds>`); return the outcome
     and the seconds it represents."""
-    task = load_task(run_config(context))
+    config_run = run_config(context)
+    fault = injected_fault(config_run, partition_id(context))
+    if fault == "raise":
+        raise RuntimeError("injected fault: the client raised")
+    if fault == "silent":
+        raise NodeSilent("injected fault: the client went silent")
+    task = load_task(config_run)
     started = time.perf_counter()
     outcome = task.train(start, partition_id(context), settings)
     compute_time = time.perf_counter() - started
@@ -79,10 +122,14 @@ def run_task(
     return outcome, compute_time + injected
 
 
-def train_reply(msg: Message, arrays: dict | None, metrics: dict) -> Message:
-    """A reply with the arrays (if any) and the metrics."""
+def train_reply(msg: Message, context: Context, arrays: dict | None, metrics: dict) -> Message:
+    """A reply with the arrays (if any, corrupted if the client is injected to) and the
+    metrics."""
     content = RecordDict({"metrics": MetricRecord(metrics)})
     if arrays is not None:
+        fault = injected_fault(run_config(context), partition_id(context))
+        if fault in ("nan", "shape"):
+            arrays = corrupt(arrays, fault)
         content["arrays"] = arrays_to_record(arrays)
     return Message(content=content, reply_to=msg)
 
@@ -94,7 +141,7 @@ def train(msg: Message, context: Context) -> Message:
     settings = settings_from(config)
     start = record_to_arrays(msg.content["arrays"])
     outcome, seconds = run_task(context, config, start, settings)
-    return train_reply(msg, outcome.reply(start, settings.returns), {
+    return train_reply(msg, context, outcome.reply(start, settings.returns), {
         NUM_EXAMPLES: outcome.num_examples,
         TRAIN_LOSS: outcome.train_loss,
         STEPS_METRIC: outcome.steps,
@@ -131,11 +178,12 @@ def train_segment(msg: Message, context: Context) -> Message:
         state[SEGMENT_MODEL] = arrays_to_record(outcome.weights)
         state[SEGMENT_GRADIENT] = arrays_to_record(gradient)
         state[SEGMENT_STATS] = MetricRecord({"loss-sum": losses})
-        return train_reply(msg, None, {STEPS_METRIC: outcome.steps, "compute-time": seconds})
+        return train_reply(msg, context, None,
+                           {STEPS_METRIC: outcome.steps, "compute-time": seconds})
     for key in (SEGMENT_MODEL, SEGMENT_GRADIENT, SEGMENT_STATS):
         if key in state:
             del state[key]
-    return train_reply(msg, gradient, {
+    return train_reply(msg, context, gradient, {
         NUM_EXAMPLES: outcome.num_examples,
         TRAIN_LOSS: losses / steps,
         STEPS_METRIC: steps,

@@ -84,6 +84,13 @@ def _delay_profile(text: str) -> bool:
     return True
 
 
+FAULT_KINDS = ("raise", "nan", "shape", "silent")
+
+
+def _fault_kinds(text: str) -> bool:
+    return bool(text) and all(k in FAULT_KINDS for k in text.split(","))
+
+
 def _plain_name(text: str) -> bool:
     return "/" not in text and text not in (".", "..")
 
@@ -180,6 +187,20 @@ SETTINGS: tuple[Setting, ...] = (
             check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("time-budget", float, 0.0, "stop once the run's clock passes this many seconds "
             "(0: run all num-server-rounds)", check=_non_negative, allowed=_NON_NEGATIVE),
+    Setting("max-faults", int, 3, "drop a client after this many faulty replies in a row "
+            "(0: never)", check=_non_negative, allowed="an integer >= 0"),
+    Setting("update-norm-bound", float, 0.0, "if > 0: L2 bound on every update (the delta "
+            "from the model the client started from)", check=_non_negative,
+            allowed=_NON_NEGATIVE),
+    Setting("norm-action", str, "clip", "what to do with an update above the bound",
+            choices=("clip", "reject")),
+    Setting("reply-timeout", float, 3600.0, "wall seconds without any reply after which "
+            "the oldest task in flight counts as failed", check=_positive, allowed=_POSITIVE),
+    Setting("fault-fraction", float, 0.0, "fraction of clients that misbehave on every task "
+            "(experiments and tests)", check=_unit_interval, allowed="a number in [0, 1]"),
+    Setting("fault-kinds", str, "raise,nan,shape,silent", "how faulty clients misbehave, "
+            "cycled over them", check=_fault_kinds,
+            allowed="comma-separated: raise, nan, shape, silent"),
     Setting("eval-interval", float, 0.0, "if > 0: evaluate the newest model every this many "
             "seconds of the run's clock instead of every eval-every versions",
             check=_non_negative, allowed=_NON_NEGATIVE),

@@ -99,6 +99,8 @@ def make_strategy(
         clock=clock, delays=make_delays(config), seed=config["seed"],
         time_budget=config["time-budget"],
         eval_every=config["eval-every"], eval_interval=config["eval-interval"],
+        max_faults=config["max-faults"], norm_bound=config["update-norm-bound"],
+        norm_action=config["norm-action"],
         node_ids=node_ids, partition_sizes=partition_sizes,
         **strategy_settings(config),
     )
@@ -170,13 +172,13 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
     result = strategy.start(
         grid, arrays_to_record(task.initial_arrays(config["seed"])),
         num_rounds=config["num-server-rounds"], train_config=train_config(config),
-        evaluate_fn=evaluate,
+        evaluate_fn=evaluate, timeout=config["reply-timeout"],
     )
     wall = time.monotonic() - started
     finishing = time.perf_counter()
     traffic = strategy.loop.traffic
     comm = strategy.communication()
-    events = strategy.run_log.events
+    events = strategy.run_log.applied()
     updates = len(events)
     staleness = [row["staleness"] for row in events]
     summary = {
@@ -200,6 +202,8 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
         "comm_bytes_up": comm.bytes_up,
         "skipped_replies": sum(strategy.run_log.failures.values()),
         "skipped_by_reason": dict(strategy.run_log.failures),
+        "dropped_clients": sorted(strategy.dropped),
+        "ignored_replies": strategy.loop.ignored_replies,
     }
     counts = Counter(row["client"] for row in events)
     clients = [
@@ -215,7 +219,8 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
         summary["server_phases"] = strategy.phases.as_dict()
 
     write_results(
-        out, config, events=events, event_columns=EVENT_COLUMNS, evals=strategy.run_log.evals,
+        out, config, events=strategy.run_log.events, event_columns=EVENT_COLUMNS,
+        evals=strategy.run_log.evals,
         clients=clients, final_arrays=record_to_arrays(result.arrays), summary=summary,
         tables=strategy.run_log.tables, finalize=finalize,
     )

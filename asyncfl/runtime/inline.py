@@ -74,16 +74,23 @@ class InlineGrid(Grid):
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._execute(self._pending.pop(i)) for i in message_ids if i in self._pending]
+        replies = [self._execute(self._pending.pop(i)) for i in message_ids
+                   if i in self._pending]
+        return [reply for reply in replies if reply is not None]
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
 
-    def _execute(self, message: Message) -> Message:
+    def _execute(self, message: Message) -> Message | None:
+        """The ClientApp's reply; an error reply if it raised; None if it went silent."""
+        from asyncfl.client_app import NodeSilent
+
         context = self.contexts[message.metadata.dst_node_id]
         try:
             reply = self.client_app(message, context)
+        except NodeSilent:
+            return None
         except Exception as err:  # a failing client must not stop the run: it is an error reply
             reply = Message(Error(CLIENT_EXCEPTION, f"{type(err).__name__}: {err}"),
                             reply_to=message)

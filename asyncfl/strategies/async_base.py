@@ -155,10 +155,11 @@ class AsyncStrategy(AsyncflStrategy):
                 continue
             self.evaluate_due(evaluate_fn, version, arrays, result, self.clock.now)
             t = phases.lap("evaluate", t)
-            idle.add(completion.client)
             base = bases.returned(completion.tag)
             arrived_at = version
-            accepted = self.accept(completion, global_arrays, version)
+            accepted = self.accept(completion, global_arrays, version, base)
+            if completion.client not in self.dropped:
+                idle.add(completion.client)
             t = phases.lap("deserialize", t)
             if accepted is not None:
                 update, metrics = accepted

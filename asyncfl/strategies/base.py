@@ -7,7 +7,7 @@ import math
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from logging import INFO
+from logging import INFO, WARNING
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -17,6 +17,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from asyncfl.strategies.utils import (
     EVENT_COLUMNS,
+    MAX_EXAMPLES,
     MODEL_VERSION,
     NUM_EXAMPLES,
     TRAIN_LOSS,
@@ -30,6 +31,7 @@ from asyncfl.strategies.utils import (
     sample_clients,
     task_seed,
     train_instruction,
+    update_norm,
 )
 from asyncfl.timing import (
     Clock,
@@ -76,6 +78,9 @@ class AsyncflStrategy(Strategy):
         poll_interval: float = 0.01,
         time_budget: float = 0.0,
         eval_interval: float = 0.0,
+        max_faults: int = 0,
+        norm_bound: float = 0.0,
+        norm_action: str = "clip",
     ) -> None:
         self.clock = clock if clock is not None else WallClock()
         self.delays = delays
@@ -87,6 +92,13 @@ class AsyncflStrategy(Strategy):
         self.time_budget = time_budget
         self.eval_interval = eval_interval
         self._next_eval = eval_interval
+        if max_faults < 0 or norm_bound < 0 or norm_action not in ("clip", "reject"):
+            raise ValueError("max_faults and norm_bound must be >= 0, norm_action clip|reject")
+        self.max_faults = max_faults
+        self.norm_bound = norm_bound
+        self.norm_action = norm_action
+        self._faults: dict[int, int] = {}
+        self.dropped: set[int] = set()
         self.phases = PhaseTimer()
         self.run_log = RunLog()
         self.loop: EventLoop | None = None
@@ -163,21 +175,63 @@ class AsyncflStrategy(Strategy):
         ))
 
     def accept(
-        self, completion: Completion, reference: dict[str, np.ndarray], version: int
+        self, completion: Completion, reference: dict[str, np.ndarray], version: int,
+        base: dict[str, np.ndarray] | None = None,
     ) -> tuple[dict[str, np.ndarray], MetricRecord] | None:
         """The reply's arrays and metrics if it may touch the global model; otherwise None,
-        and the reply is logged and counted as skipped."""
+        and the reply is logged, counted, and written to events.csv with its reason. A client
+        that faults `max_faults` times in a row is dropped. With `norm_bound`, an update
+        (the delta from the model the client started from, `base` or `reference`) larger
+        than the bound is clipped to it or rejected."""
         reason = completion.failure_reason
         if not reason:
             try:
                 arrays, metrics = parse_reply(completion.reply)
-                reason = check_reply(arrays, metrics, reference)
+                limit = (self.partition_sizes[completion.client] if self.partition_sizes
+                         else MAX_EXAMPLES)
+                reason = check_reply(arrays, metrics, reference, max_examples=limit,
+                                     version_sent=int(completion.tag))
             except ValueError as err:
                 reason = f"malformed reply: {err}"
+        if not reason and self.norm_bound > 0:
+            arrays, reason = self._bound_norm(arrays, base if base is not None else reference)
         if reason:
             self.run_log.skip(completion.client, version, reason)
+            self._reject(completion, version, reason)
             return None
+        self._faults[completion.client] = 0
         return arrays, metrics
+
+    def _bound_norm(self, arrays: dict[str, np.ndarray], start: dict[str, np.ndarray]
+                    ) -> tuple[dict[str, np.ndarray], str]:
+        is_delta = self.reply_kind != "weights"
+        delta = arrays if is_delta else {k: v.astype(np.float64) - start[k]
+                                         for k, v in arrays.items()}
+        norm = update_norm(delta)
+        if norm <= self.norm_bound:
+            return arrays, ""
+        if self.norm_action == "reject":
+            return arrays, f"update too large: norm {norm:.4g} > bound {self.norm_bound:g}"
+        scale = self.norm_bound / norm
+        clipped = {k: (v * scale if np.issubdtype(v.dtype, np.floating) else v)
+                   for k, v in delta.items()}
+        if not is_delta:
+            clipped = {k: start[k] + v for k, v in clipped.items()}
+        return {k: np.asarray(v).astype(arrays[k].dtype) for k, v in clipped.items()}, ""
+
+    def _reject(self, completion: Completion, version: int, reason: str) -> None:
+        """An events.csv row for a rejected reply; drop the client after too many faults."""
+        client = completion.client
+        row = dict.fromkeys(EVENT_COLUMNS)
+        row.update(version_apply=version, version_dispatch=completion.tag, client=client,
+                   virtual_time=completion.virtual_time, wall_time=completion.wall_time,
+                   dispatch_time=completion.dispatch.sent_virtual, rejected=reason)
+        self.run_log.events.append(row)
+        self._faults[client] = self._faults.get(client, 0) + 1
+        if self.max_faults and self._faults[client] >= self.max_faults:
+            self.dropped.add(client)
+            log(WARNING, "client %d dropped after %d faults in a row", client,
+                self._faults[client])
 
     def evaluate(self, evaluate_fn: EvaluateFn | None, version: int, arrays: ArrayRecord,
                  result: Result, at: float | None = None) -> None:
@@ -245,6 +299,7 @@ class AsyncflStrategy(Strategy):
         version_dispatch = int(completion.tag)
         row = dict.fromkeys(EVENT_COLUMNS)
         row.update(
+            rejected="",
             version_apply=version_after,
             version_dispatch=version_dispatch,
             staleness=version_at_arrival - version_dispatch,
@@ -309,7 +364,8 @@ class SyncStrategy(AsyncflStrategy):
         """Sample clients and build one train instruction for each."""
         config = self.train_settings(config)
         size = array_bytes(arrays)
-        chosen = sample_clients(self._rng, self.num_clients, self.fraction_train)
+        chosen = [c for c in sample_clients(self._rng, self.num_clients, self.fraction_train)
+                  if c not in self.dropped]
         return [self.instruction(arrays, config, server_round - 1, c, size) for c in chosen]
 
     def aggregate_train(

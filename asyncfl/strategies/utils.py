@@ -25,7 +25,7 @@ MODEL_VERSION = "model-version"
 EVENT_COLUMNS = (
     "version_apply", "version_dispatch", "staleness", "client", "virtual_time", "wall_time",
     "dispatch_time", "duration", "steps", "num_examples", "train_loss", "bytes_down",
-    "bytes_up", "comm_messages", "comm_bytes",
+    "bytes_up", "comm_messages", "comm_bytes", "rejected",
 )
 
 
@@ -163,21 +163,42 @@ def parse_reply(reply: Message) -> tuple[dict[str, np.ndarray], MetricRecord]:
         raise ValueError(str(err)) from err
 
 
+MAX_EXAMPLES = 10**9
+
+
 def check_reply(
-    arrays: dict[str, np.ndarray], metrics: MetricRecord, reference: dict[str, np.ndarray]
+    arrays: dict[str, np.ndarray], metrics: MetricRecord, reference: dict[str, np.ndarray],
+    *, version_sent: int | None = None, max_examples: int = MAX_EXAMPLES,
 ) -> str:
-    """Why a parsed train reply must not touch the global model, or '' if it is usable."""
+    """Why a parsed train reply must not touch the global model, or '' if it is usable:
+    bad or absurd example counts, a model version that was not the one sent, arrays whose
+    keys, shapes or dtypes differ from the model's, NaN or Inf."""
     examples = metrics.get(NUM_EXAMPLES)
     if not isinstance(examples, (int, float)) or not examples > 0 or not math.isfinite(examples):
         return f"bad {NUM_EXAMPLES}: {examples!r}"
+    if examples > max_examples:
+        return f"bad {NUM_EXAMPLES}: {examples!r} is more than the client holds ({max_examples})"
+    version = metrics.get(MODEL_VERSION)
+    if version_sent is not None and version is not None and int(version) != version_sent:
+        return f"wrong model version: {version} was never sent to this client ({version_sent} was)"
     if list(arrays) != list(reference):
-        return f"array keys {list(arrays)[:4]}... do not match the model's"
+        return f"wrong arrays: keys {list(arrays)[:4]} do not match the model's"
     for key, value in arrays.items():
         if value.shape != reference[key].shape:
-            return f"array {key!r} has shape {value.shape}, expected {reference[key].shape}"
+            return (f"wrong shape: array {key!r} has shape {value.shape}, "
+                    f"expected {reference[key].shape}")
+        if value.dtype != reference[key].dtype:
+            return (f"wrong dtype: array {key!r} is {value.dtype}, "
+                    f"expected {reference[key].dtype}")
         if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-            return f"array {key!r} holds NaN or Inf"
+            return f"not finite: array {key!r} holds NaN or Inf"
     return ""
+
+
+def update_norm(update: dict[str, np.ndarray]) -> float:
+    """The L2 norm of an update over all its floating-point arrays."""
+    return math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64)))
+                         for v in update.values() if np.issubdtype(v.dtype, np.floating)))
 
 
 def train_instruction(
@@ -206,3 +227,7 @@ class RunLog:
         kind = reason.split(":")[0]
         self.failures[kind] += 1
         log(WARNING, "skipped reply of client %d at version %d: %s", client, version, reason)
+
+    def applied(self) -> list[dict]:
+        """The events of updates that were applied (not the rejected replies)."""
+        return [row for row in self.events if not row.get("rejected")]

@@ -20,9 +20,11 @@ import itertools
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from logging import WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from asyncfl.timing.clocks import Clock, VirtualClock, WallClock
@@ -142,6 +144,7 @@ class EventLoop:
         self._arrived: dict[str, Dispatch] = {}
         self._task_numbers: dict[int, int] = {}
         self._seq = itertools.count()
+        self.ignored_replies = 0
 
     @property
     def in_flight(self) -> int:
@@ -256,8 +259,11 @@ class EventLoop:
         stamp = time.monotonic()
         for reply in replies:
             message_id = reply.metadata.reply_to_message_id
-            if message_id not in self._waiting:
-                continue  # not ours, or a duplicate: never applied twice
+            if message_id not in self._waiting:  # not ours, or a duplicate: never applied
+                self.ignored_replies += 1
+                log(WARNING, "ignored a reply to message %s: unknown or already answered",
+                    message_id)
+                continue
             dispatch = self._in_flight[message_id]
             self._waiting.discard(message_id)
             dispatch.reply = reply
