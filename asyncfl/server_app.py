@@ -135,6 +135,8 @@ def discover_clients(
     sizes: dict[int, int] = {}
     while pending and time.monotonic() < deadline:
         for reply in grid.pull_messages(pending):
+            if reply.metadata.reply_to_message_id not in pending:
+                continue  # a duplicate, or a reply to something this did not ask
             pending.discard(reply.metadata.reply_to_message_id)
             if not reply.has_error():
                 metrics = reply.content["metrics"]

@@ -26,8 +26,6 @@ from asyncfl.strategies.utils import (
     check_reply,
     parse_reply,
     record_to_arrays,
-    reply_arrays,
-    reply_metrics,
     sample_clients,
     task_seed,
     train_instruction,
@@ -371,14 +369,18 @@ class SyncStrategy(AsyncflStrategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Apply `combine` to usable replies; weights are the clients' num-examples."""
-        replies = list(replies)
-        if not replies:
+        """Apply `combine` to the replies (Flower's API; `start` passes checked updates)."""
+        return self.aggregate_updates([parse_reply(r) for r in replies])
+
+    def aggregate_updates(
+        self, updates: list[tuple[dict[str, np.ndarray], MetricRecord]]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Apply `combine` to accepted updates; weights are the clients' num-examples."""
+        if not updates:
             return None, None
-        weights = [float(reply_metrics(r)[NUM_EXAMPLES]) for r in replies]
-        models = [record_to_arrays(reply_arrays(r)) for r in replies]
-        self._global = self.combine(self._global, models, weights)
-        losses = [reply_metrics(r).get(TRAIN_LOSS, math.nan) for r in replies]
+        weights = [float(metrics[NUM_EXAMPLES]) for _, metrics in updates]
+        self._global = self.combine(self._global, [arrays for arrays, _ in updates], weights)
+        losses = [metrics.get(TRAIN_LOSS, math.nan) for _, metrics in updates]
         mean_loss = float(np.dot(weights, losses) / sum(weights))
         return arrays_to_record(self._global), MetricRecord(
             {TRAIN_LOSS: mean_loss, NUM_EXAMPLES: int(sum(weights))}
@@ -417,9 +419,7 @@ class SyncStrategy(AsyncflStrategy):
             usable = [(c, accepted) for c in completions
                       if (accepted := self.accept(c, self._global, server_round))]
             t = phases.lap("deserialize", t)
-            new_arrays, train_metrics = self.aggregate_train(
-                server_round, [c.reply for c, _ in usable]
-            )
+            new_arrays, train_metrics = self.aggregate_updates([a for _, a in usable])
             if new_arrays is not None:
                 arrays = result.arrays = new_arrays
                 result.train_metrics_clientapp[server_round] = train_metrics

@@ -154,15 +154,13 @@ class ESync(SyncStrategy):
             steps, duration = self._plan[client]
             self.loop.send([(message, client, steps, server_round - 1)], duration=duration)
 
-    def aggregate_train(self, server_round: int, replies):
-        """w + global_lr * mean(delta) for parameters; statistics averaged."""
-        replies = list(replies)
-        for reply in replies:  # measured per-step times for the next round (wall clock)
-            metrics = reply.content["metrics"]
-            client = self._client_of_node[reply.metadata.src_node_id]
-            steps = max(1, int(metrics.get("local-steps", 1)))
-            self._measured[client] = float(metrics.get("compute-time", 0.0)) / steps
-        return super().aggregate_train(server_round, replies)
+    def record_update(self, completion, metrics, version_at_arrival: int,
+                      version_after: int) -> None:
+        """Also remember the worker's measured per-step time, for the next round's rule
+        under a wall clock."""
+        super().record_update(completion, metrics, version_at_arrival, version_after)
+        steps = max(1, int(metrics.get("local-steps", 1)))
+        self._measured[completion.client] = float(metrics.get("compute-time", 0.0)) / steps
 
     def combine(
         self,

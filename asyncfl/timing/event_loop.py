@@ -223,6 +223,9 @@ class EventLoop:
             if ready is not None:
                 return self._complete(ready)
             if self.timeout is not None and time.monotonic() - waited_since > self.timeout:
+                if self._pull(everything=True):  # replies not asked for yet are not late
+                    waited_since = time.monotonic()
+                    continue
                 return self._give_up_oldest()
             time.sleep(self.poll_interval)
 
@@ -242,17 +245,17 @@ class EventLoop:
                      next(self._seq), dispatch.message_id)
             heapq.heappush(self._known, entry)
 
-    def _pull_ids(self) -> list[str]:
+    def _pull_ids(self, everything: bool = False) -> list[str]:
         """Replies worth asking for: in virtual time only those that decide what comes next."""
-        if not self.virtual:
+        if everything or not self.virtual:
             return list(self._waiting)
         ids = [mid for mid in self._unknown if mid in self._waiting]
         if self._known and self._known[0][-1] in self._waiting:
             ids.append(self._known[0][-1])
         return ids
 
-    def _pull(self) -> bool:
-        ids = self._pull_ids()
+    def _pull(self, everything: bool = False) -> bool:
+        ids = self._pull_ids(everything)
         if not ids:
             return False
         replies = list(self.grid.pull_messages(ids))
