@@ -208,6 +208,10 @@ SETTINGS: tuple[Setting, ...] = (
             check=_positive, allowed="an integer >= 1"),
     Setting("target-accuracy", float, 0.9, "accuracy whose first reaching time is reported",
             check=_unit_interval, allowed="a number in [0, 1]"),
+    Setting("checkpoint-every", int, 0, "write the whole run state to checkpoint.bin in the "
+            "results folder every this many versions (0: never)", check=_non_negative,
+            allowed="an integer >= 0"),
+    Setting("resume", bool, False, "continue the run named run-name from its checkpoint"),
     Setting("profile", bool, False, "run the ServerApp under cProfile; report written to "
             "server_profile.txt next to the results"),
     Setting("output-dir", str, "outputs", "folder that holds one results folder per run"),
@@ -250,6 +254,9 @@ def validate_run_config(overrides: Mapping[str, Any]) -> dict[str, ConfigValue]:
             f"run-config 'local-steps' must be >= 1 for strategy = {config['strategy']} "
             "(K local iterations per round or push)"
         )
+    if config["resume"] and not config["run-name"]:
+        raise ConfigError("run-config 'resume' = true needs 'run-name': the run whose "
+                          "results folder holds the checkpoint")
     if config["concurrency"] > config["num-clients"]:
         raise ConfigError(
             f"run-config 'concurrency' ({config['concurrency']}) must be at most 'num-clients' "

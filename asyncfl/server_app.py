@@ -18,6 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from asyncfl.config import validate_run_config
 from asyncfl.results import default_run_name, run_dir, write_results
 from asyncfl.strategies import STRATEGIES, AsyncflStrategy, staleness_function
+from asyncfl.strategies.checkpoint import CheckpointError, load_checkpoint
 from asyncfl.strategies.utils import EVENT_COLUMNS, arrays_to_record, record_to_arrays
 from asyncfl.tasks import load_task
 from asyncfl.timing import DelayModel, VirtualClock, WallClock, draw_step_times, profile_step_times
@@ -91,7 +92,8 @@ def strategy_settings(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def make_strategy(
-    config: Mapping[str, Any], node_ids: list[int], partition_sizes: list[int] | None = None
+    config: Mapping[str, Any], node_ids: list[int], partition_sizes: list[int] | None = None,
+    resume: dict | None = None,
 ) -> AsyncflStrategy:
     """The strategy named in the run config, with the run's clock and delays."""
     clock = VirtualClock() if config["clock"] == "virtual" else WallClock()
@@ -100,7 +102,8 @@ def make_strategy(
         time_budget=config["time-budget"],
         eval_every=config["eval-every"], eval_interval=config["eval-interval"],
         max_faults=config["max-faults"], norm_bound=config["update-norm-bound"],
-        norm_action=config["norm-action"],
+        norm_action=config["norm-action"], checkpoint_every=config["checkpoint-every"],
+        checkpoint_path=run_dir(config) / CHECKPOINT, resume=resume,
         node_ids=node_ids, partition_sizes=partition_sizes,
         **strategy_settings(config),
     )
@@ -153,6 +156,23 @@ def discover_clients(
             [sizes[i] for i in range(num_clients)])
 
 
+CHECKPOINT = "checkpoint.bin"
+#: keys that may differ between a run and its resumption
+RESUMABLE_CHANGES = ("resume", "profile", "reply-timeout")
+
+
+def resume_payload(config: Mapping[str, Any]) -> dict:
+    """The checkpoint of the run to resume, refused unless it was written for this config."""
+    payload = load_checkpoint(run_dir(config) / CHECKPOINT)
+    saved = payload["meta"].get("config", {})
+    changed = sorted(k for k in config if k not in RESUMABLE_CHANGES
+                     and saved.get(k) != config[k])
+    if changed:
+        raise CheckpointError(f"the checkpoint was written with other settings: "
+                              f"{', '.join(changed)}; resume with the run's own config")
+    return payload
+
+
 def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
     """Run the configured strategy on the Grid and write the results folder."""
     began = time.perf_counter()
@@ -160,9 +180,11 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
     if not config["run-name"]:
         config["run-name"] = default_run_name(config)
     out = run_dir(config)
+    resume = resume_payload(config) if config["resume"] else None
     task = load_task(config)
     node_ids, sizes = discover_clients(grid, config["num-clients"])
-    strategy = make_strategy(config, node_ids, sizes)
+    strategy = make_strategy(config, node_ids, sizes, resume)
+    strategy.checkpoint_meta = {"config": dict(config)}
     strategy.phases.lap("setup", began)
 
     def evaluate(version: int, arrays: ArrayRecord) -> MetricRecord:

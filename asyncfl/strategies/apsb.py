@@ -10,6 +10,7 @@ import numpy as np
 from flwr.app import ArrayRecord
 
 from asyncfl.strategies.alsgd import ALSGD
+from asyncfl.strategies.checkpoint import CheckpointError
 from asyncfl.strategies.utils import task_seed
 from asyncfl.timing import Completion, TrafficCounters, array_bytes
 
@@ -72,6 +73,13 @@ class APSB(ALSGD):
 
     def communication(self) -> TrafficCounters:
         return self._comm
+
+    def checkpoint(self, version: int, state: dict) -> None:
+        """APSB's workers keep their local model and gradient in `context.state` between
+        segments, which a checkpoint cannot capture: refuse rather than write half a state."""
+        if self.checkpoint_every:
+            raise CheckpointError("checkpoint-every is not supported for apsb yet: its "
+                                  "workers keep task state in context.state")
 
     def _steps(self) -> int:
         steps = int(self._config.get("local-steps", 0))

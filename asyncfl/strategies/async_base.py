@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from abc import abstractmethod
+from collections.abc import Iterable
 from logging import INFO
 
 import numpy as np
@@ -21,7 +22,7 @@ from asyncfl.timing import Completion
 class IdlePool:
     """Idle clients, sampled without replacement in O(1) with a seeded generator."""
 
-    def __init__(self, clients: range, rng: np.random.Generator) -> None:
+    def __init__(self, clients: Iterable[int], rng: np.random.Generator) -> None:
         self._items = list(clients)
         self._rng = rng
 
@@ -140,12 +141,19 @@ class AsyncStrategy(AsyncflStrategy):
         arrays, version = initial_arrays, 0
         global_arrays = record_to_arrays(arrays)
         phases, t = self.phases, time.perf_counter()
-        self.evaluate(evaluate_fn, 0, arrays, result)
-        t = phases.lap("evaluate", t)
-        idle = IdlePool(range(self.num_clients), self._rng)
-        bases = self.versions = VersionStore(self.needs_base)
-        bases.dispatched(version, global_arrays, self.dispatch(arrays, config, version,
-                                                               idle.take(in_flight)))
+        if self.resume is not None:
+            state = self.restore()
+            version, global_arrays = state["version"], state["global"]
+            arrays = result.arrays = arrays_to_record(global_arrays)
+            idle = IdlePool(state["idle"], self._rng)
+            bases = self.versions = state["bases"]
+        else:
+            self.evaluate(evaluate_fn, 0, arrays, result)
+            t = phases.lap("evaluate", t)
+            idle = IdlePool(range(self.num_clients), self._rng)
+            bases = self.versions = VersionStore(self.needs_base)
+            bases.dispatched(version, global_arrays, self.dispatch(arrays, config, version,
+                                                                   idle.take(in_flight)))
         t = phases.lap("dispatch", t)
         while version < num_rounds and not self.out_of_time():
             completion = loop.next_completion()
@@ -181,6 +189,10 @@ class AsyncStrategy(AsyncflStrategy):
                 sent = self.dispatch(arrays, config, version, idle.take(in_flight - loop.in_flight))
                 bases.dispatched(version, global_arrays, sent)
                 t = phases.lap("dispatch", t)
+                if accepted is not None and version > arrived_at:
+                    self.checkpoint(version, {"version": version, "global": global_arrays,
+                                              "idle": list(idle._items), "bases": bases})
+                    t = phases.lap("bookkeeping", t)
             self.progress(version, num_rounds)
             t = phases.lap("bookkeeping", t)
         self.evaluate_due(evaluate_fn, version, arrays, result, self.clock.now, inclusive=True)

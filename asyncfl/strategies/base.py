@@ -8,6 +8,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from logging import INFO, WARNING
+from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -15,6 +16,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from asyncfl.strategies.checkpoint import CheckpointError, save_checkpoint
 from asyncfl.strategies.utils import (
     EVENT_COLUMNS,
     MAX_EXAMPLES,
@@ -63,6 +65,8 @@ class AsyncflStrategy(Strategy):
     reply_kind = "weights"
     #: train settings the algorithm itself fixes (FedSGD: one step over the whole partition)
     fixed_train_config: dict = {}
+    #: attributes holding a subclass's own state between updates (saved in checkpoints)
+    checkpoint_fields: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -79,6 +83,9 @@ class AsyncflStrategy(Strategy):
         max_faults: int = 0,
         norm_bound: float = 0.0,
         norm_action: str = "clip",
+        checkpoint_every: int = 0,
+        checkpoint_path: str | Path | None = None,
+        resume: dict | None = None,
     ) -> None:
         self.clock = clock if clock is not None else WallClock()
         self.delays = delays
@@ -97,6 +104,10 @@ class AsyncflStrategy(Strategy):
         self.norm_action = norm_action
         self._faults: dict[int, int] = {}
         self.dropped: set[int] = set()
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.resume = resume
+        self.checkpoint_meta: dict = {}  # what the caller wants saved alongside (its config)
         self.phases = PhaseTimer()
         self.run_log = RunLog()
         self.loop: EventLoop | None = None
@@ -122,6 +133,39 @@ class AsyncflStrategy(Strategy):
         self.loop = EventLoop(grid, self.clock, self.delays, self.poll_interval, timeout)
         self._last_progress = time.monotonic()
         return self.loop
+
+    def checkpoint(self, version: int, state: dict) -> None:
+        """Every `checkpoint_every` versions, write the whole run state: the strategy's own,
+        the caller's loop `state`, and the event loop with every task in flight."""
+        if not (self.checkpoint_every and self.checkpoint_path) or version % self.checkpoint_every:
+            return
+        assert self.loop is not None
+        payload = {
+            "strategy": type(self).__name__, "version": version, "state": state,
+            "rng": self._rng.bit_generator.state, "run_log": self.run_log,
+            "next_eval": self._next_eval, "faults": self._faults, "dropped": self.dropped,
+            "fields": {name: getattr(self, name) for name in self.checkpoint_fields},
+            "loop": self.loop.snapshot(), "meta": self.checkpoint_meta,
+        }
+        save_checkpoint(self.checkpoint_path, payload)
+
+    def restore(self) -> dict:
+        """Take back the state of `resume` (a checkpoint's payload); return the loop state."""
+        assert self.resume is not None and self.loop is not None
+        payload = self.resume
+        if payload["strategy"] != type(self).__name__:
+            raise CheckpointError(f"the checkpoint is of {payload['strategy']}, not "
+                                  f"{type(self).__name__}")
+        self._rng.bit_generator.state = payload["rng"]
+        self.run_log = payload["run_log"]
+        self._next_eval = payload["next_eval"]
+        self._faults, self.dropped = payload["faults"], payload["dropped"]
+        for name, value in payload["fields"].items():
+            setattr(self, name, value)
+        assert self.node_ids is not None
+        self.loop.restore(payload["loop"], lambda client: self.node_ids[client])
+        log(INFO, "resumed %s at version %d", type(self).__name__, payload["version"])
+        return payload["state"]
 
     def out_of_time(self) -> bool:
         """Whether the run's clock has passed `time_budget` (0: no budget)."""
@@ -406,9 +450,15 @@ class SyncStrategy(AsyncflStrategy):
         arrays = initial_arrays
         self._global = record_to_arrays(arrays)
         phases, t = self.phases, time.perf_counter()
-        self.evaluate(evaluate_fn, 0, arrays, result)
+        first = 1
+        if self.resume is not None:
+            state = self.restore()
+            first, self._global = state["round"] + 1, state["global"]
+            arrays = result.arrays = arrays_to_record(self._global)
+        else:
+            self.evaluate(evaluate_fn, 0, arrays, result)
         t = phases.lap("evaluate", t)
-        for server_round in range(1, num_rounds + 1):
+        for server_round in range(first, num_rounds + 1):
             messages = self.configure_train(server_round, arrays, train_config, grid)
             self.send_round(messages, settings, server_round)
             t = phases.lap("dispatch", t)
@@ -435,6 +485,8 @@ class SyncStrategy(AsyncflStrategy):
                 self.evaluate_due(evaluate_fn, server_round, arrays, result, self.clock.now,
                                   inclusive=True)
             t = phases.lap("evaluate", t)
+            self.checkpoint(server_round, {"round": server_round, "global": self._global})
+            t = phases.lap("bookkeeping", t)
             if last:
                 break
         return result

@@ -89,6 +89,7 @@ class ESync(SyncStrategy):
     """
 
     reply_kind = "delta"
+    checkpoint_fields = ("_measured", "_tasks_started")
 
     def __init__(self, *, global_lr: float = 1.0, eps: float = 0.0, **kwargs) -> None:
         super().__init__(1.0, **kwargs)

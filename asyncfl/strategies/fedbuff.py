@@ -23,6 +23,8 @@ class FedBuff(AsyncStrategy):
         m \leftarrow \beta m + \bar\Delta, \qquad w \leftarrow w + \gamma m
     """
 
+    checkpoint_fields = ("_buffer", "_count", "_momentum")
+
     def __init__(
         self,
         buffer_size: int = 10,

@@ -20,6 +20,7 @@ class RunningMean(AsyncStrategy):
     """
 
     reply_kind = "weights"
+    checkpoint_fields = ("_sum", "_count")
 
     def __init__(self, concurrency: int = 0, **kwargs) -> None:
         super().__init__(concurrency, **kwargs)

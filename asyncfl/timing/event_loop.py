@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import WARNING
 from typing import Any
@@ -67,6 +67,12 @@ class Dispatch:
     reply: Message | None = None
     reply_size: int = 0
     arrived_wall: float = 0.0
+    message: Message | None = None  # kept while in flight, for checkpoints
+
+
+# Dispatch fields a checkpoint keeps (the rest is rebuilt when the task is sent again)
+SNAPSHOT_FIELDS = ("client", "task_number", "sent_virtual", "steps", "bytes_down",
+                   "reply_bytes", "tag", "priority", "duration", "virtual_finish")
 
 
 @dataclass
@@ -199,6 +205,7 @@ class EventLoop:
                 priority=priority,
                 duration=duration,
             )
+            dispatch.message = message
             self._in_flight[message_id] = dispatch
             self._waiting.add(message_id)
             self._busy_nodes.add(dispatch.node_id)
@@ -210,6 +217,45 @@ class EventLoop:
             self.traffic.bytes_down += down
             sent.append(dispatch)
         return sent
+
+    def snapshot(self) -> dict:
+        """Everything needed to carry on after a restart: the clock, task counters, traffic,
+        and every task in flight with the content of its message."""
+        tasks = []
+        for dispatch in self._in_flight.values():
+            message = dispatch.message
+            assert message is not None
+            tasks.append({
+                **{name: getattr(dispatch, name) for name in SNAPSHOT_FIELDS},
+                "message_type": message.metadata.message_type,
+                "group_id": message.metadata.group_id,
+                "content": message.content,
+            })
+        return {"virtual_now": self.virtual_clock.now, "task_numbers": dict(self._task_numbers),
+                "traffic": self.traffic, "ignored": self.ignored_replies, "tasks": tasks}
+
+    def restore(self, snapshot: dict, node_of_client: Callable[[int], int]) -> None:
+        """Continue from a snapshot: send every task that was in flight again, with its
+        original timing, so its reply lands where it would have (virtual time)."""
+        self.virtual_clock.now = snapshot["virtual_now"]
+        self.traffic = snapshot["traffic"]
+        self.ignored_replies = snapshot["ignored"]
+        for task in snapshot["tasks"]:
+            message = Message(task["content"], node_of_client(task["client"]),
+                              task["message_type"], group_id=task["group_id"])
+            (message_id,) = self.grid.push_messages([message])
+            fields = {name: task[name] for name in SNAPSHOT_FIELDS}
+            dispatch = Dispatch(message_id=message_id, node_id=message.metadata.dst_node_id,
+                                sent_wall=self.wall_clock.now, message=message, **fields)
+            self._in_flight[message_id] = dispatch
+            self._waiting.add(message_id)
+            self._busy_nodes.add(dispatch.node_id)
+            if dispatch.virtual_finish is not None and self.virtual:
+                heapq.heappush(self._known, (dispatch.virtual_finish, dispatch.priority,
+                                             dispatch.client, next(self._seq), message_id))
+            else:
+                self._unknown.add(message_id)
+        self._task_numbers = dict(snapshot["task_numbers"])
 
     def next_completion(self) -> Completion:
         """Block until the next reply in the clock's order is available, and return it."""
@@ -300,6 +346,7 @@ class EventLoop:
         self._unknown.discard(dispatch.message_id)
         self._waiting.discard(dispatch.message_id)
         self._busy_nodes.discard(dispatch.node_id)
+        dispatch.message = None
         reply = dispatch.reply
         if dispatch.virtual_finish is None:  # a task that never answered, steps unknown
             dispatch.virtual_finish = self.virtual_clock.now

@@ -1,0 +1,106 @@
+"""Checkpoints: stop and resume gives the uninterrupted run, bit for bit; bad files refused."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import asyncfl
+from asyncfl.runtime.inline import InlineGrid
+from asyncfl.strategies.checkpoint import CheckpointError
+from tests.helpers import read_rows
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashingGrid(InlineGrid):
+    """Fails hard on its 16th pull, as a server that dies mid-run."""
+
+    pulls = 0
+
+    def pull_messages(self, message_ids):
+        CrashingGrid.pulls += 1
+        if CrashingGrid.pulls > 15:
+            raise Crash
+        return super().pull_messages(message_ids)
+
+
+def assert_same_run(a, b):
+    x, y = a.final_arrays(), b.final_arrays()
+    assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+    for name in ("events.csv", "evals.csv"):
+        assert (read_rows(a.output_dir / name, ("wall_time",))
+                == read_rows(b.output_dir / name, ("wall_time",)))
+
+
+@pytest.mark.parametrize(("strategy", "extra"), [
+    ("fedavg", dict(num_server_rounds=6, fraction=0.5)),
+    ("fedbuff", dict(num_server_rounds=16, concurrency=4, buffer_size=2)),
+])
+def test_stopped_and_resumed_equals_uninterrupted(out, strategy, extra):
+    kw = dict(strategy=strategy, num_clients=8, local_steps=3, batch_size=8,
+              delay_dist="exponential", delay_jitter=0.2, checkpoint_every=3, **extra, **out)
+    full = asyncfl.simulate(run_name="full", **kw)
+    CrashingGrid.pulls = 0
+    with pytest.raises(Crash):
+        asyncfl.simulate(grid_class=CrashingGrid, run_name="cut", **kw)
+    assert (full.output_dir.parent / "cut" / "checkpoint.bin").exists()
+    resumed = asyncfl.simulate(run_name="cut", resume=True, **kw)
+    assert_same_run(full, resumed)
+
+
+def test_a_killed_process_resumes_from_its_last_checkpoint(tmp_path):
+    kw = dict(strategy="fedbuff", num_clients=10, num_server_rounds=300, concurrency=5,
+              buffer_size=2, local_steps=2, batch_size=8, checkpoint_every=20,
+              output_dir=str(tmp_path))
+    code = ("import json, sys, asyncfl\n"
+            "asyncfl.simulate(**json.loads(sys.argv[1]))\n")
+    child = subprocess.Popen([sys.executable, "-c", code, json.dumps({**kw,
+                                                                       "run_name": "killed"})],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / "checkpoint.bin"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert child.poll() is None, "the run ended before it could be killed"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(10)
+    assert not (tmp_path / "killed" / "summary.json").exists()
+    resumed = asyncfl.simulate(run_name="killed", resume=True, **kw)
+    full = asyncfl.simulate(run_name="full", **kw)
+    assert_same_run(full, resumed)
+
+
+def test_corrupt_foreign_or_mismatched_checkpoints_are_refused(out):
+    kw = dict(strategy="fedbuff", num_clients=4, num_server_rounds=6, buffer_size=2,
+              local_steps=1, checkpoint_every=2, **out)
+    result = asyncfl.simulate(run_name="ck", **kw)
+    path = result.output_dir / "checkpoint.bin"
+    original = path.read_bytes()
+    with pytest.raises(CheckpointError, match="other settings: lr"):
+        asyncfl.simulate(run_name="ck", resume=True, **{**kw, "lr": 0.01})
+    path.write_bytes(original[:-10] + bytes(10))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        asyncfl.simulate(run_name="ck", resume=True, **kw)
+    header, _, body = original.partition(b"\n")
+    path.write_bytes(header.replace(b'"version": 1', b'"version": 99') + b"\n" + body)
+    with pytest.raises(CheckpointError, match="format 99"):
+        asyncfl.simulate(run_name="ck", resume=True, **kw)
+    path.write_bytes(b"not a checkpoint\n")
+    with pytest.raises(CheckpointError, match="not an asyncfl checkpoint"):
+        asyncfl.simulate(run_name="ck", resume=True, **kw)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        asyncfl.simulate(run_name="never-ran", resume=True, **kw)
+
+
+def test_apsb_refuses_to_checkpoint(out):
+    with pytest.raises(CheckpointError, match="apsb"):
+        asyncfl.simulate(strategy="apsb", num_clients=3, local_steps=2, num_server_rounds=3,
+                         checkpoint_every=1, run_name="apsb-ck", **out)
