@@ -110,8 +110,13 @@ def make_strategy(
 
 
 def train_config(config: Mapping[str, Any]) -> ConfigRecord:
-    """The part of the run config every train instruction carries."""
-    keys = ("lr", "local-epochs", "local-steps", "batch-size", "client-threads")
+    """The part of the run config every train instruction carries; settings at the value
+    the ClientApp assumes anyway stay out (every key costs on every message)."""
+    keys = ["lr", "local-steps", "batch-size"]
+    if config["local-steps"] == 0:
+        keys.append("local-epochs")
+    if config["client-threads"] != 1:
+        keys.append("client-threads")
     return ConfigRecord({k: config[k] for k in keys})
 
 
