@@ -32,9 +32,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from flwr.common.config import parse_config_args
 
-from asyncfl.config import validate_run_config
-from asyncfl.results import default_run_name, run_dir
-from asyncfl.runtime.flower_run import format_run_config, free_port, stop_process_group
+from asyncfl.runtime.flower_run import (
+    format_run_config,
+    free_port,
+    resolve_run,
+    stop_process_group,
+    written_results,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONNECTION = "asyncfl-deploy"
@@ -201,22 +205,13 @@ class Deployment:
 
     def run(self, overrides: dict, app: Path = ROOT, timeout: float = 1800) -> Path:
         """`flwr run` the app on this deployment; the results folder of the run."""
-        overrides = {"num-clients": self.nodes, **overrides}
-        config = validate_run_config(overrides)
-        if not config["run-name"]:
-            overrides["run-name"] = config["run-name"] = default_run_name(config)
-        if not Path(config["output-dir"]).is_absolute():
-            overrides["output-dir"] = config["output-dir"] = str(Path.cwd() / config["output-dir"])
+        overrides, config = resolve_run({"num-clients": self.nodes, **overrides})
         started = time.time()
         with (self.folder / "run.log").open("a") as log:
             subprocess.run(["flwr", "run", str(app), CONNECTION, "--stream", "--run-config",
                             format_run_config(overrides)], env=self.env, stdout=log,
                            stderr=subprocess.STDOUT, timeout=timeout, check=False)
-        out = run_dir(config)
-        summary = out / "summary.json"
-        if not summary.exists() or summary.stat().st_mtime < started:
-            raise RuntimeError(f"the run wrote no results to {out}; see {self.folder}/run.log")
-        return out
+        return written_results(config, started, f"; see {self.folder}/run.log")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,14 +122,30 @@ def stop_process_group(process: subprocess.Popen) -> None:
             continue
 
 
-def run_flower(overrides: dict, app_dir: Path, cpus_per_client: int = 1) -> Path:
-    """Validate, run `flwr run` on a private SuperLink, stop it; return the results folder."""
+def resolve_run(overrides: dict) -> tuple[dict, dict]:
+    """The overrides with a run-name and an absolute output-dir filled in, and the validated
+    config: the results folder is known before the run starts in another process."""
     overrides = dict(overrides)
     config = validate_run_config(overrides)
     if not config["run-name"]:
         overrides["run-name"] = config["run-name"] = default_run_name(config)
     if not Path(config["output-dir"]).is_absolute():
         overrides["output-dir"] = config["output-dir"] = str(Path.cwd() / config["output-dir"])
+    return overrides, config
+
+
+def written_results(config: dict, started: float, hint: str = "") -> Path:
+    """The run's results folder, or RuntimeError if the run wrote no summary after `started`."""
+    out = run_dir(config)
+    summary = out / "summary.json"
+    if not summary.exists() or summary.stat().st_mtime < started:
+        raise RuntimeError(f"the run wrote no results to {out}{hint}")
+    return out
+
+
+def run_flower(overrides: dict, app_dir: Path, cpus_per_client: int = 1) -> Path:
+    """Validate, run `flwr run` on a private SuperLink, stop it; return the results folder."""
+    overrides, config = resolve_run(overrides)
     started = time.time()
     cpus = os.cpu_count() or 1
     federation = (f"num-supernodes={config['num-clients']} "
@@ -139,11 +155,7 @@ def run_flower(overrides: dict, app_dir: Path, cpus_per_client: int = 1) -> Path
         command = ["flwr", "run", str(app_dir), CONNECTION, "--stream",
                    "--run-config", format_run_config(overrides), "--federation-config", federation]
         subprocess.run(command, env=env, check=False)
-    out = run_dir(config)
-    summary = out / "summary.json"
-    if not summary.exists() or summary.stat().st_mtime < started:
-        raise RuntimeError(f"the run wrote no results to {out}")
-    return out
+    return written_results(config, started)
 
 
 def main(argv: list[str] | None = None) -> int:
