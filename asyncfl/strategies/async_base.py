@@ -29,6 +29,10 @@ class IdlePool:
     def __len__(self) -> int:
         return len(self._items)
 
+    def items(self) -> list[int]:
+        """The idle clients, in the pool's order (for checkpoints)."""
+        return list(self._items)
+
     def add(self, client: int) -> None:
         self._items.append(client)
 
@@ -191,7 +195,7 @@ class AsyncStrategy(AsyncflStrategy):
                 t = phases.lap("dispatch", t)
                 if accepted is not None and version > arrived_at:
                     self.checkpoint(version, {"version": version, "global": global_arrays,
-                                              "idle": list(idle._items), "bases": bases})
+                                              "idle": idle.items(), "bases": bases})
                     t = phases.lap("bookkeeping", t)
             self.progress(version, num_rounds)
             t = phases.lap("bookkeeping", t)

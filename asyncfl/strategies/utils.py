@@ -144,16 +144,6 @@ def reply_records(reply: Message) -> tuple[ArrayRecord, MetricRecord]:
     return arrays[0], metrics[0]
 
 
-def reply_arrays(reply: Message) -> ArrayRecord:
-    """The single ArrayRecord of a train reply."""
-    return reply_records(reply)[0]
-
-
-def reply_metrics(reply: Message) -> MetricRecord:
-    """The single MetricRecord of a train reply."""
-    return reply_records(reply)[1]
-
-
 def parse_reply(reply: Message) -> tuple[dict[str, np.ndarray], MetricRecord]:
     """The arrays and metrics of a train reply (raises ValueError if it is malformed)."""
     try:

@@ -18,8 +18,5 @@ class PhaseTimer:
         self.seconds[name] += now - since
         return now
 
-    def total(self) -> float:
-        return sum(self.seconds.values())
-
     def as_dict(self) -> dict[str, float]:
         return dict(sorted(self.seconds.items()))
