@@ -1,13 +1,13 @@
 """Real deployment on 127.0.0.1: a TLS SuperLink with node authentication and SuperNodes as
 separate processes (bounded in time, every process stopped by its PID)."""
 
-import os
 import threading
 import time
 
 import pytest
 
 from asyncfl.runtime.deploy import Deployment
+from asyncfl.runtime.flower_run import group_members
 from tests.helpers import read_rows
 
 RUN = {"strategy": "fedbuff", "buffer-size": 1, "clock": "wall", "delay-dist": "constant",
@@ -15,11 +15,7 @@ RUN = {"strategy": "fedbuff", "buffer-size": 1, "clock": "wall", "delay-dist": "
 
 
 def group_gone(process) -> bool:
-    try:
-        os.killpg(process.pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+    return not group_members(process.pid)
 
 
 def wait_exit(process, seconds: float) -> int | None:

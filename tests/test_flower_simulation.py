@@ -1,15 +1,15 @@
 """The same run in Flower's simulation engine (Ray, via `flwr run`) and inline."""
 
-import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 
 import asyncfl
-from asyncfl.runtime.flower_run import local_superlink
+from asyncfl.runtime.flower_run import group_members, local_superlink, stop_process_group
 from tests.helpers import read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,10 +48,30 @@ def test_local_superlink_is_stopped_by_pid_with_its_children():
         assert httpx.get(f"http://{address}/health", timeout=2).is_success
         home = Path(env["FLWR_HOME"])
     assert process.poll() is not None
-    try:
-        os.killpg(process.pid, 0)
-        alive = True
-    except ProcessLookupError:
-        alive = False
-    assert not alive, "a process of the SuperLink's group outlived it"
+    assert not group_members(process.pid), "a process of the SuperLink's group outlived it"
     assert not home.exists()
+
+
+def test_a_zombie_does_not_count_as_a_live_member_of_a_stopped_group():
+    # the shell's background child exits at once and is never reaped by `sleep`, its new parent
+    process = subprocess.Popen(["sh", "-c", "sleep 0 & exec sleep 30"], start_new_session=True)
+    deadline = time.monotonic() + 10
+    while not (zombies := [p for p in Path("/proc").glob("[0-9]*/stat")
+                           if _fields(p) == ("Z", str(process.pid))]):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert zombies, "the test could not make a zombie"
+    assert group_members(process.pid) == [process.pid]
+    stop_process_group(process)
+    assert process.poll() is not None
+    assert group_members(process.pid) == []
+
+
+def _fields(stat: Path) -> tuple[str, str]:
+    try:
+        text = stat.read_text()
+    except OSError:
+        return ("", "")
+    state, ppid = text[text.rindex(")") + 2:].split()[:2]
+    return (state, ppid)

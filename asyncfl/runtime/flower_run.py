@@ -107,19 +107,58 @@ def local_superlink(app_dir: Path) -> Iterator[tuple[subprocess.Popen, dict]]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+def group_members(pgid: int) -> list[int]:
+    """PIDs of the live processes in process group `pgid`.
+
+    Zombies do not count: a killed child reparented to PID 1 stays a zombie until PID 1 reaps
+    it, which some container inits never do. Without /proc, any member (zombie or not) counts.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return []
+        return [pgid]
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # exited while we looked
+            continue
+        # fields after the command name (which may hold spaces): state ppid pgrp ...
+        state, _ppid, pgrp = stat[stat.rindex(")") + 2:].split()[:3]
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def wait_group_gone(pgid: int, seconds: float) -> bool:
+    """Poll until no live process is left in group `pgid`; whether that happened in time."""
+    deadline = time.monotonic() + seconds
+    while group_members(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def stop_process_group(process: subprocess.Popen) -> None:
-    """SIGTERM the process group led by `process` (by its PID), then SIGKILL if it lingers."""
+    """SIGTERM the process group led by `process` (by its PID), SIGKILL what lingers, and
+    wait until every process of the group is gone (the leader reaped)."""
     for sig, wait in ((signal.SIGTERM, STOP_SECONDS), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            # the leader is gone; give its children a moment, then make sure of them too
-            time.sleep(0.5)
-        except subprocess.TimeoutExpired:
-            continue
+            break
+        if wait_group_gone(process.pid, wait):
+            break
+    try:
+        process.wait(timeout=5.0)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"process {process.pid} survived SIGKILL") from None
 
 
 def resolve_run(overrides: dict) -> tuple[dict, dict]:
