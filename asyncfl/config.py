@@ -117,13 +117,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("num-server-rounds", int, 10, "rounds (sync) or global versions (async)",
             check=_positive, allowed="an integer >= 1"),
     Setting("partition", str, "iid", "how training data is split over clients",
-            choices=("iid", "dirichlet", "pathological", "label-skew")),
+            choices=("iid", "dirichlet", "pathological", "shard", "label-skew")),
     Setting("alpha", float, 0.5, "Dirichlet concentration (partition = dirichlet); alpha of "
             "task = synthetic",
             check=_positive, allowed=_POSITIVE),
     Setting("synthetic-beta", float, 0.5, "task = synthetic: beta, how much clients' inputs "
             "differ", check=_non_negative, allowed=_NON_NEGATIVE),
-    Setting("classes-per-client", int, 2, "classes per client (partition = pathological)",
+    Setting("classes-per-client", int, 2, "classes per client (partition = pathological); "
+            "label-sorted shards per client (partition = shard)",
             check=_positive, allowed="an integer >= 1"),
     Setting("label-groups", int, 2, "partition = label-skew: disjoint class groups; client i "
             "holds group i mod label-groups", check=_positive, allowed="an integer >= 1"),

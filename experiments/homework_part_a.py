@@ -10,10 +10,10 @@ images, 14 per client at N = 100) those values give every client one full-batch 
 nothing moves off chance in 10 rounds, so `--preset digits` (the default there) keeps the
 homework's number of local steps per epoch instead: B = 2 (about 7 steps, as 600 / 100 = 6 on
 MNIST) with lr 0.1. A1 always uses the learning rates the homework fixes for it.
-"Non-IID" is the pathological split (two classes per client) unless --non-iid dirichlet is
-given. Tables go to outputs/homework/*.md and *.csv, figures to
-outputs/homework/*.png. `a1` exits with status 1 if FedSGD and FedSGD-with-weights differ by
-more than 0.02 percentage points in any round.
+"Non-IID" is the pathological split (two classes per client) unless --non-iid says shard (two
+label-sorted shards per client, McMahan et al.'s split) or dirichlet; tables name it. Tables go
+to outputs/homework/*.md and *.csv, figures to outputs/homework/*.png. `a1` exits with status
+1 if FedSGD and FedSGD-with-weights differ by more than 0.02 percentage points in any round.
 """
 
 from __future__ import annotations
@@ -47,12 +47,18 @@ class Runner:
         self.args = args
         self.count = 0
 
+    @property
+    def non_iid(self) -> str:
+        """How tables and figures name the non-IID split, e.g. "non-IID (pathological)"."""
+        return f"non-IID ({self.args.non_iid})"
+
     def split(self, iid: bool) -> dict:
         if iid:
             return {"partition": "iid"}
         if self.args.non_iid == "dirichlet":
             return {"partition": "dirichlet", "alpha": 0.5}
-        return {"partition": "pathological", "classes_per_client": 2}
+        # pathological: two classes per client; shard: two label-sorted shards per client
+        return {"partition": self.args.non_iid, "classes_per_client": 2}
 
     def __call__(self, strategy: str, *, iid: bool = True, rounds: int | None = None,
                  **overrides) -> tuple[asyncfl.SimulationResult, list[float]]:
@@ -73,7 +79,7 @@ def a1(run: Runner, out: Path, tolerance: float) -> bool:
     """FedSGD vs FedSGD-with-weights on the homework's two scenarios, 5 rounds."""
     scenarios = {
         "lr 0.01, 100 clients IID, C 0.5": dict(lr=0.01, num_clients=100, fraction=0.5, iid=True),
-        "lr 0.1, 50 clients non-IID, C 0.2": dict(lr=0.1, num_clients=50, fraction=0.2,
+        f"lr 0.1, 50 clients {run.non_iid}, C 0.2": dict(lr=0.1, num_clients=50, fraction=0.2,
                                                   iid=False),
     }
     rows, worst = [], 0.0
@@ -135,14 +141,14 @@ def a3(run: Runner, out: Path) -> None:
     split = {}
     for iid in (True, False):
         for strategy in ("fedsgd", "fedavg"):
-            label = f"{NAMES[strategy]} {'IID' if iid else 'non-IID'}"
+            label = f"{NAMES[strategy]} {'IID' if iid else run.non_iid}"
             split[label] = run(strategy, iid=iid, rounds=15)[1]
-    plot(split, "IID vs non-IID, 15 rounds", out / "a3_iid.png")
-    non_iid = {k: v for k, v in split.items() if "non-IID" in k}
+    plot(split, f"IID vs {run.non_iid}, 15 rounds", out / "a3_iid.png")
+    non_iid = {k: v for k, v in split.items() if run.non_iid in k}
     for strategy in ("fedsgd", "fedavg"):
-        label = f"{NAMES[strategy]} non-IID, lr 0.001, C 0.5"
+        label = f"{NAMES[strategy]} {run.non_iid}, lr 0.001, C 0.5"
         non_iid[label] = run(strategy, iid=False, rounds=15, lr=0.001, fraction=0.5)[1]
-    plot(non_iid, "non-IID: default vs lr 0.001 and C 0.5", out / "a3_noniid.png")
+    plot(non_iid, f"{run.non_iid}: default vs lr 0.001 and C 0.5", out / "a3_noniid.png")
     rows = [{"curve": k, "final_acc_pct": v[-1], "max_acc_pct": max(v),
              "largest_drop_pp": max(a - b for a, b in zip(v[:-1], v[1:], strict=True))}
             for k, v in {**epochs, **split, **non_iid}.items()]
@@ -155,7 +161,7 @@ def main() -> int:
     parser.add_argument("--dataset", default="digits", help="task: digits (offline) or mnist")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--seed", type=int, default=10)
-    parser.add_argument("--non-iid", choices=("pathological", "dirichlet"),
+    parser.add_argument("--non-iid", choices=("pathological", "shard", "dirichlet"),
                         default="pathological")
     parser.add_argument("--runtime", choices=("inline", "simulation"), default="inline")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE_PP,

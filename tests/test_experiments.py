@@ -18,6 +18,7 @@ def test_homework_a1_passes_and_fails_on_its_tolerance(tmp_path):
     assert "A1: largest difference 0.0000 pp" in done.stdout
     table = (tmp_path / "hw" / "a1.md").read_text()
     assert table.count("\n") == 2 + 12  # header, rule, 2 scenarios x rounds 0..5
+    assert table.count("50 clients non-IID (pathological)") == 6
     strict = run_script("homework_part_a.py", "a1", "--tolerance", "-1", "--out",
                         str(tmp_path / "hw2"), cwd=tmp_path)
     assert strict.returncode == 1 and "FAILED" in strict.stdout

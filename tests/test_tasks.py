@@ -1,4 +1,5 @@
-"""Tasks: the hub loading code on small data made here, models, and the offline error."""
+"""Tasks: partitions, the hub loading code on small data made here, models, and the offline
+error."""
 
 import os
 import subprocess
@@ -10,6 +11,7 @@ import torch
 
 from asyncfl.tasks import TrainSettings, hub
 from asyncfl.tasks.models import MnistCNN, model_factory, resnet18_32x32
+from asyncfl.tasks.partition import SCHEMES, partition_indices
 
 
 def fake_splits(shape, n_train=60, n_test=20, seed=0):
@@ -19,6 +21,28 @@ def fake_splits(shape, n_train=60, n_test=20, seed=0):
         return rng.integers(0, 256, (n, *shape), dtype=np.uint8), np.arange(n) % 10
 
     return {"train": split(n_train), "test": split(n_test)}
+
+
+# 10 balanced classes of 100, shuffled
+LABELS = np.random.default_rng(0).permutation(np.repeat(np.arange(10), 100))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_every_partition_deals_each_example_to_exactly_one_client(scheme):
+    parts = partition_indices(LABELS, 20, scheme, seed=1)
+    assert len(parts) == 20 and all(len(p) > 0 for p in parts)
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(LABELS)))
+
+
+def test_shard_partition_gives_each_client_its_shards_of_label_sorted_data():
+    # 20 clients x 2 shards of 25 examples: with 100 examples per class no shard straddles two
+    # classes, so every client holds exactly 2 x 25 examples of at most 2 classes
+    parts = partition_indices(LABELS, 20, "shard", classes_per_client=2, seed=1)
+    for part in parts:
+        counts = np.bincount(LABELS[part], minlength=10)
+        assert len(part) == 50 and set(counts[counts > 0]) <= {25, 50}
+    other_seed = partition_indices(LABELS, 20, "shard", classes_per_client=2, seed=2)
+    assert any(not np.array_equal(a, b) for a, b in zip(parts, other_seed, strict=True))
 
 
 @pytest.mark.parametrize(("name", "shape", "model_type"), [

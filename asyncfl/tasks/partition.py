@@ -9,9 +9,10 @@ from flwr_datasets.partitioner import (
     IidPartitioner,
     Partitioner,
     PathologicalPartitioner,
+    ShardPartitioner,
 )
 
-SCHEMES = ("iid", "dirichlet", "pathological", "label-skew")
+SCHEMES = ("iid", "dirichlet", "pathological", "shard", "label-skew")
 
 
 def label_skew_indices(
@@ -54,6 +55,13 @@ def make_partitioner(
         return PathologicalPartitioner(
             num_partitions, partition_by="label", num_classes_per_partition=classes_per_client,
             class_assignment_mode="deterministic", seed=seed,
+        )
+    if scheme == "shard":
+        # McMahan et al.'s non-IID split: sort by label, cut into equal shards, deal each
+        # client `classes_per_client` of them (a client sees about that many classes)
+        return ShardPartitioner(
+            num_partitions, partition_by="label", num_shards_per_partition=classes_per_client,
+            seed=seed,
         )
     raise ValueError(f"unknown partition scheme {scheme!r}; choose one of {SCHEMES}")
 
