@@ -101,6 +101,8 @@ MODEL_CHOICES = ("auto", "small-cnn", "mnist-cnn", "resnet18")
 MODEL_FITS = {"small-cnn": ("digits",), "mnist-cnn": ("digits", "mnist", "fashion-mnist"),
               "resnet18": ("cifar10",)}
 _NON_NEGATIVE = "a number >= 0"
+#: strategies that run in rounds (the rest apply updates as they come)
+SYNC_STRATEGIES = ("fedsgd", "fedsgd-weights", "fedavg", "lsgd", "ssgd", "esync")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("strategy", str, "fedavg", "federated algorithm",
@@ -166,7 +168,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("clock", str, "virtual", "virtual: durations computed; wall: real time",
             choices=("virtual", "wall")),
     Setting("delay-dist", str, "exponential", "distribution of per-step compute times",
-            choices=("normal", "exponential", "uniform", "lognormal", "constant")),
+            choices=("normal", "exponential", "uniform", "lognormal", "constant", "trace")),
     Setting("delay-mean", float, 1.0, "mean per-step time, seconds (normal, exponential, "
             "lognormal, constant)", check=_positive, allowed=_POSITIVE),
     Setting("delay-std", float, 0.5, "std of per-step time, seconds (normal, lognormal)",
@@ -182,6 +184,9 @@ SETTINGS: tuple[Setting, ...] = (
             allowed="empty, or comma-separated numbers > 0 or classes "
             f"{', '.join(f'{k} ({v:g} s)' for k, v in SPEED_CLASSES.items())}, each "
             "optionally *count"),
+    Setting("delay-trace", str, "", "delay-dist = trace: CSV of recorded per-task times "
+            "(client + step_time, or client + duration + steps, e.g. a wall-clock run's "
+            "events.csv), replayed per client and task", allowed="a path to a CSV file"),
     Setting("comm-latency", float, 0.0, "one-way message latency, seconds",
             check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("comm-bandwidth", float, 0.0, "bytes per second each way; 0 = unlimited",
@@ -197,6 +202,9 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("clip", "reject")),
     Setting("reply-timeout", float, 3600.0, "wall seconds without any reply after which "
             "the oldest task in flight counts as failed", check=_positive, allowed=_POSITIVE),
+    Setting("round-timeout", float, 0.0, "sync strategies: a round ends this many seconds "
+            "(run's clock) after it was sent, with the replies in by then; the rest are "
+            "logged as missing (0: wait for all)", check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("fault-fraction", float, 0.0, "fraction of clients that misbehave on every task "
             "(experiments and tests)", check=_unit_interval, allowed="a number in [0, 1]"),
     Setting("fault-kinds", str, "raise,nan,shape,silent", "how faulty clients misbehave, "
@@ -244,6 +252,10 @@ def validate_run_config(overrides: Mapping[str, Any]) -> dict[str, ConfigValue]:
             f"run-config 'delay-low' ({config['delay-low']}) must be below 'delay-high' "
             f"({config['delay-high']}) for delay-dist = uniform"
         )
+    if config["delay-dist"] == "trace" and not (config["delay-trace"]
+                                                 or config["delay-profile"]):
+        raise ConfigError("run-config 'delay-dist' = 'trace' needs 'delay-trace': the CSV "
+                          "file of recorded times")
     fits = MODEL_FITS.get(config["model"])
     if fits is not None and config["task"] not in fits:
         raise ConfigError(
@@ -254,6 +266,12 @@ def validate_run_config(overrides: Mapping[str, Any]) -> dict[str, ConfigValue]:
         raise ConfigError(
             f"run-config 'local-steps' must be >= 1 for strategy = {config['strategy']} "
             "(K local iterations per round or push)"
+        )
+    if config["round-timeout"] > 0 and config["strategy"] not in SYNC_STRATEGIES:
+        raise ConfigError(
+            f"run-config 'round-timeout' applies to round-based strategies "
+            f"({', '.join(SYNC_STRATEGIES)}), not strategy = {config['strategy']}; "
+            "asynchronous ones give up a task after 'reply-timeout'"
         )
     if config["resume"] and not config["run-name"]:
         raise ConfigError("run-config 'resume' = true needs 'run-name': the run whose "

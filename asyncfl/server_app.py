@@ -22,7 +22,7 @@ from asyncfl.strategies.checkpoint import CheckpointError, load_checkpoint
 from asyncfl.strategies.utils import EVENT_COLUMNS, arrays_to_record, record_to_arrays
 from asyncfl.tasks import load_task
 from asyncfl.timing import DelayModel, VirtualClock, WallClock, draw_step_times, profile_step_times
-from asyncfl.timing.delays import parse_profile
+from asyncfl.timing.delays import parse_profile, read_trace
 
 NODE_WAIT_SECONDS = 120.0
 
@@ -47,6 +47,10 @@ def main(grid: Grid, context: Context) -> None:
 def make_delays(config: Mapping[str, Any]) -> DelayModel:
     """The delay model the run config describes (delay-profile overrides delay-dist)."""
     n = config["num-clients"]
+    common = dict(seed=config["seed"], jitter=config["delay-jitter"],
+                  latency=config["comm-latency"], bandwidth=config["comm-bandwidth"])
+    if config["delay-dist"] == "trace" and not config["delay-profile"]:
+        return DelayModel.from_trace(read_trace(config["delay-trace"]), n, **common)
     if config["delay-profile"]:
         steps = profile_step_times(parse_profile(config["delay-profile"]), n)
     else:
@@ -54,8 +58,7 @@ def make_delays(config: Mapping[str, Any]) -> DelayModel:
             config["delay-dist"], n, config["seed"], mean=config["delay-mean"],
             std=config["delay-std"], low=config["delay-low"], high=config["delay-high"],
         )
-    return DelayModel(steps, seed=config["seed"], jitter=config["delay-jitter"],
-                      latency=config["comm-latency"], bandwidth=config["comm-bandwidth"])
+    return DelayModel(steps, **common)
 
 
 def strategy_settings(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -63,10 +66,11 @@ def strategy_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     name = config["strategy"]
     staleness = staleness_function(config["staleness"], config["staleness-a"],
                                    config["staleness-b"])
+    rounds = {"round_timeout": config["round-timeout"]}
     if name == "fedsgd":
-        return {"fraction_train": config["fraction"], "lr": config["lr"]}
+        return {**rounds, "fraction_train": config["fraction"], "lr": config["lr"]}
     if name in ("fedavg", "fedsgd-weights"):
-        return {"fraction_train": config["fraction"]}
+        return {**rounds, "fraction_train": config["fraction"]}
     if name == "fedbuff":
         return {"buffer_size": config["buffer-size"], "concurrency": config["concurrency"],
                 "client_returns": "delta",
@@ -78,12 +82,12 @@ def strategy_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     if name == "running-mean":
         return {"concurrency": config["concurrency"]}
     if name in ("lsgd", "ssgd"):
-        return {}
+        return rounds
     if name in ("alsgd", "asgd"):
         return {"server_lr": config["lr"] * config["server-lr"],
                 "concurrency": config["concurrency"]}
     if name == "esync":
-        return {"global_lr": config["server-lr"], "eps": config["esync-eps"]}
+        return {**rounds, "global_lr": config["server-lr"], "eps": config["esync-eps"]}
     if name == "apsb":
         return {"server_lr": config["lr"] * config["server-lr"],
                 "concurrency": config["concurrency"],
@@ -92,13 +96,13 @@ def strategy_settings(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def make_strategy(
-    config: Mapping[str, Any], node_ids: list[int], partition_sizes: list[int] | None = None,
-    resume: dict | None = None,
+    config: Mapping[str, Any], delays: DelayModel, node_ids: list[int],
+    partition_sizes: list[int] | None = None, resume: dict | None = None,
 ) -> AsyncflStrategy:
-    """The strategy named in the run config, with the run's clock and delays."""
+    """The strategy named in the run config, with the run's clock and delay model."""
     clock = VirtualClock() if config["clock"] == "virtual" else WallClock()
     return STRATEGIES[config["strategy"]](
-        clock=clock, delays=make_delays(config), seed=config["seed"],
+        clock=clock, delays=delays, seed=config["seed"],
         time_budget=config["time-budget"],
         eval_every=config["eval-every"], eval_interval=config["eval-interval"],
         max_faults=config["max-faults"], norm_bound=config["update-norm-bound"],
@@ -187,8 +191,9 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
     out = run_dir(config)
     resume = resume_payload(config) if config["resume"] else None
     task = load_task(config)
+    delays = make_delays(config)  # a bad delay-trace file stops the run here, before any node
     node_ids, sizes = discover_clients(grid, config["num-clients"])
-    strategy = make_strategy(config, node_ids, sizes, resume)
+    strategy = make_strategy(config, delays, node_ids, sizes, resume)
     strategy.checkpoint_meta = {"config": dict(config)}
     strategy.phases.lap("setup", began)
 

@@ -186,3 +186,42 @@ def test_a_node_declared_step_delay_is_slept_in_wall_clock_mode(out):
     # client 0 sleeps 50 ms per task instead of 1 ms: at least 6 x 50 ms passed in total
     assert result.summary["wall_time"] >= 0.05 * sum(r["client"] == "0" for r in events)
     assert {r["client"] for r in events} == {"0", "1"}
+
+
+def test_a_trace_of_constant_step_times_replays_like_the_same_profile(tmp_path, out):
+    trace = tmp_path / "trace.csv"
+    trace.write_text("client,step_time\n0,1.0\n1,3.0\n0,1.0\n")
+    kw = dict(strategy="fedbuff", task="mean", num_clients=4, concurrency=3, buffer_size=2,
+              num_server_rounds=12, local_steps=2, **out)
+    traced = asyncfl.simulate(delay_dist="trace", delay_trace=str(trace), run_name="tr", **kw)
+    profiled = asyncfl.simulate(delay_profile="1,3,1,3", run_name="pr", **kw)
+    drop = ("wall_time",)
+    events = read_rows(traced.output_dir / "events.csv", drop)
+    assert len(events) == 24
+    assert events == read_rows(profiled.output_dir / "events.csv", drop)
+
+
+def test_a_wall_clock_run_replays_in_virtual_time_from_its_events(out):
+    """The measured duration of each client's t-th task becomes the virtual duration of its
+    t-th task when the wall-clock run's events.csv is the trace."""
+    kw = dict(strategy="fedasync", task="mean", num_clients=3, concurrency=3,
+              num_server_rounds=9, local_steps=2, **out)
+    wall = asyncfl.simulate(clock="wall", delay_profile="0.01,0.02,0.04", run_name="w", **kw)
+    replay = asyncfl.simulate(delay_dist="trace",
+                              delay_trace=str(wall.output_dir / "events.csv"),
+                              run_name="r", **kw)
+
+    def durations(result):
+        by_client: dict[str, list[float]] = {}
+        for row in read_rows(result.output_dir / "events.csv"):
+            by_client.setdefault(row["client"], []).append(float(row["duration"]))
+        return by_client
+
+    measured, replayed = durations(wall), durations(replay)
+    assert set(replayed) == {"0", "1", "2"}
+    for client, times in replayed.items():
+        n = min(len(times), len(measured[client]))
+        assert times[:n] == pytest.approx(measured[client][:n], rel=1e-12)
+    # the measured times include the injected sleeps: 2 steps of 0.01 / 0.02 / 0.04 s
+    assert all(d >= 2 * s for d, s in zip((min(measured[c]) for c in "012"),
+                                          (0.01, 0.02, 0.04), strict=True))

@@ -5,9 +5,16 @@ import pytest
 from flwr.app import Context, RecordDict
 
 import asyncfl
-from asyncfl.config import DEFAULTS, SETTINGS_BY_KEY, ConfigError, validate_run_config
+from asyncfl.config import (
+    DEFAULTS,
+    SETTINGS_BY_KEY,
+    SYNC_STRATEGIES,
+    ConfigError,
+    validate_run_config,
+)
 from asyncfl.server_app import main as server_main
 from asyncfl.strategies import STRATEGIES
+from asyncfl.strategies.base import SyncStrategy
 from asyncfl.tasks import TASK_NAMES
 from asyncfl.timing.delays import DISTRIBUTIONS
 
@@ -23,6 +30,8 @@ def test_names_allowed_by_config_are_the_registered_ones():
     assert set(SETTINGS_BY_KEY["strategy"].choices) == set(STRATEGIES)
     assert set(SETTINGS_BY_KEY["task"].choices) == set(TASK_NAMES)
     assert set(SETTINGS_BY_KEY["delay-dist"].choices) == set(DISTRIBUTIONS)
+    assert set(SYNC_STRATEGIES) == {name for name, cls in STRATEGIES.items()
+                                    if issubclass(cls, SyncStrategy)}
 
 
 @pytest.mark.parametrize(
@@ -36,7 +45,9 @@ def test_names_allowed_by_config_are_the_registered_ones():
         ({"strategy": "fedfoo"}, "strategy", "fedavg"),  # unknown strategy name
         ({"task": "imagenet"}, "task", "digits"),  # unknown task name
         ({"delay-dist": "pareto"}, "delay-dist", "lognormal"),  # unknown distribution
-        ({"partition": "shards"}, "partition", "dirichlet"),
+        ({"partition": "stripes"}, "partition", "shard"),
+        ({"delay-dist": "trace"}, "delay-trace", "CSV file"),
+        ({"strategy": "fedbuff", "round-timeout": 5.0}, "round-timeout", "reply-timeout"),
         ({"delay-profile": "1,x,3"}, "delay-profile", "comma-separated"),
         ({"delay-dist": "uniform", "delay-low": 2.0, "delay-high": 1.0}, "delay-low", "below"),
         ({"run-name": "../escape"}, "run-name", "without '/'"),
@@ -70,4 +81,12 @@ def test_server_app_validates_before_contacting_nodes():
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(),
                       run_config={**DEFAULTS, "batch-size": -4})
     with pytest.raises(ConfigError, match="batch-size"):
+        server_main(UntouchableGrid(), context)
+
+
+def test_a_missing_trace_file_stops_the_server_before_it_contacts_nodes(tmp_path):
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(),
+                      run_config={**DEFAULTS, "delay-dist": "trace", "output-dir": str(tmp_path),
+                                  "delay-trace": str(tmp_path / "nowhere.csv")})
+    with pytest.raises(ValueError, match="delay-trace: cannot read .*nowhere.csv"):
         server_main(UntouchableGrid(), context)

@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from asyncfl.timing.delays import NORMAL_FLOOR, DelayModel, draw_step_times, profile_step_times
+from asyncfl.timing.delays import (
+    NORMAL_FLOOR,
+    DelayModel,
+    draw_step_times,
+    profile_step_times,
+    read_trace,
+)
 
 N = 200_000
 
@@ -62,3 +68,35 @@ def test_jitter_has_mean_one_the_given_spread_and_is_reproducible():
     assert model.compute_time(0, 10, 4) == model.compute_time(0, 10, 4)
     assert model.compute_time(0, 10, 4) != model.compute_time(0, 10, 5)
     assert DelayModel(np.array([1.0])).compute_time(0, 10, 0) == 10.0
+
+
+def write_csv(path, header, rows):
+    path.write_text("\n".join([",".join(header)] + [",".join(map(str, r)) for r in rows]) + "\n")
+    return path
+
+
+def test_a_trace_gives_each_task_its_recorded_step_time(tmp_path):
+    # duration + steps (as in events.csv); rejected rows and zero-step rows are skipped
+    trace = read_trace(write_csv(tmp_path / "t.csv", ["client", "duration", "steps", "rejected"], [
+        (1, 6.0, 2, ""), (0, 1.0, 1, ""), (1, 9.0, 3, "nan"), (1, 4.0, 1, ""), (0, 0.0, 0, ""),
+    ]))
+    assert [t.tolist() for t in trace] == [[1.0], [3.0, 4.0]]
+    model = DelayModel.from_trace(trace, 3, jitter=0.0)
+    # client 2 replays traced client 0 (cycled); tasks cycle over the client's records
+    assert [model.compute_time(1, 2, t) for t in range(3)] == [6.0, 8.0, 6.0]
+    assert model.compute_time(2, 5, 7) == 5.0
+    assert model.step_times.tolist() == [1.0, 3.5, 1.0]
+    assert model.step_times_of_task(1, 1, 2).tolist() == [4.0, 4.0]
+
+
+@pytest.mark.parametrize(("header", "rows", "message"), [
+    (["node", "step_time"], [(0, 1.0)], "needs a 'client' column"),
+    (["client", "step_time"], [(0, "fast")], "line 2: not a number"),
+    (["client", "step_time"], [(0, 1.0), (1, -2.0)], "line 3: per-step time -2.0"),
+    (["client", "step_time"], [], "no rows"),
+])
+def test_a_bad_trace_is_refused_with_the_line_and_the_reason(tmp_path, header, rows, message):
+    with pytest.raises(ValueError, match=message):
+        read_trace(write_csv(tmp_path / "t.csv", header, rows))
+    with pytest.raises(ValueError, match="delay-trace: cannot read"):
+        read_trace(tmp_path / "missing.csv")

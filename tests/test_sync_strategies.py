@@ -170,3 +170,39 @@ def test_wall_clock_applies_in_arrival_order_and_sleeps_the_delay(out):
     # inline runs clients one after another, so arrival order is client order
     assert [r["client"] for r in events] == ["0", "1", "2"] * 2
     assert result.summary["wall_time"] >= 6 * 2 * 0.01
+
+
+def test_a_round_deadline_in_virtual_time_cuts_the_straggler_and_logs_it(out):
+    # client 3 needs 2 x 10 s a task; the others 2 x 1 s; each round ends 5 s after it began
+    kw = dict(strategy="fedavg", num_clients=4, num_server_rounds=5, local_steps=2,
+              delay_profile="1,1,1,10", round_timeout=5.0, **out)
+    result = asyncfl.simulate(max_faults=0, run_name="deadline", **kw)
+    events = read_rows(result.output_dir / "events.csv")
+    missed = [r for r in events if r["rejected"]]
+    assert [r["client"] for r in missed] == ["3"] * 5
+    assert all(r["rejected"] == "missed the round deadline (round-timeout)" for r in missed)
+    assert [float(r["virtual_time"]) for r in missed] == [5.0, 10.0, 15.0, 20.0, 25.0]
+    applied = [r for r in events if not r["rejected"]]
+    assert [r["client"] for r in applied] == ["0", "1", "2"] * 5
+    assert result.summary["virtual_time"] == 25.0
+    assert result.summary["skipped_by_reason"] == {"missed the round deadline (round-timeout)": 5}
+    # by default three misses in a row drop the straggler; later rounds last 2 s
+    dropping = asyncfl.simulate(run_name="deadline-drop", **kw)
+    assert dropping.summary["dropped_clients"] == [3]
+    assert dropping.summary["virtual_time"] == 3 * 5.0 + 2 * 2.0
+
+
+def test_a_round_deadline_on_the_wall_clock_goes_on_without_a_silent_client(out):
+    # one client (drawn by the fault seed) never answers; without the deadline each round
+    # would wait reply-timeout (60 s) for it
+    result = asyncfl.simulate(strategy="fedavg", num_clients=4, num_server_rounds=3,
+                              clock="wall", delay_dist="constant", delay_mean=0.001,
+                              local_steps=2, fault_fraction=0.25, fault_kinds="silent",
+                              round_timeout=0.5, reply_timeout=60.0, max_faults=0,
+                              run_name="wall-deadline", **out)
+    events = read_rows(result.output_dir / "events.csv")
+    missed = [r["client"] for r in events if r["rejected"]]
+    assert len(missed) == 3 and len(set(missed)) == 1
+    others = [c for c in "0123" if c != missed[0]]
+    assert [r["client"] for r in events if not r["rejected"]] == others * 3
+    assert 3 * 0.5 <= result.summary["wall_time"] < 30

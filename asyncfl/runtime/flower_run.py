@@ -168,8 +168,10 @@ def resolve_run(overrides: dict) -> tuple[dict, dict]:
     config = validate_run_config(overrides)
     if not config["run-name"]:
         overrides["run-name"] = config["run-name"] = default_run_name(config)
-    if not Path(config["output-dir"]).is_absolute():
-        overrides["output-dir"] = config["output-dir"] = str(Path.cwd() / config["output-dir"])
+    # the ServerApp runs in another process, maybe in another folder: paths become absolute
+    for key in ("output-dir", "delay-trace"):
+        if config[key] and not Path(config[key]).is_absolute():
+            overrides[key] = config[key] = str(Path.cwd() / config[key])
     return overrides, config
 
 

@@ -337,8 +337,13 @@ class AsyncflStrategy(Strategy):
     def record_update(self, completion: Completion, metrics: MetricRecord,
                       version_at_arrival: int, version_after: int) -> None:
         """One events.csv row. Staleness = server version when the update arrived minus the
-        version the client started from."""
+        version the client started from. `dispatch_time` and `duration` are on the run's
+        clock: computed by the delay model in virtual time, measured with a wall clock."""
         version_dispatch = int(completion.tag)
+        dispatch = completion.dispatch
+        sent, finished = ((dispatch.sent_virtual, completion.virtual_time)
+                          if self.clock.kind == "virtual"
+                          else (dispatch.sent_wall, completion.wall_time))
         row = dict.fromkeys(EVENT_COLUMNS)
         row.update(
             rejected="",
@@ -348,8 +353,8 @@ class AsyncflStrategy(Strategy):
             client=completion.client,
             virtual_time=completion.virtual_time,
             wall_time=completion.wall_time,
-            dispatch_time=completion.dispatch.sent_virtual,
-            duration=completion.virtual_time - completion.dispatch.sent_virtual,
+            dispatch_time=sent,
+            duration=finished - sent,
             steps=completion.steps,
             num_examples=metrics.get(NUM_EXAMPLES),
             train_loss=metrics.get(TRAIN_LOSS, math.nan),
@@ -377,13 +382,19 @@ class AsyncflStrategy(Strategy):
 class SyncStrategy(AsyncflStrategy):
     """Round-synchronous training: sample round(C*N) clients, send the global model, wait for
     every reply, apply them in the clock's order. In virtual time a round lasts as long as its
-    slowest sampled client."""
+    slowest sampled client. With `round_timeout` > 0 a round ends that many seconds (on the
+    run's clock) after it was sent, with what arrived; the clients that missed it are logged
+    and count as faulty, like a task without a reply."""
 
-    def __init__(self, fraction_train: float = 1.0, **kwargs) -> None:
+    def __init__(self, fraction_train: float = 1.0, round_timeout: float = 0.0,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         if not 0 < fraction_train <= 1:
             raise ValueError(f"fraction_train must be in (0, 1], got {fraction_train}")
+        if round_timeout < 0:
+            raise ValueError(f"round_timeout must be >= 0 (0: none), got {round_timeout}")
         self.fraction_train = fraction_train
+        self.round_timeout = round_timeout
         self._rng = np.random.default_rng([self.seed, 3])
         self._global: dict[str, np.ndarray] = {}
 
@@ -462,7 +473,8 @@ class SyncStrategy(AsyncflStrategy):
             messages = self.configure_train(server_round, arrays, train_config, grid)
             self.send_round(messages, settings, server_round)
             t = phases.lap("dispatch", t)
-            completions = loop.drain()
+            deadline = self.clock.now + self.round_timeout if self.round_timeout else None
+            completions = loop.drain(deadline)
             t = phases.lap("wait", t)
             self.evaluate_due(evaluate_fn, server_round - 1, arrays, result, self.clock.now)
             t = phases.lap("evaluate", t)

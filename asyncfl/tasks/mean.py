@@ -35,7 +35,10 @@ class MeanTask(Task):
         value = np.array([float(self.values[partition_id])])
         gradient = {"estimate": arrays["estimate"] - value}  # of 0.5 (estimate - value)^2
         loss = float(abs(arrays["estimate"][0] - value[0]))
-        return TrainOutcome({"estimate": value}, gradient, 1, loss, 1)
+        # the value is the same after any number of steps; counting the steps asked for keeps
+        # the reply's step count (and a wall-clock sleep) in line with the delay model
+        steps = settings.local_steps or settings.local_epochs
+        return TrainOutcome({"estimate": value}, gradient, 1, loss, steps)
 
     def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
         error = abs(float(arrays["estimate"][0]) - self.true_mean)

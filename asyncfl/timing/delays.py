@@ -6,18 +6,22 @@ local steps then takes
     T = sum_{s=1..k} c_i * j_s  +  2 * latency  +  (bytes_down + bytes_up) / bandwidth
 
 where j_s are per-step jitter factors (log-normal with mean 1 and relative std `jitter`; all 1
-when jitter is 0). Draws depend only on (seed, client, task number), never on the order in which
-replies happen to arrive, so every runtime sees the same durations.
+when jitter is 0). With a trace (`delay-dist = trace`), c_i is instead read per task: the
+client's t-th task uses the t-th per-step time recorded for it, cycled (see `read_trace`).
+Draws depend only on (seed, client, task number), never on the order in which replies happen
+to arrive, so every runtime sees the same durations.
 """
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-DISTRIBUTIONS = ("normal", "exponential", "uniform", "lognormal", "constant")
+DISTRIBUTIONS = ("normal", "exponential", "uniform", "lognormal", "constant", "trace")
 
 # Normal draws are clipped below at this fraction of the mean, so no client is infinitely fast.
 NORMAL_FLOOR = 0.05
@@ -53,6 +57,8 @@ def draw_step_times(
     if dist == "lognormal":
         sigma2 = np.log1p((std / mean) ** 2)
         return rng.lognormal(np.log(mean) - sigma2 / 2, np.sqrt(sigma2), n)
+    if dist == "trace":
+        raise ValueError("delay-dist = trace reads its times from a file: use read_trace")
     raise ValueError(f"unknown delay distribution {dist!r}; choose one of {DISTRIBUTIONS}")
 
 
@@ -77,27 +83,78 @@ def profile_step_times(profile: Sequence[float], n: int) -> np.ndarray:
     return np.resize(np.asarray(profile, dtype=float), n)
 
 
+def read_trace(path: str | Path) -> list[np.ndarray]:
+    """Per-step times recorded per task, one array per traced client (in client-id order).
+
+    The CSV has a `client` column and either `step_time` (seconds per local step) or
+    `duration` and `steps` (a task's seconds and local steps), one row per task, in the order
+    the tasks ran. An `events.csv` that asyncfl wrote with a wall clock is such a file, so a
+    real run's measured speeds can be replayed in virtual time; its rejected rows are skipped.
+    """
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as error:
+        raise ValueError(f"delay-trace: cannot read {path}: {error.strerror}") from None
+    columns = set(rows[0]) if rows else set()
+    if "client" not in columns or not ({"step_time"} <= columns
+                                       or {"duration", "steps"} <= columns):
+        raise ValueError(f"delay-trace {path}: needs a 'client' column and either 'step_time' "
+                         f"or 'duration' and 'steps'; found {sorted(columns) or 'no rows'}")
+    times: dict[int, list[float]] = {}
+    for line, row in enumerate(rows, start=2):
+        if row.get("rejected") or row.get("steps") in ("0", "0.0"):
+            continue
+        try:
+            value = (float(row["step_time"]) if "step_time" in columns
+                     else float(row["duration"]) / float(row["steps"]))
+            client = int(row["client"])
+        except (TypeError, ValueError):
+            raise ValueError(f"delay-trace {path}, line {line}: not a number in {row}") from None
+        if not (np.isfinite(value) and value > 0):
+            raise ValueError(f"delay-trace {path}, line {line}: per-step time {value} is not "
+                             "a positive number")
+        times.setdefault(client, []).append(value)
+    if not times:
+        raise ValueError(f"delay-trace {path}: no usable rows")
+    return [np.asarray(times[c]) for c in sorted(times)]
+
+
 @dataclass
 class DelayModel:
     """Per-client step times plus jitter and communication costs; see the module docstring."""
 
-    step_times: np.ndarray
+    step_times: np.ndarray  # per client; with a trace, the mean of the client's trace
     seed: int = 0
     jitter: float = 0.0
     latency: float = 0.0
     bandwidth: float = 0.0  # bytes per second; 0 means unlimited
+    trace: tuple[np.ndarray, ...] = ()  # per client: per-step time of each task, cycled
+
+    @classmethod
+    def from_trace(cls, trace: Sequence[np.ndarray], n: int, **kwargs) -> DelayModel:
+        """Clients take the traced clients' times in order, cycling when n is larger."""
+        per_client = tuple(trace[i % len(trace)] for i in range(n))
+        return cls(np.array([t.mean() for t in per_client]), trace=per_client, **kwargs)
+
+    def base_step_time(self, client: int, task_number: int) -> float:
+        """The client's per-step time in its `task_number`-th task, before jitter."""
+        if self.trace:
+            times = self.trace[client]
+            return float(times[task_number % len(times)])
+        return float(self.step_times[client])
 
     def step_times_of_task(self, client: int, task_number: int, steps: int) -> np.ndarray:
         """The duration of each of a task's steps (the client's step time, jittered); a longer
         draw extends a shorter one, so steps can be drawn as they are needed."""
-        base = float(self.step_times[client])
+        base = self.base_step_time(client, task_number)
         if self.jitter == 0.0:
             return np.full(steps, base)
         return base * self.jitter_factors(client, task_number, steps)
 
     def compute_time(self, client: int, steps: int, task_number: int) -> float:
         """Seconds of compute for `steps` local steps of this client's `task_number`-th task."""
-        base = float(self.step_times[client])
+        base = self.base_step_time(client, task_number)
         if self.jitter == 0.0 or steps == 0:
             return base * steps
         return base * float(self.jitter_factors(client, task_number, steps).sum())

@@ -19,7 +19,7 @@ import heapq
 import itertools
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from logging import WARNING
 from typing import Any
 
@@ -86,6 +86,7 @@ class Completion:
     wall_time: float
     steps: int
     bytes_up: int
+    missed_deadline: bool = False
 
     @property
     def ok(self) -> bool:
@@ -101,6 +102,8 @@ class Completion:
 
     @property
     def failure_reason(self) -> str:
+        if self.missed_deadline:
+            return "missed the round deadline (round-timeout)"
         if self.reply is None:
             return "no reply before timeout"
         if self.reply.has_error():
@@ -257,17 +260,32 @@ class EventLoop:
                 self._unknown.add(message_id)
         self._task_numbers = dict(snapshot["task_numbers"])
 
-    def next_completion(self) -> Completion:
-        """Block until the next reply in the clock's order is available, and return it."""
+    def next_completion(self, deadline: float | None = None) -> Completion:
+        """Block until the next reply in the clock's order is available, and return it.
+
+        With a `deadline` (seconds on the run's clock), a task that has not finished by then
+        comes back at once as missed: in virtual time one whose finish lies beyond it, with a
+        wall clock one still unanswered when the clock passes it."""
         if not self._in_flight:
             raise RuntimeError("no task in flight")
         waited_since = time.monotonic()
         while True:
+            late = self._late(deadline)
+            if late is not None:  # its reply is not even asked for
+                return self._miss_deadline(late, deadline)
             if self._pull():
                 waited_since = time.monotonic()
             ready = self._ready_virtual() if self.virtual else self._ready_wall()
             if ready is not None:
+                if self.virtual and deadline is not None and ready.virtual_finish > deadline:
+                    return self._miss_deadline(ready, deadline)
                 return self._complete(ready)
+            if not self.virtual and deadline is not None and self.wall_clock.now > deadline:
+                if self._pull(everything=True):
+                    continue
+                pending = [self._in_flight[mid] for mid in self._waiting]
+                return self._miss_deadline(min(pending, key=lambda d: (d.sent_wall, d.client)),
+                                           self.virtual_clock.now)
             if self.timeout is not None and time.monotonic() - waited_since > self.timeout:
                 if self._pull(everything=True):  # replies not asked for yet are not late
                     waited_since = time.monotonic()
@@ -275,9 +293,26 @@ class EventLoop:
                 return self._give_up_oldest()
             time.sleep(self.poll_interval)
 
-    def drain(self) -> list[Completion]:
-        """Completions of every task in flight, in the clock's order (one synchronous round)."""
-        return [self.next_completion() for _ in range(self.in_flight)]
+    def drain(self, deadline: float | None = None) -> list[Completion]:
+        """Completions of every task in flight, in the clock's order (one synchronous round);
+        with a `deadline`, those not done by then come back as missed."""
+        return [self.next_completion(deadline) for _ in range(self.in_flight)]
+
+    def _late(self, deadline: float | None) -> Dispatch | None:
+        """In virtual time, the next task if it is known to finish after `deadline`."""
+        if (not self.virtual or deadline is None or self._unknown or not self._known
+                or self._known[0][0] <= deadline):
+            return None
+        return self._in_flight[self._known[0][-1]]
+
+    def _miss_deadline(self, dispatch: Dispatch, virtual_time: float) -> Completion:
+        """Give up a task at the deadline; a reply that comes later is ignored."""
+        dispatch.virtual_finish = virtual_time
+        dispatch.reply = None
+        dispatch.reply_size = 0
+        self._known = [entry for entry in self._known if entry[-1] != dispatch.message_id]
+        heapq.heapify(self._known)
+        return replace(self._complete(dispatch), missed_deadline=True)
 
     def _set_virtual_finish(self, dispatch: Dispatch, steps: int | None) -> None:
         duration = dispatch.duration
