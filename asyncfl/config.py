@@ -202,6 +202,9 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("clip", "reject")),
     Setting("reply-timeout", float, 3600.0, "wall seconds without any reply after which "
             "the oldest task in flight counts as failed", check=_positive, allowed=_POSITIVE),
+    Setting("retry-backoff", float, 2.0, "async strategies, wall clock: seconds a client "
+            "rests after a failed task before it gets another, doubling with each failure in "
+            "a row (at most 60 s); 0: at once", check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("round-timeout", float, 0.0, "sync strategies: a round ends this many seconds "
             "(run's clock) after it was sent, with the replies in by then; the rest are "
             "logged as missing (0: wait for all)", check=_non_negative, allowed=_NON_NEGATIVE),

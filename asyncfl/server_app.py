@@ -71,26 +71,23 @@ def strategy_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         return {**rounds, "fraction_train": config["fraction"], "lr": config["lr"]}
     if name in ("fedavg", "fedsgd-weights"):
         return {**rounds, "fraction_train": config["fraction"]}
+    flowing = {"concurrency": config["concurrency"], "retry_backoff": config["retry-backoff"]}
     if name == "fedbuff":
-        return {"buffer_size": config["buffer-size"], "concurrency": config["concurrency"],
-                "client_returns": "delta",
+        return {**flowing, "buffer_size": config["buffer-size"], "client_returns": "delta",
                 "server_lr": config["server-lr"], "server_momentum": config["server-momentum"],
                 "staleness": staleness}
     if name == "fedasync":
-        return {"mixing": config["mixing"], "concurrency": config["concurrency"],
-                "staleness": staleness}
+        return {**flowing, "mixing": config["mixing"], "staleness": staleness}
     if name == "running-mean":
-        return {"concurrency": config["concurrency"]}
+        return flowing
     if name in ("lsgd", "ssgd"):
         return rounds
     if name in ("alsgd", "asgd"):
-        return {"server_lr": config["lr"] * config["server-lr"],
-                "concurrency": config["concurrency"]}
+        return {**flowing, "server_lr": config["lr"] * config["server-lr"]}
     if name == "esync":
         return {**rounds, "global_lr": config["server-lr"], "eps": config["esync-eps"]}
     if name == "apsb":
-        return {"server_lr": config["lr"] * config["server-lr"],
-                "concurrency": config["concurrency"],
+        return {**flowing, "server_lr": config["lr"] * config["server-lr"],
                 "broadcast_latency": config["broadcast-latency"], "chunk": config["apsb-chunk"]}
     raise ValueError(f"no settings for strategy {name!r}")
 

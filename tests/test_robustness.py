@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, MetricRecord
+from flwr.app import ArrayRecord, Error, Message, MetricRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,6 +11,7 @@ from asyncfl.client_app import _faulty_clients
 from asyncfl.config import DEFAULTS, SETTINGS_BY_KEY, ConfigError, validate_run_config
 from asyncfl.runtime.inline import InlineGrid
 from asyncfl.strategies import FedAvg
+from asyncfl.strategies.async_base import MAX_BACKOFF, backoff_seconds
 from asyncfl.strategies.utils import check_reply, update_norm, weighted_average
 from tests.helpers import read_rows
 from tests.test_async_strategies import plain_app
@@ -150,3 +151,49 @@ def test_weighted_average_weights_sum_to_one_and_order_does_not_matter(rows, dat
     assert (a >= stacked.min(0) - 1e-9).all() and (a <= stacked.max(0) + 1e-9).all()
     ones = weighted_average([{"w": np.ones(1)}] * len(rows), weights)["w"]
     assert ones[0] == pytest.approx(1.0)  # the normalized weights sum to one
+
+
+def test_backoff_doubles_with_faults_in_a_row_up_to_its_cap():
+    assert [backoff_seconds(0.5, k) for k in range(6)] == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0]
+    assert backoff_seconds(2.0, 10) == MAX_BACKOFF
+    assert backoff_seconds(0.0, 3) == 0.0
+
+
+class FlakyGrid(InlineGrid):
+    """The node of client 0 fails its first two train tasks (it is down), then recovers."""
+
+    failures = 2
+
+    def _execute(self, message):
+        context = self.contexts[message.metadata.dst_node_id]
+        if (message.metadata.message_type == "train" and self.failures
+                and context.node_config["partition-id"] == 0):
+            self.failures -= 1
+            return Message(Error(0, "node down"), reply_to=message)
+        return super()._execute(message)
+
+
+def test_a_failed_client_rests_before_its_next_task_and_is_used_again(out):
+    result = asyncfl.simulate(grid_class=FlakyGrid, strategy="fedasync", task="mean",
+                              num_clients=1, num_server_rounds=3, clock="wall",
+                              delay_dist="constant", delay_mean=0.001, local_steps=1,
+                              retry_backoff=0.2, max_faults=0, run_name="flaky", **out)
+    events = read_rows(result.output_dir / "events.csv")
+    assert [bool(r["rejected"]) for r in events] == [True, True, False, False, False]
+    # each task is sent only once the client has rested 0.2 s, then 0.4 s, after a failure
+    for failed, rest in ((events[0], 0.2), (events[1], 0.4)):
+        nxt = events[events.index(failed) + 1]
+        assert float(nxt["dispatch_time"]) >= float(failed["wall_time"]) + rest
+    assert result.summary["skipped_by_reason"] == {"error reply": 2}
+
+
+class DeadGrid(FlakyGrid):
+    failures = 5
+
+
+def test_a_run_whose_every_client_is_dropped_stops_cleanly(out):
+    result = asyncfl.simulate(grid_class=DeadGrid, strategy="fedasync", task="mean",
+                              num_clients=1, num_server_rounds=3, max_faults=2, local_steps=1,
+                              run_name="all-dropped", **out)
+    assert result.summary["dropped_clients"] == [0]
+    assert result.summary["updates"] == 0

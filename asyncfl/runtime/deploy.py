@@ -110,6 +110,8 @@ class Deployment:
     secure: bool = True
     step_delays: list[float] = field(default_factory=list)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    #: how each process was started (command, environment), to start it again
+    commands: dict[str, tuple[list[str], dict]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.folder = Path(self.folder).resolve()
@@ -134,10 +136,11 @@ class Deployment:
         self.stop()
 
     def _spawn(self, name: str, command: list[str], env: dict | None = None) -> subprocess.Popen:
-        log = (self.folder / f"{name}.log").open("w")
-        process = subprocess.Popen(command, env=env or self.env, cwd=self.folder, stdout=log,
+        env = env or self.env
+        log = (self.folder / f"{name}.log").open("a")
+        process = subprocess.Popen(command, env=env, cwd=self.folder, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
-        self.processes[name] = process
+        self.processes[name], self.commands[name] = process, (command, env)
         return process
 
     def _start_superlink(self) -> None:
@@ -197,6 +200,12 @@ class Deployment:
 
     def stop_node(self, name: str) -> None:
         stop_process_group(self.processes[name])
+
+    def restart_node(self, name: str) -> subprocess.Popen:
+        """Start a stopped node again as it was (same key, port choice, partition): the
+        SuperLink knows it by its key, so it comes back as the same node."""
+        stop_process_group(self.processes[name])
+        return self._spawn(name, *self.commands[name])
 
     def stop(self) -> None:
         """Stop every process this started (nodes first), by process group."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from abc import abstractmethod
 from collections.abc import Iterable
-from logging import INFO
+from logging import INFO, WARNING
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord
@@ -46,6 +46,44 @@ class IdlePool:
         return taken
 
 
+#: the longest a client rests after faults in a row (seconds)
+MAX_BACKOFF = 60.0
+
+
+def backoff_seconds(base: float, faults_in_a_row: int, cap: float = MAX_BACKOFF) -> float:
+    """How long a client rests before its next task: base * 2^(faults - 1), at most `cap`."""
+    if base <= 0 or faults_in_a_row < 1:
+        return 0.0
+    return min(base * 2.0 ** (faults_in_a_row - 1), cap)
+
+
+class RestingClients:
+    """Clients whose last task failed, each waiting until its wall-clock time to be idle again,
+    so that a node that is down is not sent task after task that fails at once."""
+
+    def __init__(self) -> None:
+        self._until: dict[int, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def clients(self) -> list[int]:
+        return sorted(self._until)
+
+    def rest(self, client: int, until: float) -> None:
+        self._until[client] = until
+
+    def wake(self, now: float) -> list[int]:
+        """The clients whose rest is over (in client order); they stop resting."""
+        ready = sorted(c for c, until in self._until.items() if until <= now)
+        for client in ready:
+            del self._until[client]
+        return ready
+
+    def next_wake(self) -> float:
+        return min(self._until.values())
+
+
 class VersionStore:
     """Model versions that clients in flight started from, kept only while needed."""
 
@@ -80,6 +118,10 @@ class AsyncStrategy(AsyncflStrategy):
 
     Where a rule needs the model a client started from (`needs_base`), the server keeps each
     version only while some client in flight started from it: at most M versions.
+
+    With a wall clock, a client whose task failed rests `retry_backoff` seconds (doubling with
+    each fault in a row, at most MAX_BACKOFF) before it is sent another; in virtual time faults
+    are injected and a faulty client is sent its next task at once.
     """
 
     #: whether `apply` needs the model version the client started from
@@ -87,11 +129,14 @@ class AsyncStrategy(AsyncflStrategy):
     #: the versions kept for clients in flight (FedBuff with weights replies)
     versions: VersionStore | None = None
 
-    def __init__(self, concurrency: int = 0, **kwargs) -> None:
+    def __init__(self, concurrency: int = 0, retry_backoff: float = 0.0, **kwargs) -> None:
         super().__init__(**kwargs)
         if concurrency < 0:
             raise ValueError(f"concurrency must be >= 0 (0 = every client), got {concurrency}")
+        if retry_backoff < 0:
+            raise ValueError(f"retry_backoff must be >= 0 (0: retry at once), got {retry_backoff}")
         self.concurrency = concurrency
+        self.retry_backoff = retry_backoff
         self._rng = np.random.default_rng([self.seed, 5])
 
     @abstractmethod
@@ -145,6 +190,15 @@ class AsyncStrategy(AsyncflStrategy):
         arrays, version = initial_arrays, 0
         global_arrays = record_to_arrays(arrays)
         phases, t = self.phases, time.perf_counter()
+        resting = RestingClients()
+
+        def refill() -> None:
+            """Send tasks from the newest model to idle clients until M are in flight."""
+            for client in resting.wake(self.clock.now):
+                idle.add(client)
+            sent = self.dispatch(arrays, config, version, idle.take(in_flight - loop.in_flight))
+            bases.dispatched(version, global_arrays, sent)
+
         if self.resume is not None:
             state = self.restore()
             version, global_arrays = state["version"], state["global"]
@@ -156,10 +210,18 @@ class AsyncStrategy(AsyncflStrategy):
             t = phases.lap("evaluate", t)
             idle = IdlePool(range(self.num_clients), self._rng)
             bases = self.versions = VersionStore(self.needs_base)
-            bases.dispatched(version, global_arrays, self.dispatch(arrays, config, version,
-                                                                   idle.take(in_flight)))
+            refill()
         t = phases.lap("dispatch", t)
         while version < num_rounds and not self.out_of_time():
+            if not loop.in_flight:
+                if not resting:
+                    log(WARNING, "no client left to train (%d dropped); stopping at version %d",
+                        len(self.dropped), version)
+                    break
+                time.sleep(max(0.0, resting.next_wake() - self.clock.now))
+                refill()
+                t = phases.lap("wait", t)
+                continue
             completion = loop.next_completion()
             t = phases.lap("wait", t)
             if self.continue_task(completion, arrays, version):
@@ -171,7 +233,12 @@ class AsyncStrategy(AsyncflStrategy):
             arrived_at = version
             accepted = self.accept(completion, global_arrays, version, base)
             if completion.client not in self.dropped:
-                idle.add(completion.client)
+                rest = (backoff_seconds(self.retry_backoff, self._faults[completion.client])
+                        if accepted is None and self.clock.kind == "wall" else 0.0)
+                if rest > 0:
+                    resting.rest(completion.client, self.clock.now + rest)
+                else:
+                    idle.add(completion.client)
             t = phases.lap("deserialize", t)
             if accepted is not None:
                 update, metrics = accepted
@@ -190,12 +257,12 @@ class AsyncStrategy(AsyncflStrategy):
                     self.evaluate(evaluate_fn, version, arrays, result)
                     t = phases.lap("evaluate", t)
             if version < num_rounds and not self.out_of_time():
-                sent = self.dispatch(arrays, config, version, idle.take(in_flight - loop.in_flight))
-                bases.dispatched(version, global_arrays, sent)
+                refill()
                 t = phases.lap("dispatch", t)
                 if accepted is not None and version > arrived_at:
                     self.checkpoint(version, {"version": version, "global": global_arrays,
-                                              "idle": idle.items(), "bases": bases})
+                                              "idle": idle.items() + resting.clients(),
+                                              "bases": bases})
                     t = phases.lap("bookkeeping", t)
             self.progress(version, num_rounds)
             t = phases.lap("bookkeeping", t)

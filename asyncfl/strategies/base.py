@@ -267,7 +267,7 @@ class AsyncflStrategy(Strategy):
         row = dict.fromkeys(EVENT_COLUMNS)
         row.update(version_apply=version, version_dispatch=completion.tag, client=client,
                    virtual_time=completion.virtual_time, wall_time=completion.wall_time,
-                   dispatch_time=completion.dispatch.sent_virtual, rejected=reason)
+                   dispatch_time=self.dispatch_time(completion), rejected=reason)
         self.run_log.events.append(row)
         self._faults[client] = self._faults.get(client, 0) + 1
         if self.max_faults and self._faults[client] >= self.max_faults:
@@ -334,16 +334,19 @@ class AsyncflStrategy(Strategy):
         assert self.loop is not None
         return self.loop.traffic
 
+    def dispatch_time(self, completion: Completion) -> float:
+        """When the task was sent, on the run's clock."""
+        dispatch = completion.dispatch
+        return dispatch.sent_virtual if self.clock.kind == "virtual" else dispatch.sent_wall
+
     def record_update(self, completion: Completion, metrics: MetricRecord,
                       version_at_arrival: int, version_after: int) -> None:
         """One events.csv row. Staleness = server version when the update arrived minus the
         version the client started from. `dispatch_time` and `duration` are on the run's
         clock: computed by the delay model in virtual time, measured with a wall clock."""
         version_dispatch = int(completion.tag)
-        dispatch = completion.dispatch
-        sent, finished = ((dispatch.sent_virtual, completion.virtual_time)
-                          if self.clock.kind == "virtual"
-                          else (dispatch.sent_wall, completion.wall_time))
+        sent = self.dispatch_time(completion)
+        finished = completion.virtual_time if self.clock.kind == "virtual" else completion.wall_time
         row = dict.fromkeys(EVENT_COLUMNS)
         row.update(
             rejected="",
