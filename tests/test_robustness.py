@@ -1,5 +1,7 @@
 """Faulty clients, reply validation, fuzzed run configs and aggregation properties."""
 
+import time
+
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, Error, Message, MetricRecord
@@ -185,6 +187,41 @@ def test_a_failed_client_rests_before_its_next_task_and_is_used_again(out):
         nxt = events[events.index(failed) + 1]
         assert float(nxt["dispatch_time"]) >= float(failed["wall_time"]) + rest
     assert result.summary["skipped_by_reason"] == {"error reply": 2}
+
+
+class FlakyAndSlowGrid(FlakyGrid):
+    """Client 0 fails once and is fast; client 1's replies come only 1 s after they were sent
+    (pulling never blocks, as with a real SuperLink)."""
+
+    failures = 1
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        ids = super().push_messages(messages)
+        self.sent_at = getattr(self, "sent_at", {})
+        self.sent_at.update({i: time.monotonic() for i in ids})
+        return ids
+
+    def pull_messages(self, message_ids):
+        slow = {node for node, c in self.contexts.items() if c.node_config["partition-id"] == 1}
+        ready = [i for i in message_ids
+                 if self._pending[i].metadata.dst_node_id not in slow
+                 or time.monotonic() - self.sent_at[i] >= 1.0] if message_ids else []
+        return super().pull_messages([i for i in ready if i in self._pending])
+
+
+def test_a_rested_client_is_sent_its_next_task_without_waiting_for_other_replies(out):
+    result = asyncfl.simulate(grid_class=FlakyAndSlowGrid, strategy="fedasync", task="mean",
+                              num_clients=2, num_server_rounds=3, clock="wall",
+                              delay_dist="constant", delay_mean=0.001, local_steps=1,
+                              retry_backoff=0.1, max_faults=0, run_name="rested", **out)
+    events = read_rows(result.output_dir / "events.csv")
+    # client 0 is sent a task again 0.1 s after its failure, not when client 1's reply lands
+    # (1 s after it was sent): all three versions come from client 0 before that
+    assert [(r["client"], bool(r["rejected"])) for r in events] == [
+        ("0", True), ("0", False), ("0", False), ("0", False)]
+    assert float(events[1]["dispatch_time"]) >= float(events[0]["wall_time"]) + 0.1
+    assert float(events[-1]["wall_time"]) < 1.0
 
 
 class DeadGrid(FlakyGrid):

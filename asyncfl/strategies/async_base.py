@@ -120,8 +120,9 @@ class AsyncStrategy(AsyncflStrategy):
     version only while some client in flight started from it: at most M versions.
 
     With a wall clock, a client whose task failed rests `retry_backoff` seconds (doubling with
-    each fault in a row, at most MAX_BACKOFF) before it is sent another; in virtual time faults
-    are injected and a faulty client is sent its next task at once.
+    each fault in a row, at most MAX_BACKOFF), then is sent another (whatever else is in
+    flight); in virtual time faults are injected and a faulty client is sent its next task at
+    once.
     """
 
     #: whether `apply` needs the model version the client started from
@@ -222,8 +223,12 @@ class AsyncStrategy(AsyncflStrategy):
                 refill()
                 t = phases.lap("wait", t)
                 continue
-            completion = loop.next_completion()
+            completion = loop.next_completion(wake_at=resting.next_wake() if resting else None)
             t = phases.lap("wait", t)
+            if completion is None:  # a client's rest is over before the next reply came
+                refill()
+                t = phases.lap("dispatch", t)
+                continue
             if self.continue_task(completion, arrays, version):
                 t = phases.lap("dispatch", t)
                 continue

@@ -260,12 +260,15 @@ class EventLoop:
                 self._unknown.add(message_id)
         self._task_numbers = dict(snapshot["task_numbers"])
 
-    def next_completion(self, deadline: float | None = None) -> Completion:
+    def next_completion(
+        self, deadline: float | None = None, wake_at: float | None = None
+    ) -> Completion | None:
         """Block until the next reply in the clock's order is available, and return it.
 
         With a `deadline` (seconds on the run's clock), a task that has not finished by then
         comes back at once as missed: in virtual time one whose finish lies beyond it, with a
-        wall clock one still unanswered when the clock passes it."""
+        wall clock one still unanswered when the clock passes it. With `wake_at` (wall clock),
+        return None once the clock passes it with nothing ready: the caller has work then."""
         if not self._in_flight:
             raise RuntimeError("no task in flight")
         waited_since = time.monotonic()
@@ -280,6 +283,8 @@ class EventLoop:
                 if self.virtual and deadline is not None and ready.virtual_finish > deadline:
                     return self._miss_deadline(ready, deadline)
                 return self._complete(ready)
+            if wake_at is not None and not self.virtual and self.wall_clock.now >= wake_at:
+                return None
             if not self.virtual and deadline is not None and self.wall_clock.now > deadline:
                 if self._pull(everything=True):
                     continue
