@@ -175,11 +175,15 @@ class FlakyGrid(InlineGrid):
         return super()._execute(message)
 
 
+def wall_clock_mean_run(grid_class, num_clients: int, backoff: float, name: str, out: dict):
+    return asyncfl.simulate(grid_class=grid_class, strategy="fedasync", task="mean",
+                            num_clients=num_clients, num_server_rounds=3, clock="wall",
+                            delay_dist="constant", delay_mean=0.001, local_steps=1,
+                            retry_backoff=backoff, max_faults=0, run_name=name, **out)
+
+
 def test_a_failed_client_rests_before_its_next_task_and_is_used_again(out):
-    result = asyncfl.simulate(grid_class=FlakyGrid, strategy="fedasync", task="mean",
-                              num_clients=1, num_server_rounds=3, clock="wall",
-                              delay_dist="constant", delay_mean=0.001, local_steps=1,
-                              retry_backoff=0.2, max_faults=0, run_name="flaky", **out)
+    result = wall_clock_mean_run(FlakyGrid, 1, 0.2, "flaky", out)
     events = read_rows(result.output_dir / "events.csv")
     assert [bool(r["rejected"]) for r in events] == [True, True, False, False, False]
     # each task is sent only once the client has rested 0.2 s, then 0.4 s, after a failure
@@ -196,25 +200,21 @@ class FlakyAndSlowGrid(FlakyGrid):
     failures = 1
 
     def push_messages(self, messages):
-        messages = list(messages)
-        ids = super().push_messages(messages)
-        self.sent_at = getattr(self, "sent_at", {})
-        self.sent_at.update({i: time.monotonic() for i in ids})
+        ids = list(super().push_messages(messages))
+        self.sent_at = {**getattr(self, "sent_at", {}), **dict.fromkeys(ids, time.monotonic())}
         return ids
 
     def pull_messages(self, message_ids):
-        slow = {node for node, c in self.contexts.items() if c.node_config["partition-id"] == 1}
-        ready = [i for i in message_ids
-                 if self._pending[i].metadata.dst_node_id not in slow
-                 or time.monotonic() - self.sent_at[i] >= 1.0] if message_ids else []
-        return super().pull_messages([i for i in ready if i in self._pending])
+        def due(message_id: str) -> bool:
+            node = self._pending[message_id].metadata.dst_node_id
+            return (self.contexts[node].node_config["partition-id"] != 1
+                    or time.monotonic() - self.sent_at[message_id] >= 1.0)
+
+        return super().pull_messages([i for i in message_ids if i in self._pending and due(i)])
 
 
 def test_a_rested_client_is_sent_its_next_task_without_waiting_for_other_replies(out):
-    result = asyncfl.simulate(grid_class=FlakyAndSlowGrid, strategy="fedasync", task="mean",
-                              num_clients=2, num_server_rounds=3, clock="wall",
-                              delay_dist="constant", delay_mean=0.001, local_steps=1,
-                              retry_backoff=0.1, max_faults=0, run_name="rested", **out)
+    result = wall_clock_mean_run(FlakyAndSlowGrid, 2, 0.1, "rested", out)
     events = read_rows(result.output_dir / "events.csv")
     # client 0 is sent a task again 0.1 s after its failure, not when client 1's reply lands
     # (1 s after it was sent): all three versions come from client 0 before that
