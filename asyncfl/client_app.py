@@ -18,6 +18,7 @@ from asyncfl.strategies.utils import (
     record_to_arrays,
 )
 from asyncfl.tasks import TrainOutcome, TrainSettings, load_task
+from asyncfl.tasks.base import resolve_device
 from asyncfl.timing.event_loop import STEPS_METRIC
 
 PARTITION_ID = "partition-id"
@@ -95,6 +96,12 @@ def partition_id(context: Context) -> int:
     return int(context.node_config[PARTITION_ID])
 
 
+def client_device(context: Context) -> str:
+    """Where this node trains: its own `--node-config torch-device=...`, else the run's."""
+    name = context.node_config.get("torch-device", run_config(context)["torch-device"])
+    return resolve_device(str(name))
+
+
 def settings_from(config: ConfigRecord, **overrides) -> TrainSettings:
     """The training settings a train instruction carries."""
     fields = dict(
@@ -148,7 +155,7 @@ def train_reply(msg: Message, context: Context, arrays: dict | None, metrics: di
 def train(msg: Message, context: Context) -> Message:
     """Train from the received model and reply with weights, delta or gradient."""
     config = msg.content["config"]
-    settings = settings_from(config)
+    settings = settings_from(config, device=client_device(context))
     start = record_to_arrays(msg.content["arrays"])
     outcome, seconds = run_task(context, config, start, settings)
     return train_reply(msg, context, outcome.reply(start, settings.returns), {
@@ -174,7 +181,8 @@ def train_segment(msg: Message, context: Context) -> Message:
         local = record_to_arrays(msg.content["arrays"])
     else:
         local = record_to_arrays(state[SEGMENT_MODEL])
-    settings = settings_from(config, local_steps=int(config["segment-steps"]),
+    settings = settings_from(config, device=client_device(context),
+                             local_steps=int(config["segment-steps"]),
                              skip_steps=int(config["segment-start"]), returns="gradient")
     outcome, seconds = run_task(context, config, local, settings)
     gradient = outcome.gradient

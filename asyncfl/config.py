@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from asyncfl.tasks.base import DEVICES
 from asyncfl.timing.delays import SPEED_CLASSES, parse_profile
 
 ConfigValue = bool | int | float | str
@@ -138,6 +139,10 @@ SETTINGS: tuple[Setting, ...] = (
             check=_non_negative, allowed="an integer >= 0"),
     Setting("batch-size", int, 10, "B, minibatch size; 0 means the whole partition",
             check=_non_negative, allowed="an integer >= 0"),
+    Setting("torch-device", str, "cpu", "where ClientApps train and the ServerApp evaluates "
+            "(a node's --node-config torch-device=... overrides it); auto: cuda where the "
+            "process sees a GPU. Bit-identical runs across runtimes on cpu only",
+            choices=DEVICES),
     Setting("client-threads", int, 1, "torch threads per ClientApp call; 1 keeps runs "
             "bit-identical across runtimes, more speeds up large models inline",
             check=_positive, allowed="an integer >= 1"),

@@ -21,6 +21,7 @@ from asyncfl.strategies import STRATEGIES, AsyncflStrategy, staleness_function
 from asyncfl.strategies.checkpoint import CheckpointError, load_checkpoint
 from asyncfl.strategies.utils import EVENT_COLUMNS, arrays_to_record, record_to_arrays
 from asyncfl.tasks import load_task
+from asyncfl.tasks.base import resolve_device
 from asyncfl.timing import DelayModel, VirtualClock, WallClock, draw_step_times, profile_step_times
 from asyncfl.timing.delays import parse_profile, read_trace
 
@@ -188,14 +189,16 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
     out = run_dir(config)
     resume = resume_payload(config) if config["resume"] else None
     task = load_task(config)
-    delays = make_delays(config)  # a bad delay-trace file stops the run here, before any node
+    # a bad delay-trace file, or torch-device = cuda without a GPU, stops the run here
+    delays = make_delays(config)
+    device = resolve_device(config["torch-device"])
     node_ids, sizes = discover_clients(grid, config["num-clients"])
     strategy = make_strategy(config, delays, node_ids, sizes, resume)
     strategy.checkpoint_meta = {"config": dict(config)}
     strategy.phases.lap("setup", began)
 
     def evaluate(version: int, arrays: ArrayRecord) -> MetricRecord:
-        return MetricRecord(task.evaluate(record_to_arrays(arrays)))
+        return MetricRecord(task.evaluate(record_to_arrays(arrays), device))
 
     log(INFO, "asyncfl: %s on %s, %d clients, results in %s", config["strategy"],
         config["task"], config["num-clients"], out)

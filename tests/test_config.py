@@ -2,6 +2,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 from flwr.app import Context, RecordDict
 
 import asyncfl
@@ -16,6 +17,7 @@ from asyncfl.server_app import main as server_main
 from asyncfl.strategies import STRATEGIES
 from asyncfl.strategies.base import SyncStrategy
 from asyncfl.tasks import TASK_NAMES
+from asyncfl.tasks.base import resolve_device
 from asyncfl.timing.delays import DISTRIBUTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,3 +92,16 @@ def test_a_missing_trace_file_stops_the_server_before_it_contacts_nodes(tmp_path
                                   "delay-trace": str(tmp_path / "nowhere.csv")})
     with pytest.raises(ValueError, match="delay-trace: cannot read .*nowhere.csv"):
         server_main(UntouchableGrid(), context)
+
+
+def test_a_gpu_the_server_does_not_have_stops_it_before_it_contacts_nodes(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    resolve_device.cache_clear()
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(),
+                      run_config={**DEFAULTS, "torch-device": "cuda",
+                                  "output-dir": str(tmp_path)})
+    try:
+        with pytest.raises(ValueError, match="torch-device = 'cuda'"):
+            server_main(UntouchableGrid(), context)
+    finally:
+        resolve_device.cache_clear()

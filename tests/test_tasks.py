@@ -9,9 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from asyncfl.tasks import TrainSettings, hub
+import asyncfl
+from asyncfl.config import validate_run_config
+from asyncfl.runtime.inline import InlineGrid
+from asyncfl.tasks import TrainSettings, hub, load_task
+from asyncfl.tasks.base import resolve_device
 from asyncfl.tasks.models import MnistCNN, model_factory, resnet18_32x32
 from asyncfl.tasks.partition import SCHEMES, partition_indices
+from tests.helpers import read_rows
 
 
 def fake_splits(shape, n_train=60, n_test=20, seed=0):
@@ -97,3 +102,56 @@ def test_an_uncached_hub_dataset_fails_fast_with_instructions():
     assert "DatasetUnavailable" in done.stderr
     assert "Pre-cache it on a machine with network" in done.stderr
     assert "task = digits" in done.stderr
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """This process sees no CUDA device (whatever the machine has)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    resolve_device.cache_clear()
+    yield
+    resolve_device.cache_clear()
+
+
+def test_torch_device_auto_falls_back_to_cpu_and_cuda_without_a_gpu_is_refused(no_gpu):
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="torch-device = 'cuda', but this process sees no CUDA"):
+        resolve_device("cuda")
+
+
+def test_torch_device_auto_picks_the_gpu_where_there_is_one(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    resolve_device.cache_clear()
+    try:
+        assert resolve_device("auto") == "cuda"
+    finally:
+        resolve_device.cache_clear()
+
+
+def test_a_node_told_to_train_on_a_missing_gpu_fails_its_tasks_and_the_run_goes_on(no_gpu, out):
+    class GpuNodeGrid(InlineGrid):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.contexts[min(self.contexts)].node_config["torch-device"] = "cuda"
+
+    result = asyncfl.simulate(grid_class=GpuNodeGrid, num_clients=3, num_server_rounds=2,
+                              local_steps=2, max_faults=0, run_name="gpu-node", **out)
+    events = read_rows(result.output_dir / "events.csv")
+    failed = [r for r in events if r["rejected"]]
+    assert [r["client"] for r in failed] == ["0", "0"]
+    assert "ValueError: torch-device = 'cuda'" in failed[0]["rejected"]
+    assert sorted(r["client"] for r in events if not r["rejected"]) == ["1", "1", "2", "2"]
+
+
+def test_evaluation_in_batches_equals_evaluation_in_one_go():
+    task = load_task(validate_run_config({"num-clients": 2}))
+    arrays = task.initial_arrays(3)
+    whole = task.evaluate(arrays)
+    task.eval_batch = 7  # 360 test images: 51 full batches and a remainder of 3
+    try:
+        batched = task.evaluate(arrays)
+    finally:
+        del task.eval_batch
+    assert {k: v for k, v in batched.items() if k != "loss"} == {
+        k: v for k, v in whole.items() if k != "loss"}
+    assert batched["loss"] == pytest.approx(whole["loss"], rel=1e-6)

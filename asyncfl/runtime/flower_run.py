@@ -184,14 +184,16 @@ def written_results(config: dict, started: float, hint: str = "") -> Path:
     return out
 
 
-def run_flower(overrides: dict, app_dir: Path, cpus_per_client: int = 1) -> Path:
-    """Validate, run `flwr run` on a private SuperLink, stop it; return the results folder."""
+def run_flower(overrides: dict, app_dir: Path, cpus_per_client: int = 1,
+               gpus_per_client: float = 0.0) -> Path:
+    """Validate, run `flwr run` on a private SuperLink, stop it; return the results folder.
+    `gpus_per_client` is the share of a GPU Ray gives each ClientApp (0.25: four share one)."""
     overrides, config = resolve_run(overrides)
     started = time.time()
     cpus = os.cpu_count() or 1
     federation = (f"num-supernodes={config['num-clients']} "
                   f"client-resources-num-cpus={cpus_per_client} "
-                  f"client-resources-num-gpus=0 init-args-num-cpus={cpus}")
+                  f"client-resources-num-gpus={gpus_per_client:g} init-args-num-cpus={cpus}")
     with local_superlink(app_dir) as (_, env):
         command = ["flwr", "run", str(app_dir), CONNECTION, "--stream",
                    "--run-config", format_run_config(overrides), "--federation-config", federation]
@@ -205,10 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-config", default="", help="run-config overrides, as for flwr run")
     parser.add_argument("--cpus-per-client", type=int, default=1,
                         help="Ray CPUs per ClientApp (1 lets every core run a client)")
+    parser.add_argument("--gpus-per-client", type=float, default=0.0,
+                        help="share of a GPU per ClientApp, e.g. 0.25 (with torch-device "
+                             "= 'cuda' or 'auto' in --run-config); default 0: CPU only")
     args = parser.parse_args(argv)
+    if args.gpus_per_client < 0:
+        parser.error(f"--gpus-per-client = {args.gpus_per_client} must be >= 0")
     overrides = parse_config_args([args.run_config]) if args.run_config else {}
     try:
-        out = run_flower(overrides, Path(args.app).resolve(), args.cpus_per_client)
+        out = run_flower(overrides, Path(args.app).resolve(), args.cpus_per_client,
+                         args.gpus_per_client)
     except (ConfigError, RuntimeError) as err:
         print(f"asyncfl-flwr-run: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1

@@ -4,10 +4,27 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
 RETURN_KINDS = ("weights", "delta", "gradient")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@lru_cache(maxsize=8)
+def resolve_device(name: str) -> str:
+    """The torch device a `torch-device` setting stands for in this process: `auto` is cuda
+    where this process sees a GPU, else cpu; `cuda` without a GPU is an error."""
+    import torch
+
+    if name not in DEVICES:
+        raise ValueError(f"torch-device = {name!r}; choose one of {', '.join(DEVICES)}")
+    cuda = torch.cuda.is_available()
+    if name == "cuda" and not cuda:
+        raise ValueError("torch-device = 'cuda', but this process sees no CUDA device "
+                         "(torch.cuda.is_available() is False); use 'cpu' or 'auto'")
+    return "cuda" if name == "auto" and cuda else "cpu" if name == "auto" else name
 
 
 @dataclass(frozen=True)
@@ -27,6 +44,7 @@ class TrainSettings:
     seed: int = 0  # minibatch shuffling
     skip_steps: int = 0
     threads: int = 1  # torch threads for local training
+    device: str = "cpu"  # torch device, already resolved (see resolve_device)
 
     def __post_init__(self) -> None:
         if self.returns not in RETURN_KINDS:
@@ -75,5 +93,5 @@ class Task(ABC):
         """Local training of one client from the given model."""
 
     @abstractmethod
-    def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
+    def evaluate(self, arrays: dict[str, np.ndarray], device: str = "cpu") -> dict[str, float]:
         """Metrics of a model on the test set; `loss` always, `accuracy` where it applies."""

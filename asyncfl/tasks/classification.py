@@ -42,8 +42,11 @@ class ClassificationTask(Task):
 
     Clients train single-threaded by default (`client-threads`): results are then
     bit-identical whichever runtime or process runs them, and parallelism comes from running
-    clients side by side.
+    clients side by side. On a GPU (`torch-device`) results agree to float tolerance only.
     """
+
+    #: test examples evaluated at once (bounds the memory of evaluating a large test set)
+    eval_batch = 1024
 
     def __init__(
         self,
@@ -80,11 +83,12 @@ class ClassificationTask(Task):
         self, arrays: dict[str, np.ndarray], partition_id: int, settings: TrainSettings
     ) -> TrainOutcome:
         torch.set_num_threads(settings.threads)
-        model = self.model()
+        model = self.model().to(settings.device)
         load_arrays(model, arrays)
         model.train()
         index = self.partitions[partition_id]
-        x, y = self.x_train[index], self.y_train[index]
+        x = self.x_train[index].to(settings.device)
+        y = self.y_train[index].to(settings.device)
         params = dict(model.named_parameters())
         grad_sum = {k: torch.zeros_like(p) for k, p in params.items()}
         optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr)
@@ -104,19 +108,25 @@ class ClassificationTask(Task):
         weights = state_to_arrays(model)
         gradient = None
         if track:
-            gradient = {k: grad_sum[k].numpy() if k in grad_sum else np.zeros_like(v)
+            gradient = {k: grad_sum[k].cpu().numpy() if k in grad_sum else np.zeros_like(v)
                         for k, v in weights.items()}
         return TrainOutcome(weights, gradient, len(index), float(np.mean(losses)), len(losses))
 
     @torch.no_grad()
-    def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
-        model = self.model()
+    def evaluate(self, arrays: dict[str, np.ndarray], device: str = "cpu") -> dict[str, float]:
+        model = self.model().to(device)
         load_arrays(model, arrays)
         model.eval()
-        logits = model(self.x_test)
-        loss = nn.functional.cross_entropy(logits, self.y_test).item()
-        correct = logits.argmax(1) == self.y_test
-        metrics = {"loss": float(loss), "accuracy": float(correct.float().mean().item())}
+        loss_sum, predicted = 0.0, []
+        for start in range(0, len(self.y_test), self.eval_batch):
+            x = self.x_test[start:start + self.eval_batch].to(device)
+            y = self.y_test[start:start + self.eval_batch].to(device)
+            logits = model(x)
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+            predicted.append(logits.argmax(1).cpu())
+        correct = torch.cat(predicted) == self.y_test
+        metrics = {"loss": loss_sum / len(self.y_test),
+                   "accuracy": float(correct.float().mean().item())}
         for label in torch.unique(self.y_test).tolist():
             mask = self.y_test == label
             metrics[f"accuracy-class-{label}"] = float(correct[mask].float().mean().item())

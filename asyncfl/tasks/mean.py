@@ -40,7 +40,7 @@ class MeanTask(Task):
         steps = settings.local_steps or settings.local_epochs
         return TrainOutcome({"estimate": value}, gradient, 1, loss, steps)
 
-    def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
+    def evaluate(self, arrays: dict[str, np.ndarray], device: str = "cpu") -> dict[str, float]:
         error = abs(float(arrays["estimate"][0]) - self.true_mean)
         return {"loss": error, "abs-error": error, "estimate": float(arrays["estimate"][0]),
                 "true-mean": self.true_mean}
