@@ -10,6 +10,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from asyncfl.config import validate_run_config
+from asyncfl.strategies.apsb import SEGMENT_GRADIENT
 from asyncfl.strategies.utils import (
     MODEL_VERSION,
     NUM_EXAMPLES,
@@ -23,7 +24,6 @@ from asyncfl.timing.event_loop import STEPS_METRIC
 
 PARTITION_ID = "partition-id"
 SEGMENT_MODEL = "segment.local-model"
-SEGMENT_GRADIENT = "segment.gradient"
 SEGMENT_STATS = "segment.stats"
 
 app = ClientApp()
@@ -173,10 +173,14 @@ def train_segment(msg: Message, context: Context) -> Message:
 
     The local model comes with the message at the task's start or when the worker adopts a
     broadcast; otherwise it is the one the previous segment left in `context.state`, and so
-    is the accumulated gradient. The last segment replies with the accumulated gradient."""
+    is the accumulated gradient. With `carry-state` (runs that write checkpoints) the server
+    holds that state instead: a segment's reply carries the local model, the gradient so far
+    and the loss sum, and the next segment brings them back. The last segment replies with
+    the accumulated gradient."""
     config = msg.content["config"]
     state = context.state
     first = int(config["segment-start"]) == 0
+    carry = bool(config.get("carry-state", False))
     if "arrays" in msg.content:
         local = record_to_arrays(msg.content["arrays"])
     else:
@@ -188,16 +192,23 @@ def train_segment(msg: Message, context: Context) -> Message:
     gradient = outcome.gradient
     losses = outcome.train_loss * outcome.steps
     if not first:
-        earlier = record_to_arrays(state[SEGMENT_GRADIENT])
+        earlier = record_to_arrays(msg.content[SEGMENT_GRADIENT] if carry
+                                   else state[SEGMENT_GRADIENT])
         gradient = {k: earlier[k] + v for k, v in gradient.items()}
-        losses += float(state[SEGMENT_STATS]["loss-sum"])
+        losses += float(config["loss-sum"] if carry else state[SEGMENT_STATS]["loss-sum"])
     steps = int(config["segment-start"]) + outcome.steps
     if not bool(config["final"]):
+        progress = {STEPS_METRIC: outcome.steps, "compute-time": seconds}
+        if carry:
+            return Message(RecordDict({
+                "arrays": arrays_to_record(outcome.weights),
+                SEGMENT_GRADIENT: arrays_to_record(gradient),
+                "metrics": MetricRecord({**progress, "loss-sum": losses}),
+            }), reply_to=msg)
         state[SEGMENT_MODEL] = arrays_to_record(outcome.weights)
         state[SEGMENT_GRADIENT] = arrays_to_record(gradient)
         state[SEGMENT_STATS] = MetricRecord({"loss-sum": losses})
-        return train_reply(msg, context, None,
-                           {STEPS_METRIC: outcome.steps, "compute-time": seconds})
+        return train_reply(msg, context, None, progress)
     for key in (SEGMENT_MODEL, SEGMENT_GRADIENT, SEGMENT_STATS):
         if key in state:
             del state[key]

@@ -10,11 +10,12 @@ import numpy as np
 from flwr.app import ArrayRecord
 
 from asyncfl.strategies.alsgd import ALSGD
-from asyncfl.strategies.checkpoint import CheckpointError
 from asyncfl.strategies.utils import task_seed
 from asyncfl.timing import Completion, TrafficCounters, array_bytes
 
 SEGMENT = "train.segment"
+#: the record that carries a task's accumulated gradient between segments (with carry-state)
+SEGMENT_GRADIENT = "segment.gradient"
 
 
 @dataclass
@@ -30,6 +31,10 @@ class TaskPlan:
     adopted: int  # version of the newest model the worker has taken
     done: int = 0  # iterations finished in earlier segments
     segment: int = 0  # iterations of the segment in flight
+    # the worker's state between segments, when the server carries it (checkpointed runs)
+    local: ArrayRecord | None = None
+    gradient: ArrayRecord | None = None
+    loss_sum: float = 0.0
 
     @property
     def end(self) -> float:
@@ -53,9 +58,17 @@ class APSB(ALSGD):
     iterations and get the newest model if it changed. With K = 1 there are no boundaries
     inside a task, and APSB is A-LSGD exactly.
 
+    A run that writes checkpoints cannot rely on `context.state` (a resumed run has fresh
+    nodes), so there the server carries each worker's state between segments instead: the
+    segment replies return it and the next segment brings it back. The algorithm and its
+    results are the same either way (tested); only the simulation's messages grow.
+
     Communication counts the algorithm's transfers: each push, and per new model one transfer
     to every worker (the broadcast), not the continuation messages of the simulation.
     """
+
+    checkpoint_fields = ("_plans", "_broadcasts", "_tasks_started", "_comm",
+                         "_broadcast_version", "_config")
 
     def __init__(self, server_lr: float, concurrency: int = 0, *,
                  broadcast_latency: float = 0.0, chunk: int = 1, **kwargs) -> None:
@@ -74,12 +87,10 @@ class APSB(ALSGD):
     def communication(self) -> TrafficCounters:
         return self._comm
 
-    def checkpoint(self, version: int, state: dict) -> None:
-        """APSB's workers keep their local model and gradient in `context.state` between
-        segments, which a checkpoint cannot capture: refuse rather than write half a state."""
-        if self.checkpoint_every:
-            raise CheckpointError("checkpoint-every is not supported for apsb yet: its "
-                                  "workers keep task state in context.state")
+    @property
+    def carry_state(self) -> bool:
+        """Whether the server carries the workers' state between segments (see above)."""
+        return self.checkpoint_every > 0
 
     def _steps(self) -> int:
         steps = int(self._config.get("local-steps", 0))
@@ -135,11 +146,16 @@ class APSB(ALSGD):
                 self._comm.bytes_up += completion.bytes_up
             return False
         plan.done += plan.segment
+        if self.carry_state:
+            reply = completion.reply
+            assert reply is not None
+            plan.local, plan.gradient = reply.content["arrays"], reply.content[SEGMENT_GRADIENT]
+            plan.loss_sum = float(reply.content["metrics"]["loss-sum"])
         newest = self._newest_arrived(version, arrays)
         adopt = newest is not None and newest[0] > plan.adopted
         if adopt:
             plan.adopted = newest[0]
-        self._send_segment(plan, newest[1] if adopt else None, array_bytes(arrays))
+        self._send_segment(plan, newest[1] if adopt else plan.local, array_bytes(arrays))
         return True
 
     def _newest_arrived(self, version: int, arrays: ArrayRecord) -> tuple[int, ArrayRecord] | None:
@@ -177,8 +193,12 @@ class APSB(ALSGD):
             duration = plan.offsets[stop] - plan.offsets[plan.done]
         extra = {"segment-start": plan.done, "segment-steps": plan.segment,
                  "final": final, "task-seed": plan.seed}
+        if self.carry_state:
+            extra.update({"carry-state": True, "loss-sum": plan.loss_sum})
         message = self.instruction(arrays, self._config, plan.adopted, plan.client,
                                    model_bytes, SEGMENT, extra)
+        if plan.gradient is not None:
+            message.content[SEGMENT_GRADIENT] = plan.gradient
         self.loop.send([(message, plan.client, plan.segment, plan.adopted)],
                        model_bytes=array_bytes(arrays), duration=float(duration),
                        priority=0 if final else 1)
