@@ -67,28 +67,28 @@ def strategy_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     name = config["strategy"]
     staleness = staleness_function(config["staleness"], config["staleness-a"],
                                    config["staleness-b"])
-    rounds = {"round_timeout": config["round-timeout"]}
+    sync_common = {"round_timeout": config["round-timeout"]}
+    async_common = {"concurrency": config["concurrency"], "retry_backoff": config["retry-backoff"]}
     if name == "fedsgd":
-        return {**rounds, "fraction_train": config["fraction"], "lr": config["lr"]}
+        return {**sync_common, "fraction_train": config["fraction"], "lr": config["lr"]}
     if name in ("fedavg", "fedsgd-weights"):
-        return {**rounds, "fraction_train": config["fraction"]}
-    flowing = {"concurrency": config["concurrency"], "retry_backoff": config["retry-backoff"]}
+        return {**sync_common, "fraction_train": config["fraction"]}
     if name == "fedbuff":
-        return {**flowing, "buffer_size": config["buffer-size"], "client_returns": "delta",
+        return {**async_common, "buffer_size": config["buffer-size"], "client_returns": "delta",
                 "server_lr": config["server-lr"], "server_momentum": config["server-momentum"],
                 "staleness": staleness}
     if name == "fedasync":
-        return {**flowing, "mixing": config["mixing"], "staleness": staleness}
+        return {**async_common, "mixing": config["mixing"], "staleness": staleness}
     if name == "running-mean":
-        return flowing
+        return async_common
     if name in ("lsgd", "ssgd"):
-        return rounds
+        return sync_common
     if name in ("alsgd", "asgd"):
-        return {**flowing, "server_lr": config["lr"] * config["server-lr"]}
+        return {**async_common, "server_lr": config["lr"] * config["server-lr"]}
     if name == "esync":
-        return {**rounds, "global_lr": config["server-lr"], "eps": config["esync-eps"]}
+        return {**sync_common, "global_lr": config["server-lr"], "eps": config["esync-eps"]}
     if name == "apsb":
-        return {**flowing, "server_lr": config["lr"] * config["server-lr"],
+        return {**async_common, "server_lr": config["lr"] * config["server-lr"],
                 "broadcast_latency": config["broadcast-latency"], "chunk": config["apsb-chunk"]}
     raise ValueError(f"no settings for strategy {name!r}")
 
