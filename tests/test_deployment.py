@@ -68,7 +68,7 @@ def test_an_async_run_goes_on_when_a_node_dies_and_uses_it_again_when_it_is_back
         try:
             out = deployment.run({**RUN, "concurrency": 3, "num-server-rounds": 1000,
                                   "time-budget": 90.0, "reply-timeout": 20.0,
-                                  "max-faults": 0, "retry-backoff": 2.0,
+                                  "max-faults": 0, "retry-backoff": 1.0,
                                   "run-name": "node-lost", "output-dir": str(tmp_path / "out")},
                                  timeout=500)
         finally:
