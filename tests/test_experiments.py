@@ -66,10 +66,12 @@ def test_esync_experiment_reports_compute_shares(tmp_path):
 
     with (tmp_path / "es" / "table.csv").open() as f:
         rows = {r["strategy"]: r for r in csv.DictReader(f)}
-    assert set(rows) == {"esync", "ssgd", "asgd", "fedavg", "fedbuff"}
+    assert set(rows) == {"esync", "ssgd", "ssgd-deadline", "asgd", "fedavg", "fedbuff"}
     # SSGD: worker i computes c_i of every 8 s round; ESync keeps everyone busy
     assert rows["ssgd"]["compute_share_per_worker"] == "0.12 / 0.25 / 0.50 / 1.00"
     assert rows["esync"]["compute_share_per_worker"] == "1.00 / 1.00 / 1.00 / 1.00"
+    # a 4 s deadline: rounds of 4 s, the 8 s worker's work is always cut (then it is dropped)
+    assert rows["ssgd-deadline"]["compute_share_per_worker"] == "0.25 / 0.50 / 1.00 / 0.00"
     assert (tmp_path / "es" / "accuracy_vs_time.png").exists()
 
 
