@@ -39,6 +39,14 @@ def test_every_partition_deals_each_example_to_exactly_one_client(scheme):
     assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(LABELS)))
 
 
+def test_impossible_splits_are_refused_naming_the_settings():
+    with pytest.raises(ValueError, match="needs at least 1200 training examples"):
+        partition_indices(LABELS, 400, "shard", classes_per_client=3, seed=1)
+    with pytest.raises(ValueError, match="partition = pathological with num-clients = 5 and "
+                                         "classes-per-client = 20 cannot split 1000 examples"):
+        partition_indices(LABELS, 5, "pathological", classes_per_client=20, seed=1)
+
+
 def test_shard_partition_gives_each_client_its_shards_of_label_sorted_data():
     # 20 clients x 2 shards of 25 examples: with 100 examples per class no shard straddles two
     # classes, so every client holds exactly 2 x 25 examples of at most 2 classes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from datasets import Dataset
 from flwr_datasets.partitioner import (
@@ -59,6 +61,13 @@ def make_partitioner(
     if scheme == "shard":
         # McMahan et al.'s non-IID split: sort by label, cut into equal shards, deal each
         # client `classes_per_client` of them (a client sees about that many classes)
+        if num_examples < num_partitions * classes_per_client:
+            raise ValueError(
+                f"partition = shard with num-clients = {num_partitions} and "
+                f"classes-per-client = {classes_per_client} needs at least "
+                f"{num_partitions * classes_per_client} training examples (one per shard); "
+                f"the task has {num_examples}"
+            )
         return ShardPartitioner(
             num_partitions, partition_by="label", num_shards_per_partition=classes_per_client,
             seed=seed,
@@ -85,8 +94,16 @@ def partition_indices(
         partitioner.dataset = Dataset.from_dict(
             {"index": np.arange(len(labels)), "label": labels.astype(np.int64)}
         )
-        parts = [np.asarray(partitioner.load_partition(i)["index"])
-                 for i in range(num_partitions)]
+        try:
+            with warnings.catch_warnings():  # pyarrow's deprecation notice in flwr-datasets
+                warnings.simplefilter("ignore", FutureWarning)
+                parts = [np.asarray(partitioner.load_partition(i)["index"])
+                         for i in range(num_partitions)]
+        except ValueError as err:  # flwr-datasets' words, with our settings named first
+            setting = (f"alpha = {alpha}" if scheme == "dirichlet"
+                       else f"classes-per-client = {classes_per_client}")
+            raise ValueError(f"partition = {scheme} with num-clients = {num_partitions} and "
+                             f"{setting} cannot split {len(labels)} examples: {err}") from err
     empty = [i for i, part in enumerate(parts) if len(part) == 0]
     if empty:
         raise ValueError(
