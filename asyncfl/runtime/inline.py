@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from logging import WARNING
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -17,6 +18,7 @@ from uuid import uuid4
 import numpy as np
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -142,6 +144,10 @@ def simulate(
         return SimulationResult(out, json.loads((out / "summary.json").read_text()),
                                 validate_run_config({**overrides, "run-name": config["run-name"],
                                                      "output-dir": str(out.parent)}))
+    if config["clock"] == "wall":
+        log(WARNING, "clock = wall inline: ClientApps run one at a time in this process, so "
+            "their sleeps add up; for clients that really run side by side use "
+            "runtime='simulation' or a deployment")
     grid = grid_class(client_app, config, config["num-clients"])
     context = Context(run_id=1, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(),
                       run_config=config)
