@@ -130,7 +130,7 @@ class AsyncStrategy(AsyncflStrategy):
     #: the versions kept for clients in flight (FedBuff with weights replies)
     versions: VersionStore | None = None
 
-    def __init__(self, concurrency: int = 0, retry_backoff: float = 0.0, **kwargs) -> None:
+    def __init__(self, concurrency: int = 0, retry_backoff: float = 2.0, **kwargs) -> None:
         super().__init__(**kwargs)
         if concurrency < 0:
             raise ValueError(f"concurrency must be >= 0 (0 = every client), got {concurrency}")
