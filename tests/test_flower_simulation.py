@@ -9,7 +9,12 @@ import httpx
 import numpy as np
 
 import asyncfl
-from asyncfl.runtime.flower_run import group_members, local_superlink, stop_process_group
+from asyncfl.runtime.flower_run import (
+    group_members,
+    local_superlink,
+    process_stat,
+    stop_process_group,
+)
 from tests.helpers import read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,12 +57,16 @@ def test_local_superlink_is_stopped_by_pid_with_its_children():
     assert not home.exists()
 
 
+def zombie_children(pid: int) -> list[int]:
+    stats = {int(p.name): process_stat(int(p.name)) for p in Path("/proc").glob("[0-9]*")}
+    return [child for child, stat in stats.items() if stat and stat[:2] == ("Z", pid)]
+
+
 def test_a_zombie_does_not_count_as_a_live_member_of_a_stopped_group():
     # the shell's background child exits at once and is never reaped by `sleep`, its new parent
     process = subprocess.Popen(["sh", "-c", "sleep 0 & exec sleep 30"], start_new_session=True)
     deadline = time.monotonic() + 10
-    while not (zombies := [p for p in Path("/proc").glob("[0-9]*/stat")
-                           if _fields(p) == ("Z", str(process.pid))]):
+    while not (zombies := zombie_children(process.pid)):
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -67,11 +76,3 @@ def test_a_zombie_does_not_count_as_a_live_member_of_a_stopped_group():
     assert process.poll() is not None
     assert group_members(process.pid) == []
 
-
-def _fields(stat: Path) -> tuple[str, str]:
-    try:
-        text = stat.read_text()
-    except OSError:
-        return ("", "")
-    state, ppid = text[text.rindex(")") + 2:].split()[:2]
-    return (state, ppid)

@@ -107,6 +107,17 @@ def local_superlink(app_dir: Path) -> Iterator[tuple[subprocess.Popen, dict]]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+def process_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent PID, process group) of a process from /proc, or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the fields after the command name (which may hold spaces and parentheses)
+    state, ppid, pgrp = stat[stat.rindex(")") + 2:].split()[:3]
+    return state, int(ppid), int(pgrp)
+
+
 def group_members(pgid: int) -> list[int]:
     """PIDs of the live processes in process group `pgid`.
 
@@ -122,15 +133,8 @@ def group_members(pgid: int) -> list[int]:
         return [pgid]
     members = []
     for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # exited while we looked
-            continue
-        # fields after the command name (which may hold spaces): state ppid pgrp ...
-        state, _ppid, pgrp = stat[stat.rindex(")") + 2:].split()[:3]
-        if int(pgrp) == pgid and state not in ("Z", "X"):
+        stat = process_stat(int(entry.name)) if entry.name.isdigit() else None
+        if stat is not None and stat[2] == pgid and stat[0] not in ("Z", "X"):
             members.append(int(entry.name))
     return members
 

@@ -24,7 +24,9 @@ def resolve_device(name: str) -> str:
     if name == "cuda" and not cuda:
         raise ValueError("torch-device = 'cuda', but this process sees no CUDA device "
                          "(torch.cuda.is_available() is False); use 'cpu' or 'auto'")
-    return "cuda" if name == "auto" and cuda else "cpu" if name == "auto" else name
+    if name == "auto":
+        return "cuda" if cuda else "cpu"
+    return name
 
 
 @dataclass(frozen=True)

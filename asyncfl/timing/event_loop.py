@@ -288,14 +288,12 @@ class EventLoop:
             if not self.virtual and deadline is not None and self.wall_clock.now > deadline:
                 if self._pull(everything=True):
                     continue
-                pending = [self._in_flight[mid] for mid in self._waiting]
-                return self._miss_deadline(min(pending, key=lambda d: (d.sent_wall, d.client)),
-                                           self.virtual_clock.now)
+                return self._miss_deadline(self._oldest_waiting(), self.virtual_clock.now)
             if self.timeout is not None and time.monotonic() - waited_since > self.timeout:
                 if self._pull(everything=True):  # replies not asked for yet are not late
                     waited_since = time.monotonic()
                     continue
-                return self._give_up_oldest()
+                return self._give_up(self._oldest_waiting())
             time.sleep(self.poll_interval)
 
     def drain(self, deadline: float | None = None) -> list[Completion]:
@@ -311,13 +309,11 @@ class EventLoop:
         return self._in_flight[self._known[0][-1]]
 
     def _miss_deadline(self, dispatch: Dispatch, virtual_time: float) -> Completion:
-        """Give up a task at the deadline; a reply that comes later is ignored."""
+        """Give up a task at the deadline (`virtual_time`), even if its reply is in."""
         dispatch.virtual_finish = virtual_time
         dispatch.reply = None
         dispatch.reply_size = 0
-        self._known = [entry for entry in self._known if entry[-1] != dispatch.message_id]
-        heapq.heapify(self._known)
-        return replace(self._complete(dispatch), missed_deadline=True)
+        return replace(self._give_up(dispatch), missed_deadline=True)
 
     def _set_virtual_finish(self, dispatch: Dispatch, steps: int | None) -> None:
         duration = dispatch.duration
@@ -400,10 +396,14 @@ class EventLoop:
             bytes_up=dispatch.reply_size,
         )
 
-    def _give_up_oldest(self) -> Completion:
-        """Nothing arrived for `timeout` seconds: report the oldest unanswered task as failed."""
+    def _oldest_waiting(self) -> Dispatch:
+        """The unanswered task sent first (ties by client): the one to give up on."""
         pending = [self._in_flight[mid] for mid in self._waiting]
-        dispatch = min(pending, key=lambda d: (d.sent_wall, d.client))
+        return min(pending, key=lambda d: (d.sent_wall, d.client))
+
+    def _give_up(self, dispatch: Dispatch) -> Completion:
+        """Complete a task without (or regardless of) its reply: it leaves the virtual-time
+        order, and a reply that comes later is ignored."""
         self._known = [entry for entry in self._known if entry[-1] != dispatch.message_id]
         heapq.heapify(self._known)
         return self._complete(dispatch)
