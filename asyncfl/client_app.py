@@ -10,19 +10,40 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from asyncfl.config import validate_run_config
-from asyncfl.strategies.apsb import SEGMENT_GRADIENT
-from asyncfl.strategies.utils import (
+from asyncfl.protocol import (
+    ARRAYS,
+    BATCH_SIZE,
+    CARRY_STATE,
+    CLIENT_THREADS,
+    COMM_DELAY,
+    COMPUTE_TIME,
+    CONFIG,
+    FINAL,
+    GRADIENT,
+    LOCAL_EPOCHS,
+    LOCAL_STEPS,
+    LOSS_SUM,
+    LR,
+    METRICS,
     MODEL_VERSION,
     NUM_EXAMPLES,
+    PARTITION_ID,
+    RETURN,
+    SEGMENT_GRADIENT,
+    SEGMENT_START,
+    SEGMENT_STEPS,
+    STEP_DELAY,
+    STEPS,
+    TASK_SEED,
     TRAIN_LOSS,
+    WEIGHTS,
     arrays_to_record,
     record_to_arrays,
 )
 from asyncfl.tasks import TrainOutcome, TrainSettings, load_task
 from asyncfl.tasks.base import resolve_device
-from asyncfl.timing.event_loop import STEPS_METRIC
 
-PARTITION_ID = "partition-id"
+#: what a segmented task keeps in `context.state` between its segments
 SEGMENT_MODEL = "segment.local-model"
 SEGMENT_STATS = "segment.stats"
 
@@ -105,13 +126,13 @@ def client_device(context: Context) -> str:
 def settings_from(config: ConfigRecord, **overrides) -> TrainSettings:
     """The training settings a train instruction carries."""
     fields = dict(
-        lr=float(config["lr"]),
-        local_epochs=int(config.get("local-epochs", 1)),
-        local_steps=int(config.get("local-steps", 0)),
-        batch_size=int(config.get("batch-size", 0)),
-        returns=str(config.get("return", "weights")),
-        seed=int(config.get("task-seed", 0)),
-        threads=int(config.get("client-threads", 1)),
+        lr=float(config[LR]),
+        local_epochs=int(config.get(LOCAL_EPOCHS, 1)),
+        local_steps=int(config.get(LOCAL_STEPS, 0)),
+        batch_size=int(config.get(BATCH_SIZE, 0)),
+        returns=str(config.get(RETURN, WEIGHTS)),
+        seed=int(config.get(TASK_SEED, 0)),
+        threads=int(config.get(CLIENT_THREADS, 1)),
     )
     return TrainSettings(**{**fields, **overrides})
 
@@ -132,8 +153,8 @@ def run_task(
     started = time.perf_counter()
     outcome = task.train(start, partition_id(context), settings)
     compute_time = time.perf_counter() - started
-    step_delay = context.node_config.get("step-delay", config.get("step-delay", 0.0))
-    injected = float(step_delay) * outcome.steps + float(config.get("comm-delay", 0.0))
+    step_delay = context.node_config.get(STEP_DELAY, config.get(STEP_DELAY, 0.0))
+    injected = float(step_delay) * outcome.steps + float(config.get(COMM_DELAY, 0.0))
     if injected > 0:
         time.sleep(injected)
     return outcome, compute_time + injected
@@ -142,28 +163,28 @@ def run_task(
 def train_reply(msg: Message, context: Context, arrays: dict | None, metrics: dict) -> Message:
     """A reply with the arrays (if any, corrupted if the client is injected to) and the
     metrics."""
-    content = RecordDict({"metrics": MetricRecord(metrics)})
+    content = RecordDict({METRICS: MetricRecord(metrics)})
     if arrays is not None:
         fault = injected_fault(run_config(context), partition_id(context))
         if fault in ("nan", "shape"):
             arrays = corrupt(arrays, fault)
-        content["arrays"] = arrays_to_record(arrays)
+        content[ARRAYS] = arrays_to_record(arrays)
     return Message(content=content, reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train from the received model and reply with weights, delta or gradient."""
-    config = msg.content["config"]
+    config = msg.content[CONFIG]
     settings = settings_from(config, device=client_device(context))
-    start = record_to_arrays(msg.content["arrays"])
+    start = record_to_arrays(msg.content[ARRAYS])
     outcome, seconds = run_task(context, config, start, settings)
     return train_reply(msg, context, outcome.reply(start, settings.returns), {
         NUM_EXAMPLES: outcome.num_examples,
         TRAIN_LOSS: outcome.train_loss,
-        STEPS_METRIC: outcome.steps,
+        STEPS: outcome.steps,
         MODEL_VERSION: int(config.get(MODEL_VERSION, 0)),
-        "compute-time": seconds,
+        COMPUTE_TIME: seconds,
     })
 
 
@@ -177,17 +198,17 @@ def train_segment(msg: Message, context: Context) -> Message:
     holds that state instead: a segment's reply carries the local model, the gradient so far
     and the loss sum, and the next segment brings them back. The last segment replies with
     the accumulated gradient."""
-    config = msg.content["config"]
+    config = msg.content[CONFIG]
     state = context.state
-    first = int(config["segment-start"]) == 0
-    carry = bool(config.get("carry-state", False))
-    if "arrays" in msg.content:
-        local = record_to_arrays(msg.content["arrays"])
+    first = int(config[SEGMENT_START]) == 0
+    carry = bool(config.get(CARRY_STATE, False))
+    if ARRAYS in msg.content:
+        local = record_to_arrays(msg.content[ARRAYS])
     else:
         local = record_to_arrays(state[SEGMENT_MODEL])
     settings = settings_from(config, device=client_device(context),
-                             local_steps=int(config["segment-steps"]),
-                             skip_steps=int(config["segment-start"]), returns="gradient")
+                             local_steps=int(config[SEGMENT_STEPS]),
+                             skip_steps=int(config[SEGMENT_START]), returns=GRADIENT)
     outcome, seconds = run_task(context, config, local, settings)
     gradient = outcome.gradient
     losses = outcome.train_loss * outcome.steps
@@ -195,19 +216,19 @@ def train_segment(msg: Message, context: Context) -> Message:
         earlier = record_to_arrays(msg.content[SEGMENT_GRADIENT] if carry
                                    else state[SEGMENT_GRADIENT])
         gradient = {k: earlier[k] + v for k, v in gradient.items()}
-        losses += float(config["loss-sum"] if carry else state[SEGMENT_STATS]["loss-sum"])
-    steps = int(config["segment-start"]) + outcome.steps
-    if not bool(config["final"]):
-        progress = {STEPS_METRIC: outcome.steps, "compute-time": seconds}
+        losses += float(config[LOSS_SUM] if carry else state[SEGMENT_STATS][LOSS_SUM])
+    steps = int(config[SEGMENT_START]) + outcome.steps
+    if not bool(config[FINAL]):
+        progress = {STEPS: outcome.steps, COMPUTE_TIME: seconds}
         if carry:
             return Message(RecordDict({
-                "arrays": arrays_to_record(outcome.weights),
+                ARRAYS: arrays_to_record(outcome.weights),
                 SEGMENT_GRADIENT: arrays_to_record(gradient),
-                "metrics": MetricRecord({**progress, "loss-sum": losses}),
+                METRICS: MetricRecord({**progress, LOSS_SUM: losses}),
             }), reply_to=msg)
         state[SEGMENT_MODEL] = arrays_to_record(outcome.weights)
         state[SEGMENT_GRADIENT] = arrays_to_record(gradient)
-        state[SEGMENT_STATS] = MetricRecord({"loss-sum": losses})
+        state[SEGMENT_STATS] = MetricRecord({LOSS_SUM: losses})
         return train_reply(msg, context, None, progress)
     for key in (SEGMENT_MODEL, SEGMENT_GRADIENT, SEGMENT_STATS):
         if key in state:
@@ -215,9 +236,9 @@ def train_segment(msg: Message, context: Context) -> Message:
     return train_reply(msg, context, gradient, {
         NUM_EXAMPLES: outcome.num_examples,
         TRAIN_LOSS: losses / steps,
-        STEPS_METRIC: steps,
+        STEPS: steps,
         MODEL_VERSION: int(config.get(MODEL_VERSION, 0)),
-        "compute-time": seconds,
+        COMPUTE_TIME: seconds,
     })
 
 
@@ -227,4 +248,4 @@ def query(msg: Message, context: Context) -> Message:
     task = load_task(run_config(context))
     pid = partition_id(context)
     metrics = MetricRecord({PARTITION_ID: pid, NUM_EXAMPLES: task.partition_size(pid)})
-    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+    return Message(content=RecordDict({METRICS: metrics}), reply_to=msg)

@@ -16,13 +16,28 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from asyncfl.config import validate_run_config
+from asyncfl.protocol import NUM_EXAMPLES, PARTITION_ID, QUERY, arrays_to_record, record_to_arrays
 from asyncfl.results import default_run_name, run_dir, write_results
-from asyncfl.strategies import STRATEGIES, AsyncflStrategy, staleness_function
+from asyncfl.strategies import (
+    STRATEGIES,
+    AsyncflStrategy,
+    Checkpointer,
+    EvaluationSchedule,
+    ReplyGuard,
+    staleness_function,
+)
 from asyncfl.strategies.checkpoint import CheckpointError, load_checkpoint
-from asyncfl.strategies.utils import EVENT_COLUMNS, arrays_to_record, record_to_arrays
+from asyncfl.strategies.recorder import EVENT_COLUMNS
 from asyncfl.tasks import load_task
 from asyncfl.tasks.base import resolve_device
-from asyncfl.timing import DelayModel, VirtualClock, WallClock, draw_step_times, profile_step_times
+from asyncfl.timing import (
+    DelayModel,
+    PhaseTimer,
+    VirtualClock,
+    WallClock,
+    draw_step_times,
+    profile_step_times,
+)
 from asyncfl.timing.delays import parse_profile, read_trace
 
 NODE_WAIT_SECONDS = 120.0
@@ -96,17 +111,19 @@ def strategy_settings(config: Mapping[str, Any]) -> dict[str, Any]:
 def make_strategy(
     config: Mapping[str, Any], delays: DelayModel, node_ids: list[int],
     partition_sizes: list[int] | None = None, resume: dict | None = None,
+    phases: PhaseTimer | None = None,
 ) -> AsyncflStrategy:
-    """The strategy named in the run config, with the run's clock and delay model."""
+    """The strategy named in the run config, with the run's clock, delay model, reply guard,
+    evaluation schedule and checkpoints."""
     clock = VirtualClock() if config["clock"] == "virtual" else WallClock()
     return STRATEGIES[config["strategy"]](
-        clock=clock, delays=delays, seed=config["seed"],
-        time_budget=config["time-budget"],
-        eval_every=config["eval-every"], eval_interval=config["eval-interval"],
-        max_faults=config["max-faults"], norm_bound=config["update-norm-bound"],
-        norm_action=config["norm-action"], checkpoint_every=config["checkpoint-every"],
-        checkpoint_path=run_dir(config) / CHECKPOINT, resume=resume,
-        node_ids=node_ids, partition_sizes=partition_sizes,
+        clock=clock, delays=delays, seed=config["seed"], time_budget=config["time-budget"],
+        node_ids=node_ids, partition_sizes=partition_sizes, phases=phases,
+        guard=ReplyGuard(config["max-faults"], config["update-norm-bound"],
+                         config["norm-action"]),
+        evaluation=EvaluationSchedule(config["eval-every"], config["eval-interval"]),
+        checkpoints=Checkpointer(run_dir(config) / CHECKPOINT, config["checkpoint-every"],
+                                 resume, meta={"config": dict(config)}),
         **strategy_settings(config),
     )
 
@@ -139,7 +156,7 @@ def discover_clients(
                 f"{wait:.0f} s (simulation: pass --federation-config num-supernodes={num_clients})"
             )
         time.sleep(0.5)
-    queries = [Message(RecordDict(), node, "query") for node in nodes]
+    queries = [Message(RecordDict(), node, QUERY) for node in nodes]
     pending = set(grid.push_messages(queries))
     by_partition: dict[int, int] = {}
     sizes: dict[int, int] = {}
@@ -150,9 +167,9 @@ def discover_clients(
             pending.discard(reply.metadata.reply_to_message_id)
             if not reply.has_error():
                 metrics = reply.content["metrics"]
-                pid = int(metrics["partition-id"])
+                pid = int(metrics[PARTITION_ID])
                 by_partition[pid] = reply.metadata.src_node_id
-                sizes[pid] = int(metrics["num-examples"])
+                sizes[pid] = int(metrics[NUM_EXAMPLES])
         if pending:
             time.sleep(0.01)
     if sorted(by_partition)[:num_clients] != list(range(num_clients)):
@@ -183,6 +200,8 @@ def resume_payload(config: Mapping[str, Any]) -> dict:
 def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
     """Run the configured strategy on the Grid and write the results folder."""
     began = time.perf_counter()
+    phases = PhaseTimer()
+    phases.enter("setup")
     config = dict(config)
     if not config["run-name"]:
         config["run-name"] = default_run_name(config)
@@ -193,9 +212,7 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
     delays = make_delays(config)
     device = resolve_device(config["torch-device"])
     node_ids, sizes = discover_clients(grid, config["num-clients"])
-    strategy = make_strategy(config, delays, node_ids, sizes, resume)
-    strategy.checkpoint_meta = {"config": dict(config)}
-    strategy.phases.lap("setup", began)
+    strategy = make_strategy(config, delays, node_ids, sizes, resume, phases)
 
     def evaluate(version: int, arrays: ArrayRecord) -> MetricRecord:
         return MetricRecord(task.evaluate(record_to_arrays(arrays), device))
@@ -209,17 +226,18 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
         evaluate_fn=evaluate, timeout=config["reply-timeout"],
     )
     wall = time.monotonic() - started
-    finishing = time.perf_counter()
-    traffic = strategy.loop.traffic
-    comm = strategy.communication()
-    events = strategy.run_log.applied()
+    phases.enter("results")
+    recorder = strategy.recorder
+    totals = recorder.totals
+    traffic, comm = totals.traffic, totals.algorithm
+    events = recorder.applied()
     updates = len(events)
     staleness = [row["staleness"] for row in events]
     summary = {
         "strategy": config["strategy"],
         "task": config["task"],
         "clock": config["clock"],
-        "virtual_time": strategy.loop.virtual_clock.now,
+        "virtual_time": totals.virtual_time,
         "wall_time": wall,
         "mean_staleness": sum(staleness) / updates if updates else None,
         "max_staleness": max(staleness, default=None),
@@ -234,29 +252,29 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
         "comm_messages_up": comm.replies_received,
         "comm_bytes_down": comm.bytes_down,
         "comm_bytes_up": comm.bytes_up,
-        "skipped_replies": sum(strategy.run_log.failures.values()),
-        "skipped_by_reason": dict(strategy.run_log.failures),
-        "dropped_clients": sorted(strategy.dropped),
-        "ignored_replies": strategy.loop.ignored_replies,
+        "skipped_replies": sum(recorder.failures.values()),
+        "skipped_by_reason": dict(recorder.failures),
+        "dropped_clients": totals.dropped,
+        "ignored_replies": totals.ignored_replies,
     }
     counts = Counter(row["client"] for row in events)
     clients = [
-        {"client": i, "node_id": node, "step_time": float(strategy.delays.step_times[i]),
+        {"client": i, "node_id": node, "step_time": float(delays.step_times[i]),
          "num_examples": sizes[i] if sizes else None, "updates": counts[i]}
         for i, node in enumerate(node_ids)
     ]
 
     def finalize(summary: dict) -> None:
         """The ServerApp's time by phase, up to writing summary.json."""
-        strategy.phases.lap("results", finishing)
+        phases.enter(None)
         summary["server_wall_time"] = time.perf_counter() - began
-        summary["server_phases"] = strategy.phases.as_dict()
+        summary["server_phases"] = phases.as_dict()
 
     write_results(
-        out, config, events=strategy.run_log.events, event_columns=EVENT_COLUMNS,
-        evals=strategy.run_log.evals,
+        out, config, events=recorder.events, event_columns=EVENT_COLUMNS,
+        evals=recorder.evals,
         clients=clients, final_arrays=record_to_arrays(result.arrays), summary=summary,
-        tables=strategy.run_log.tables, finalize=finalize,
+        tables=recorder.tables, finalize=finalize,
     )
     log(INFO, "asyncfl: results written to %s", out.resolve())
     return out

@@ -27,7 +27,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from asyncfl.config import validate_run_config
-from asyncfl.strategies.utils import arrays_to_record
+from asyncfl.protocol import arrays_to_record
 from asyncfl.tasks import load_task
 
 app = ServerApp()

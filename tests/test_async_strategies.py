@@ -78,10 +78,10 @@ def test_fedasync_with_a_1_returns_the_newest_client_model():
     strategy = FedAsync(mixing=1.0, staleness=constant, clock=VirtualClock(),
                         delays=DelayModel(np.array([1.0, 1.7, 2.9])))
     _, result = run_plain(strategy)
-    last = strategy.run_log.events[-1]
+    last = strategy.recorder.events[-1]
     # the newest client model is 10 (c + 1) + 0.5 w_start, w_start the model it started from
     starts = {0: 0.0}
-    for row in strategy.run_log.events[:-1]:
+    for row in strategy.recorder.events[:-1]:
         starts[row["version_apply"]] = 10.0 * (row["client"] + 1) + 0.5 * starts[
             row["version_dispatch"]]
     expected = 10.0 * (last["client"] + 1) + 0.5 * starts[last["version_dispatch"]]
@@ -92,7 +92,7 @@ def test_fedbuff_runs_with_a_plain_flower_client_app():
     """Swap FedAvg for FedBuff in a ServerApp whose ClientApp knows nothing of asyncfl."""
     strategy = FedBuff(buffer_size=2, concurrency=2, staleness=constant)
     _, result = run_plain(strategy, n=3, versions=4)
-    events = strategy.run_log.events
+    events = strategy.recorder.events
     assert len(events) == 8 and {row["client"] for row in events} <= {0, 1, 2}
     # wall clock, one-by-one inline replies: check the rule on the recorded sequence
     w, deltas, models = 0.0, [], {0: 0.0}

@@ -9,9 +9,10 @@ from hypothesis import strategies as st
 
 import asyncfl
 from asyncfl.config import validate_run_config
+from asyncfl.protocol import DELTA
 from asyncfl.server_app import make_delays
-from asyncfl.strategies import ESync
-from asyncfl.strategies.esync import WorkerState, allocate_steps, step_allowed
+from asyncfl.strategies.esync import ESyncRule, WorkerState, allocate_steps, step_allowed
+from asyncfl.strategies.model_state import ModelState
 from tests.helpers import read_rows
 
 
@@ -64,17 +65,23 @@ def test_constant_step_times_follow_the_closed_form(step_times, eps):
         assert (k + 1) * c > (target + eps) * (1 - 1e-9)
 
 
-def test_statistics_are_averaged_parameters_stepped():
-    strategy = ESync(global_lr=0.5)
+def test_parameters_are_stepped_and_statistics_follow_the_one_rule():
+    rule = ESyncRule(global_lr=0.5)
     global_arrays = {"w": np.zeros(2, np.float32), "bn.running_mean": np.ones(2, np.float32),
                      "bn.num_batches_tracked": np.array(10)}
     deltas = [{"w": np.full(2, 2.0, np.float32), "bn.running_mean": np.full(2, 1.0, np.float32),
                "bn.num_batches_tracked": np.array(4)},
               {"w": np.full(2, 4.0, np.float32), "bn.running_mean": np.full(2, 3.0, np.float32),
                "bn.num_batches_tracked": np.array(4)}]
-    new = strategy.combine(global_arrays, deltas, [7.0, 1.0])  # example counts are ignored
-    assert new["w"].tolist() == [1.5, 1.5]  # 0 + 0.5 * mean(2, 4)
-    assert new["bn.running_mean"].tolist() == [3.0, 3.0]  # 1 + mean(1, 3): the clients' mean
+    state = ModelState(global_arrays)
+    for delta, examples in zip(deltas, [3.0, 1.0], strict=True):
+        state.add(delta, DELTA, None, examples)
+    parameters = rule.combine(state.parameters(global_arrays),
+                              [state.parameters(d) for d in deltas], [3.0, 1.0])
+    new = state.new_version(global_arrays, parameters)
+    assert new["w"].tolist() == [1.5, 1.5]  # 0 + 0.5 * mean(2, 4): example counts ignored
+    assert new["bn.running_mean"].tolist() == [2.5, 2.5]  # 1 + (3 * 1 + 1 * 3) / 4, no lr
+    assert new["bn.num_batches_tracked"].dtype == np.int64
     assert int(new["bn.num_batches_tracked"]) == 14
 
 

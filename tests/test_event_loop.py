@@ -2,9 +2,9 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from asyncfl.protocol import train_instruction
 from asyncfl.runtime.inline import InlineGrid
 from asyncfl.strategies import FedAvg
-from asyncfl.strategies.utils import train_instruction
 from asyncfl.timing import DelayModel, EventLoop, VirtualClock
 
 plain_app = ClientApp()

@@ -5,8 +5,8 @@ import pytest
 
 import asyncfl
 from asyncfl.config import ConfigError
+from asyncfl.protocol import record_to_arrays
 from asyncfl.strategies import APSB, STRATEGIES
-from asyncfl.strategies.utils import record_to_arrays
 from asyncfl.tasks import TrainSettings, load_task
 from tests.helpers import read_rows
 
@@ -49,25 +49,34 @@ def test_ssgd_is_lsgd_with_one_step(out):
 
 
 class RecordingAPSB(APSB):
-    """APSB that remembers every global model, segment and push, for an independent replay."""
+    """APSB that remembers every global model, segment and push, for an independent replay
+    (spies on its task sender, its dispatcher and its rule)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.models, self.segments, self.pushes = {}, [], []
 
-    def on_new_version(self, version, arrays):
-        super().on_new_version(version, arrays)
-        self.models[version] = record_to_arrays(arrays)
+    def tasks(self, parts):
+        instruction, fold = parts.dispatcher.instruction, self.rule.fold
 
-    def instruction(self, arrays, config, version, client, model_bytes, message_type="train",
-                    extra=None):
-        self.segments.append((client, dict(extra), version, arrays is not None))
-        return super().instruction(arrays, config, version, client, model_bytes, message_type,
-                                   extra)
+        def recorded_instruction(arrays, version, client, model_bytes, **kwargs):
+            self.segments.append((client, dict(kwargs["extra"]), version, arrays is not None))
+            return instruction(arrays, version, client, model_bytes, **kwargs)
 
-    def apply(self, global_arrays, update, num_examples, staleness, base):
-        self.pushes.append({k: v.copy() for k, v in update.items()})
-        return super().apply(global_arrays, update, num_examples, staleness, base)
+        def recorded_fold(global_arrays, update, num_examples, staleness):
+            self.pushes.append({k: v.copy() for k, v in update.items()})
+            return fold(global_arrays, update, num_examples, staleness)
+
+        parts.dispatcher.instruction, self.rule.fold = recorded_instruction, recorded_fold
+        tasks = super().tasks(parts)
+        new_version = tasks.new_version
+
+        def recorded_version(version, arrays):
+            new_version(version, arrays)
+            self.models[version] = record_to_arrays(arrays)
+
+        tasks.new_version = recorded_version
+        return tasks
 
 
 def test_a_broadcast_resets_the_worker_mid_task(out, monkeypatch):

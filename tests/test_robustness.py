@@ -12,8 +12,8 @@ import asyncfl
 from asyncfl.client_app import _faulty_clients
 from asyncfl.config import DEFAULTS, SETTINGS_BY_KEY, ConfigError, validate_run_config
 from asyncfl.runtime.inline import InlineGrid
-from asyncfl.strategies import FedAvg
-from asyncfl.strategies.async_base import MAX_BACKOFF, backoff_seconds
+from asyncfl.strategies import FedAvg, ReplyGuard
+from asyncfl.strategies.dispatch import MAX_BACKOFF, backoff_seconds
 from asyncfl.strategies.utils import check_reply, update_norm, weighted_average
 from tests.helpers import read_rows
 from tests.test_async_strategies import plain_app
@@ -89,17 +89,17 @@ def test_duplicate_and_unknown_replies_are_ignored_and_counted(out):
 
 @pytest.mark.parametrize("action", ["clip", "reject"])
 def test_update_norm_bound(action):
-    strategy = FedAvg(norm_bound=1.0, norm_action=action)
+    strategy = FedAvg(guard=ReplyGuard(norm_bound=1.0, norm_action=action))
     grid = InlineGrid(plain_app, {}, 3)
     start = np.zeros(4, dtype=np.float64)
     result = strategy.start(grid, ArrayRecord([start]), num_rounds=1)
     new = result.arrays.to_numpy_ndarrays()[0]
     if action == "clip":  # every client's update clipped to norm 1, then averaged
         assert update_norm({"0": new - start}) == pytest.approx(1.0)
-        assert strategy.run_log.failures == {}
+        assert strategy.recorder.failures == {}
     else:
         assert np.array_equal(new, start)
-        assert strategy.run_log.failures == {"update too large": 3}
+        assert strategy.recorder.failures == {"update too large": 3}
 
 
 # --- fuzzed run configs: a clear error naming the key, or a valid config ---------------

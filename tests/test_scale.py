@@ -27,9 +27,9 @@ def test_stored_model_versions_stay_bounded_by_clients_in_flight():
                        clock=VirtualClock(), delays=delays)
     grid = CountingGrid(plain_app, {}, clients)
     strategy.start(grid, ArrayRecord([np.zeros(1000, dtype=np.float32)]), num_rounds=100)
-    assert len(strategy.run_log.events) == 300
+    assert len(strategy.recorder.events) == 300
     # versions are kept only while a client started from them is in flight
-    assert 1 <= strategy.versions.peak <= in_flight
+    assert 1 <= strategy.recorder.totals.versions_kept_peak <= in_flight
     # and the Grid never held more messages than the tasks in flight
     assert grid.peak == in_flight
 
@@ -40,5 +40,5 @@ def test_running_mean_keeps_no_per_client_model_copies():
                            delays=DelayModel(np.ones(clients)))
     grid = CountingGrid(plain_app, {}, clients)
     strategy.start(grid, ArrayRecord([np.zeros(4)]), num_rounds=50)
-    assert strategy.versions.peak == 0  # the rule needs no base models
+    assert strategy.recorder.totals.versions_kept_peak == 0  # the rule needs no base models
     assert grid.peak == 10

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flwr.app import Array
 
-from asyncfl.strategies.utils import array_to_numpy, numpy_to_array
+from asyncfl.protocol import array_to_numpy, numpy_to_array
 
 CASES = [
     np.arange(12, dtype=np.float32).reshape(3, 4),

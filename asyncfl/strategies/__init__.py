@@ -8,14 +8,16 @@ with any ClientApp that answers a train message with one ArrayRecord and a Metri
 from asyncfl.strategies.alsgd import ALSGD
 from asyncfl.strategies.apsb import APSB
 from asyncfl.strategies.asgd import ASGD
-from asyncfl.strategies.async_base import AsyncStrategy
-from asyncfl.strategies.base import AsyncflStrategy, SyncStrategy
+from asyncfl.strategies.base import AsyncflStrategy, AsyncStrategy, SyncStrategy
+from asyncfl.strategies.checkpoint import Checkpointer
 from asyncfl.strategies.esync import ESync
+from asyncfl.strategies.evaluation import EvaluationSchedule
 from asyncfl.strategies.fedasync import FedAsync
 from asyncfl.strategies.fedavg import FedAvg
 from asyncfl.strategies.fedbuff import FedBuff
 from asyncfl.strategies.fedsgd import FedSGD
 from asyncfl.strategies.fedsgd_weights import FedSGDWeights
+from asyncfl.strategies.guard import ReplyGuard
 from asyncfl.strategies.lsgd import LSGD
 from asyncfl.strategies.running_mean import RunningMean
 from asyncfl.strategies.ssgd import SSGD
@@ -39,7 +41,7 @@ STRATEGIES: dict[str, type[AsyncflStrategy]] = {
 
 __all__ = [
     "ALSGD", "APSB", "ASGD", "ESync", "LSGD", "SSGD", "STRATEGIES", "AsyncStrategy",
-    "AsyncflStrategy", "FedAsync", "FedAvg", "FedBuff", "FedSGD", "FedSGDWeights", "RunningMean",
-    "SyncStrategy",
+    "AsyncflStrategy", "Checkpointer", "EvaluationSchedule", "FedAsync", "FedAvg", "FedBuff",
+    "FedSGD", "FedSGDWeights", "ReplyGuard", "RunningMean", "SyncStrategy",
     "constant", "hinge", "polynomial", "staleness_function",
 ]

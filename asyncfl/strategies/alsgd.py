@@ -2,36 +2,44 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from asyncfl.strategies.async_base import AsyncStrategy
+from asyncfl.protocol import GRADIENT
+from asyncfl.strategies.base import AsyncStrategy
+from asyncfl.strategies.runner import Arrays
 from asyncfl.strategies.utils import gradient_step
 
 
-class ALSGD(AsyncStrategy):
-    r"""Asynchronous local SGD.
-
-    Every worker runs K local SGD iterations from the model it last received and pushes its
-    accumulated gradient G_i = sum_k g_k; the server steps at once and sends the new model
-    back to that worker only:
+class GradientStepRule:
+    r"""Step at once on each worker's accumulated gradient G_i (the sum of its K local
+    gradients), with server learning rate gamma:
 
     .. math::
         w_{t+1} = w_t - \gamma G_i
+    """
+
+    update_kind = GRADIENT
+    state_fields = ()
+
+    def __init__(self, server_lr: float) -> None:
+        if not server_lr > 0:
+            raise ValueError(f"server_lr must be > 0, got {server_lr}")
+        self.server_lr = server_lr
+
+    def fold(self, global_arrays: Arrays, update: Arrays, num_examples: float,
+             staleness: int) -> Arrays:
+        return gradient_step(global_arrays, update, self.server_lr)
+
+
+class ALSGD(AsyncStrategy):
+    """Asynchronous local SGD: every worker runs K local SGD iterations from the model it last
+    received and pushes its accumulated gradient; the server steps at once
+    (`GradientStepRule`) and sends the new model back to that worker only.
 
     With gamma equal to the workers' learning rate (the default in the app: `lr` x
     `server-lr` with `server-lr` = 1) the server adds exactly the worker's own displacement.
     """
 
-    reply_kind = "gradient"
+    reply_kind = GRADIENT
 
-    def __init__(self, server_lr: float, concurrency: int = 0, **kwargs) -> None:
-        super().__init__(concurrency, **kwargs)
-        if not server_lr > 0:
-            raise ValueError(f"server_lr must be > 0, got {server_lr}")
-        self.server_lr = server_lr
-
-    def apply(
-        self, global_arrays: dict[str, np.ndarray], update: dict[str, np.ndarray],
-        num_examples: float, staleness: int, base: dict[str, np.ndarray] | None,
-    ) -> dict[str, np.ndarray] | None:
-        return gradient_step(global_arrays, update, self.server_lr)
+    def __init__(self, server_lr: float, concurrency: int = 0, **options) -> None:
+        super().__init__(concurrency, **options)
+        self.rule = GradientStepRule(server_lr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from asyncfl.protocol import LOCAL_STEPS
 from asyncfl.strategies.alsgd import ALSGD
 
 
@@ -9,4 +10,4 @@ class ASGD(ALSGD):
     r"""Asynchronous SGD: a worker pushes one minibatch gradient g computed at the model it
     last received, and :math:`w \leftarrow w - \gamma g`."""
 
-    fixed_train_config = {"local-steps": 1}
+    fixed_train_config = {LOCAL_STEPS: 1}

@@ -63,3 +63,31 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             "sha256"):
         raise CheckpointError(f"{path} is corrupt or truncated (checksum mismatch)")
     return pickle.loads(body)
+
+
+class Checkpointer:
+    """Every `every` versions, the runner's whole state goes to `path` (with `meta`, what the
+    caller wants kept beside it, e.g. its config); `resume` is a loaded payload to continue
+    from (see `load_checkpoint`)."""
+
+    def __init__(self, path: str | Path, every: int = 0, resume: dict[str, Any] | None = None,
+                 meta: dict[str, Any] | None = None) -> None:
+        if every < 0:
+            raise ValueError(f"checkpoint every must be >= 0 (0: never), got {every}")
+        self.path = Path(path)
+        self.every = every
+        self.resume = resume
+        self.meta = meta or {}
+
+    def due(self, version: int) -> bool:
+        return self.every > 0 and version % self.every == 0
+
+    def save(self, payload: dict[str, Any]) -> None:
+        save_checkpoint(self.path, {**payload, "meta": self.meta})
+
+    def resumed(self, strategy: str) -> dict[str, Any] | None:
+        """The payload to continue from, if any, checked to be of this strategy."""
+        if self.resume is not None and self.resume["strategy"] != strategy:
+            raise CheckpointError(f"the checkpoint is of {self.resume['strategy']}, not "
+                                  f"{strategy}")
+        return self.resume

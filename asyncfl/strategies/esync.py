@@ -4,22 +4,21 @@ Centers")."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message
-from flwr.serverapp import Grid
+from flwr.app import MetricRecord
 
+from asyncfl.protocol import COMPUTE_TIME, DELTA, STEPS
 from asyncfl.strategies.base import SyncStrategy
+from asyncfl.strategies.recorder import RunRecorder
+from asyncfl.strategies.runner import Arrays
 from asyncfl.strategies.utils import weighted_average
-from asyncfl.timing import array_bytes
+from asyncfl.timing import EventLoop
 
 # relative slack when comparing sums of step times, so 1 + 1 + 1 + 1 <= 4 holds in floats
 _TIE = 1e-9
-
-#: model entries that are statistics, not parameters: averaged, never scaled by global_lr
-STATISTIC_MARKERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 @dataclass(frozen=True)
@@ -71,113 +70,98 @@ def allocate_steps(
     return steps
 
 
-class ESync(SyncStrategy):
-    r"""ESync: synchronous rounds with straggler-aware local step counts.
-
-    Every round, all n workers start from w; the state server gives worker i k_i local steps
-    (:func:`allocate_steps`) so that all arrive at about the slowest worker's time, and the
-    parameter server averages their deltas, unweighted:
+class ESyncRule:
+    r"""The parameter server's step: the workers' deltas averaged, unweighted, and scaled by
+    the global learning rate gamma_g,
 
     .. math::
         w \leftarrow w + \gamma_g \frac{1}{n} \sum_i \Delta_i
-
-    Statistics such as batch-norm running means are averaged (never scaled by gamma_g).
-    In virtual time the rule runs step by step on the delay model's (jittered) step times.
-    With a wall clock the first round probes with one step each; later rounds use the
-    per-step times the workers measured in the previous round. The state table is kept
-    per round in `run_log.tables["esync_state"]`.
     """
 
-    reply_kind = "delta"
-    checkpoint_fields = ("_measured", "_tasks_started")
+    update_kind = DELTA
+    state_fields = ()
 
-    def __init__(self, *, global_lr: float = 1.0, eps: float = 0.0, **kwargs) -> None:
-        super().__init__(1.0, **kwargs)
-        if not global_lr > 0 or eps < 0:
-            raise ValueError("global_lr must be > 0 and eps >= 0")
+    def __init__(self, global_lr: float = 1.0) -> None:
+        if not global_lr > 0:
+            raise ValueError(f"global_lr must be > 0, got {global_lr}")
         self.global_lr = global_lr
-        self.eps = eps
-        self._measured: dict[int, float] = {}
-        self._tasks_started: dict[int, int] = {}
-        self._plan: dict[int, tuple[int, float]] = {}
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Every worker, each with the step count the state server allocates."""
-        assert self.delays is not None
-        settings = self.train_settings(config)
-        size = array_bytes(arrays)
-        clients = range(self.num_clients)
-        if self.clock.kind == "virtual":
-            times = {c: self._step_times(c) for c in clients}
-            steps = allocate_steps([WorkerState(float(times[c](0))) for c in clients],
-                                   self.eps, lambda i, k: float(times[i](k)))
-            durations = [float(sum(times[c](k) for k in range(steps[c])))
-                         + self.delays.comm_time(2 * size) for c in clients]
-        else:
-            if len(self._measured) < self.num_clients:  # probe round: one step each
-                steps = [1] * self.num_clients
-            else:
-                steps = allocate_steps([WorkerState(self._measured[c]) for c in clients],
-                                       self.eps)
-            durations = [None] * self.num_clients
-        self._plan = {c: (steps[c], durations[c]) for c in clients}
-        self.run_log.tables.setdefault("esync_state", []).extend(
-            {"round": server_round, "client": c, "steps": steps[c],
-             "step_time": self._measured.get(c) if self.clock.kind == "wall"
-             else float(self.delays.step_times[c])}
-            for c in clients
-        )
-        return [self.instruction(arrays, {**settings, "local-steps": steps[c]},
-                                 server_round - 1, c, size) for c in clients]
-
-    def _step_times(self, client: int) -> Callable[[int], float]:
-        """Durations of this client's steps in its next task (jittered, drawn on demand)."""
-        assert self.delays is not None
-        number = self._tasks_started.get(client, 0)
-        self._tasks_started[client] = number + 1
-        drawn: list[float] = []
-
-        def step(k: int) -> float:
-            if k >= len(drawn):
-                more = max(2 * len(drawn), k + 1, 8)
-                drawn[:] = self.delays.step_times_of_task(client, number, more).tolist()
-            return drawn[k]
-
-        return step
-
-    def send_round(self, messages, settings: dict, server_round: int) -> None:
-        """Push the round with each worker's own step count and (virtual) duration."""
-        assert self.loop is not None
-        for message in messages:
-            client = self._client_of_node[message.metadata.dst_node_id]
-            steps, duration = self._plan[client]
-            self.loop.send([(message, client, steps, server_round - 1)], duration=duration)
-
-    def record_update(self, completion, metrics, version_at_arrival: int,
-                      version_after: int) -> None:
-        """Also remember the worker's measured per-step time, for the next round's rule
-        under a wall clock."""
-        super().record_update(completion, metrics, version_at_arrival, version_after)
-        steps = max(1, int(metrics.get("local-steps", 1)))
-        self._measured[completion.client] = float(metrics.get("compute-time", 0.0)) / steps
-
-    def combine(
-        self,
-        global_arrays: dict[str, np.ndarray],
-        client_arrays: list[dict[str, np.ndarray]],
-        weights: list[float],
-    ) -> dict[str, np.ndarray]:
+    def combine(self, global_arrays: Arrays, updates: list[Arrays],
+                num_examples: list[float]) -> Arrays:
         mean_delta = weighted_average(
-            [{k: v.astype(np.float64) for k, v in d.items()} for d in client_arrays],
-            [1.0] * len(client_arrays),
+            [{k: v.astype(np.float64) for k, v in d.items()} for d in updates],
+            [1.0] * len(updates),
         )
-        out = {}
-        for key, value in global_arrays.items():
-            scale = 1.0 if any(m in key for m in STATISTIC_MARKERS) else self.global_lr
-            new = value + scale * mean_delta[key]
-            out[key] = (np.rint(new) if not np.issubdtype(value.dtype, np.floating)
-                        else new).astype(value.dtype)
-        return out
+        return {key: (value + self.global_lr * mean_delta[key]).astype(value.dtype)
+                for key, value in global_arrays.items()}
 
+
+class StateServer:
+    """ESync's state server: each round, the local steps of every worker taking part.
+
+    In virtual time `allocate_steps` runs step by step on the delay model's (jittered) step
+    times of each worker's next task. With a wall clock the first round probes with one step
+    each; later rounds use the per-step times the workers measured in their last task
+    (compute time / steps of each applied reply). Each round's table is kept in the
+    recorder as `esync_state`.
+    """
+
+    def __init__(self, eps: float, recorder: RunRecorder) -> None:
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        self.eps = eps
+        self.recorder = recorder
+        self.measured: dict[int, float] = {}
+
+    def steps(self, server_round: int, clients: list[int], loop: EventLoop) -> dict[int, int]:
+        if loop.virtual:
+            times = [_lazy_step_times(loop, c) for c in clients]
+            steps = allocate_steps([WorkerState(t(0)) for t in times], self.eps,
+                                   lambda i, k: times[i](k))
+        elif all(c in self.measured for c in clients):
+            steps = allocate_steps([WorkerState(self.measured[c]) for c in clients], self.eps)
+        else:  # probe round: one step each
+            steps = [1] * len(clients)
+        self.recorder.tables.setdefault("esync_state", []).extend(
+            {"round": server_round, "client": c, "steps": k,
+             "step_time": float(loop.delays.step_times[c]) if loop.virtual
+             else self.measured.get(c)}
+            for c, k in zip(clients, steps, strict=True))
+        return dict(zip(clients, steps, strict=True))
+
+    def observe(self, client: int, metrics: MetricRecord) -> None:
+        """Remember the worker's measured per-step time (for the wall-clock rule)."""
+        steps = max(1, int(metrics.get(STEPS, 1)))
+        self.measured[client] = float(metrics.get(COMPUTE_TIME, 0.0)) / steps
+
+    def snapshot(self) -> dict:
+        return {"measured": dict(self.measured)}
+
+    def restore(self, state: dict) -> None:
+        self.measured = dict(state["measured"])
+
+
+def _lazy_step_times(loop: EventLoop, client: int) -> Callable[[int], float]:
+    """Durations of the client's next task's steps, drawn as far as they are asked for."""
+    drawn: list[float] = []
+
+    def step(k: int) -> float:
+        if k >= len(drawn):
+            drawn[:] = loop.step_times(client, max(2 * len(drawn), k + 1, 8)).tolist()
+        return drawn[k]
+
+    return step
+
+
+class ESync(SyncStrategy):
+    """ESync: synchronous rounds with straggler-aware local step counts. Every round all
+    workers start from w; the state server (`StateServer`, `allocate_steps`) gives worker i
+    k_i local steps so that all arrive at about the slowest worker's time, and the parameter
+    server applies `ESyncRule`."""
+
+    reply_kind = DELTA
+
+    def __init__(self, *, global_lr: float = 1.0, eps: float = 0.0, **options) -> None:
+        super().__init__(1.0, **options)
+        self.rule = ESyncRule(global_lr)
+        self.step_plan = StateServer(eps, self.recorder)

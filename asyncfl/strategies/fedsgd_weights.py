@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from asyncfl.protocol import BATCH_SIZE, LOCAL_STEPS
 from asyncfl.strategies.fedavg import FedAvg
 
 
@@ -9,7 +10,7 @@ class FedSGDWeights(FedAvg):
     r"""FedSGD expressed as FedAvg with a single full-batch step.
 
     Each sampled client takes one SGD step over its whole partition, w_i = w_t - eta g_i, and
-    returns w_i; the server averages by example counts:
+    returns w_i; the server averages by example counts (`FedAvgRule`):
 
     .. math::
         w_{t+1} = \sum_i \frac{n_i}{n} (w_t - \eta g_i) = w_t - \eta \sum_i \frac{n_i}{n} g_i
@@ -18,4 +19,4 @@ class FedSGDWeights(FedAvg):
     the same sampled clients).
     """
 
-    fixed_train_config = {"local-steps": 1, "batch-size": 0}
+    fixed_train_config = {LOCAL_STEPS: 1, BATCH_SIZE: 0}

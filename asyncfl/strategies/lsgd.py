@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
-import numpy as np
-
+from asyncfl.protocol import WEIGHTS
 from asyncfl.strategies.base import SyncStrategy
+from asyncfl.strategies.runner import Arrays
 from asyncfl.strategies.utils import weighted_average
 
 
-class LSGD(SyncStrategy):
-    r"""Synchronous local SGD.
-
-    Every round all n workers run K local SGD iterations from the global model w_t (K =
-    `local-steps`) and the server averages their models, each worker counting equally:
+class LSGDRule:
+    r"""The plain mean of the workers' models, each worker counting equally:
 
     .. math::
         w_{t+1} = \frac{1}{n} \sum_{i=1}^{n} w_i
     """
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__(1.0, **kwargs)
+    update_kind = WEIGHTS
+    state_fields = ()
 
-    def combine(
-        self,
-        global_arrays: dict[str, np.ndarray],
-        client_arrays: list[dict[str, np.ndarray]],
-        weights: list[float],
-    ) -> dict[str, np.ndarray]:
-        return weighted_average(client_arrays, [1.0] * len(client_arrays))
+    def combine(self, global_arrays: Arrays, updates: list[Arrays],
+                num_examples: list[float]) -> Arrays:
+        return weighted_average(updates, [1.0] * len(updates))
+
+
+class LSGD(SyncStrategy):
+    """Synchronous local SGD: every round all workers run K local SGD iterations from the
+    global model (K = `local-steps`) and the server averages them (`LSGDRule`)."""
+
+    def __init__(self, **options) -> None:
+        super().__init__(1.0, **options)
+        self.rule = LSGDRule()

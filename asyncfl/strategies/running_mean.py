@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from asyncfl.strategies.async_base import AsyncStrategy
+from asyncfl.protocol import WEIGHTS
+from asyncfl.strategies.base import AsyncStrategy
+from asyncfl.strategies.runner import Arrays
 
 
-class RunningMean(AsyncStrategy):
-    r"""Asynchronous averaging of client values, repeats included.
-
-    After the v-th arrival, with x_j the j-th value received (a fast client counts each time
-    it reports):
+class RunningMeanRule:
+    r"""After the v-th arrival, with x_j the j-th value received (a fast client counts each
+    time it reports):
 
     .. math::
         \hat\mu_v = \frac{1}{v} \sum_{j=1}^{v} x_j
@@ -19,21 +19,28 @@ class RunningMean(AsyncStrategy):
     The sum is kept in float64, so the estimate is exact to float64 rounding at every version.
     """
 
-    reply_kind = "weights"
-    checkpoint_fields = ("_sum", "_count")
+    update_kind = WEIGHTS
+    state_fields = ("total", "count")
 
-    def __init__(self, concurrency: int = 0, **kwargs) -> None:
-        super().__init__(concurrency, **kwargs)
-        self._sum: dict[str, np.ndarray] = {}
-        self._count = 0
+    def __init__(self) -> None:
+        self.total: Arrays = {}
+        self.count = 0
 
-    def apply(
-        self, global_arrays: dict[str, np.ndarray], update: dict[str, np.ndarray],
-        num_examples: float, staleness: int, base: dict[str, np.ndarray] | None,
-    ) -> dict[str, np.ndarray] | None:
-        self._count += 1
+    def fold(self, global_arrays: Arrays, update: Arrays, num_examples: float,
+             staleness: int) -> Arrays:
+        self.count += 1
         new = {}
         for key, value in update.items():
-            self._sum[key] = self._sum.get(key, 0.0) + value.astype(np.float64)
-            new[key] = (self._sum[key] / self._count).astype(global_arrays[key].dtype)
+            self.total[key] = self.total.get(key, 0.0) + value.astype(np.float64)
+            new[key] = (self.total[key] / self.count).astype(global_arrays[key].dtype)
         return new
+
+
+class RunningMean(AsyncStrategy):
+    """Asynchronous averaging of client values, repeats included (`RunningMeanRule`)."""
+
+    reply_kind = WEIGHTS
+
+    def __init__(self, concurrency: int = 0, **options) -> None:
+        super().__init__(concurrency, **options)
+        self.rule = RunningMeanRule()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from asyncfl.protocol import LOCAL_STEPS
 from asyncfl.strategies.lsgd import LSGD
 
 
@@ -12,4 +13,4 @@ class SSGD(LSGD):
         w_{t+1} = \frac{1}{n} \sum_i (w_t - \eta g_i) = w_t - \eta \frac{1}{n} \sum_i g_i
     """
 
-    fixed_train_config = {"local-steps": 1}
+    fixed_train_config = {LOCAL_STEPS: 1}

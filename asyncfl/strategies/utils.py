@@ -1,32 +1,19 @@
-"""Rules and helpers shared by every strategy: sampling, averaging, reply checks, run log.
-
-The rules are pure functions of numpy arrays so they can be tested on their own; the Flower
-messaging around them lives in the strategy modules.
-"""
+"""Pure rules shared by several strategies: sampling, shuffling seeds, averaging, gradient
+steps, reply checks and update norms. numpy in, numpy out: testable on their own."""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import math
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from logging import WARNING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.common.logger import log
+from flwr.app import MetricRecord
 
-NUM_EXAMPLES = "num-examples"
-TRAIN_LOSS = "train-loss"
-MODEL_VERSION = "model-version"
+from asyncfl.protocol import MODEL_VERSION, NUM_EXAMPLES
 
-EVENT_COLUMNS = (
-    "version_apply", "version_dispatch", "staleness", "client", "virtual_time", "wall_time",
-    "dispatch_time", "duration", "steps", "num_examples", "train_loss", "bytes_down",
-    "bytes_up", "comm_messages", "comm_bytes", "rejected",
-)
+#: the most examples a reply may claim when the client's partition size is unknown
+MAX_EXAMPLES = 10**9
 
 
 def sample_size(fraction: float, num_clients: int) -> int:
@@ -44,63 +31,6 @@ def task_seed(seed: int, version: int, client: int) -> int:
     """Seed for a client's local shuffling, fixed by (run seed, model version, client)."""
     digest = hashlib.blake2b(f"{seed}:{version}:{client}".encode(), digest_size=7).digest()
     return int.from_bytes(digest, "little")
-
-
-_NPY_MAGIC = b"\x93NUMPY"
-
-
-def array_to_numpy(array: Array) -> np.ndarray:
-    """A read-only numpy view of a serialized Array, without parsing the .npy header.
-
-    Flower stores numpy arrays as .npy bytes; `Array.numpy()` re-parses the header with
-    `ast.literal_eval` and copies the data, which dominates small messages. The shape and dtype
-    are on the Array already, so C-ordered data is viewed in place; anything else (Fortran
-    order, another serialization, a size that does not add up) goes through `Array.numpy()`.
-    """
-    data = array.data
-    if array.stype == "numpy.ndarray" and data[:6] == _NPY_MAGIC:
-        length_bytes = 2 if data[6] == 1 else 4
-        start = 8 + length_bytes
-        header_end = start + int.from_bytes(data[8:start], "little")
-        if b"'fortran_order': False" in data[start:header_end]:
-            dtype = np.dtype(array.dtype)
-            count = math.prod(array.shape)
-            if not dtype.hasobject and len(data) - header_end == count * dtype.itemsize:
-                view = np.frombuffer(data, dtype=dtype, count=count, offset=header_end)
-                return view.reshape(tuple(array.shape))
-    return array.numpy()
-
-
-_npy_headers: dict[tuple[str, tuple[int, ...]], bytes] = {}
-
-
-def numpy_to_array(value: np.ndarray) -> Array:
-    """A Flower Array holding exactly the .npy bytes `np.save` writes, built from a cached
-    header per (dtype, shape): the header is the costly part of `np.save` for small arrays."""
-    value = np.ascontiguousarray(value)
-    key = (value.dtype.str, value.shape)
-    header = _npy_headers.get(key)
-    if header is None:
-        buffer = io.BytesIO()
-        np.save(buffer, value, allow_pickle=False)
-        header = buffer.getvalue()[: buffer.tell() - value.nbytes]
-        if len(_npy_headers) < 4096:
-            _npy_headers[key] = header
-    return Array(dtype=str(value.dtype), shape=tuple(value.shape), stype="numpy.ndarray",
-                 data=header + value.tobytes())
-
-
-def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """The arrays of an ArrayRecord by key, as (read-only) numpy arrays."""
-    return {key: array_to_numpy(array) for key, array in record.items()}
-
-
-def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    """An ArrayRecord that keeps the keys (and so works with torch state_dicts)."""
-    record = ArrayRecord()
-    for key, value in arrays.items():
-        record[key] = numpy_to_array(value)
-    return record
 
 
 def weighted_average(
@@ -122,38 +52,9 @@ def weighted_average(
 def gradient_step(
     arrays: dict[str, np.ndarray], gradient: dict[str, np.ndarray], lr: float
 ) -> dict[str, np.ndarray]:
-    """w - lr * g per array (float arrays only move; integer buffers are kept)."""
-    out = {}
-    for key, value in arrays.items():
-        if np.issubdtype(value.dtype, np.floating):
-            out[key] = (value - np.asarray(lr, dtype=value.dtype) * gradient[key]).astype(
-                value.dtype
-            )
-        else:
-            out[key] = value
-    return out
-
-
-def reply_records(reply: Message) -> tuple[ArrayRecord, MetricRecord]:
-    """The single ArrayRecord and MetricRecord of a train reply (Flower's FedAvg contract)."""
-    arrays = [r for r in reply.content.values() if isinstance(r, ArrayRecord)]
-    metrics = [r for r in reply.content.values() if isinstance(r, MetricRecord)]
-    if len(arrays) != 1 or len(metrics) != 1:
-        raise ValueError(f"expected one ArrayRecord and one MetricRecord in the reply, found "
-                         f"{len(arrays)} and {len(metrics)}")
-    return arrays[0], metrics[0]
-
-
-def parse_reply(reply: Message) -> tuple[dict[str, np.ndarray], MetricRecord]:
-    """The arrays and metrics of a train reply (raises ValueError if it is malformed)."""
-    try:
-        arrays, metrics = reply_records(reply)
-        return record_to_arrays(arrays), metrics
-    except TypeError as err:
-        raise ValueError(str(err)) from err
-
-
-MAX_EXAMPLES = 10**9
+    """w - lr * g per (floating-point) array, in the array's own dtype."""
+    return {key: (value - np.asarray(lr, dtype=value.dtype) * gradient[key]).astype(value.dtype)
+            for key, value in arrays.items()}
 
 
 def check_reply(
@@ -189,35 +90,3 @@ def update_norm(update: dict[str, np.ndarray]) -> float:
     """The L2 norm of an update over all its floating-point arrays."""
     return math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64)))
                          for v in update.values() if np.issubdtype(v.dtype, np.floating)))
-
-
-def train_instruction(
-    arrays: ArrayRecord | None, config: ConfigRecord, node_id: int, group_id: str,
-    message_type: str = "train",
-) -> Message:
-    """A train message carrying its config and, unless None, a model."""
-    content = RecordDict({"config": config} if arrays is None
-                         else {"arrays": arrays, "config": config})
-    return Message(content=content, dst_node_id=node_id, message_type=message_type,
-                   group_id=group_id)
-
-
-@dataclass
-class RunLog:
-    """What a strategy did: one row per applied update, per evaluation, and every skip."""
-
-    events: list[dict] = field(default_factory=list)
-    evals: list[dict] = field(default_factory=list)
-    failures: Counter = field(default_factory=Counter)
-    #: further per-run tables a strategy keeps (written as <name>.csv), e.g. ESync's state
-    tables: dict[str, list[dict]] = field(default_factory=dict)
-
-    def skip(self, client: int, version: int, reason: str) -> None:
-        """Count and log a reply that was not applied."""
-        kind = reason.split(":")[0]
-        self.failures[kind] += 1
-        log(WARNING, "skipped reply of client %d at version %d: %s", client, version, reason)
-
-    def applied(self) -> list[dict]:
-        """The events of updates that were applied (not the rejected replies)."""
-        return [row for row in self.events if not row.get("rejected")]

@@ -107,8 +107,8 @@ class ClassificationTask(Task):
             losses.append(loss.item())
         weights = state_to_arrays(model)
         gradient = None
-        if track:
-            gradient = {k: grad_sum[k].cpu().numpy() if k in grad_sum else np.zeros_like(v)
+        if track:  # a buffer (batch-norm statistic) has no gradient: its change stands in
+            gradient = {k: grad_sum[k].cpu().numpy() if k in grad_sum else v - arrays[k]
                         for k, v in weights.items()}
         return TrainOutcome(weights, gradient, len(index), float(np.mean(losses)), len(losses))
 

@@ -2,7 +2,7 @@
 
 from asyncfl.timing.clocks import Clock, VirtualClock, WallClock
 from asyncfl.timing.delays import DelayModel, draw_step_times, profile_step_times, zero_delays
-from asyncfl.timing.event_loop import Completion, EventLoop, TrafficCounters, array_bytes
+from asyncfl.timing.event_loop import Completion, EventLoop, TaskTiming, TrafficCounters
 from asyncfl.timing.phases import PhaseTimer
 
 __all__ = [
@@ -11,10 +11,10 @@ __all__ = [
     "DelayModel",
     "EventLoop",
     "PhaseTimer",
+    "TaskTiming",
     "TrafficCounters",
     "VirtualClock",
     "WallClock",
-    "array_bytes",
     "draw_step_times",
     "profile_step_times",
     "zero_delays",

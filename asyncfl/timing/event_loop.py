@@ -23,28 +23,15 @@ from dataclasses import dataclass, field, replace
 from logging import WARNING
 from typing import Any
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+import numpy as np
+from flwr.app import Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from asyncfl.protocol import message_bytes, reply_steps
 from asyncfl.timing.clocks import Clock, VirtualClock, WallClock
 from asyncfl.timing.delays import DelayModel
-
-STEPS_METRIC = "local-steps"
-
-
-def array_bytes(arrays: ArrayRecord | None) -> int:
-    """Serialized size of an ArrayRecord's arrays (what travels over the network)."""
-    if arrays is None:
-        return 0
-    return sum(len(array.data) for array in arrays.values())
-
-
-def message_bytes(message: Message) -> int:
-    """Serialized array bytes carried by a message (0 for an error reply)."""
-    if message.has_error():
-        return 0
-    return sum(array_bytes(r) for r in message.content.values() if isinstance(r, ArrayRecord))
+from asyncfl.timing.phases import PhaseTimer
 
 
 @dataclass
@@ -59,7 +46,6 @@ class Dispatch:
     sent_wall: float
     steps: int | None
     bytes_down: int
-    reply_bytes: int
     tag: Any = None
     priority: int = 0
     duration: float | None = None
@@ -70,9 +56,37 @@ class Dispatch:
     message: Message | None = None  # kept while in flight, for checkpoints
 
 
+@dataclass
+class TaskTiming:
+    """A task planned step by step at dispatch (for tasks sent in segments): offset k is when
+    iteration k begins, in seconds from the task's start (offset K: compute done); the reply
+    lands `duration` after the start (compute plus communication)."""
+
+    client: int
+    number: int
+    start: float
+    offsets: np.ndarray
+    duration: float
+
+    @property
+    def steps(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def end(self) -> float:
+        return self.start + self.duration
+
+    def segment_duration(self, first: int, stop: int) -> float:
+        """Seconds from the start of iteration `first` until iteration `stop` begins, or
+        until the reply lands when `stop` ends the task."""
+        if stop == self.steps:
+            return float(self.duration - self.offsets[first])
+        return float(self.offsets[stop] - self.offsets[first])
+
+
 # Dispatch fields a checkpoint keeps (the rest is rebuilt when the task is sent again)
 SNAPSHOT_FIELDS = ("client", "task_number", "sent_virtual", "steps", "bytes_down",
-                   "reply_bytes", "tag", "priority", "duration", "virtual_finish")
+                   "tag", "priority", "duration", "virtual_finish")
 
 
 @dataclass
@@ -139,6 +153,8 @@ class EventLoop:
     poll_interval: float = 0.01
     timeout: float | None = None
     traffic: TrafficCounters = field(default_factory=TrafficCounters)
+    #: where the server's time goes: the loop marks dispatching and waiting, callers the rest
+    phases: PhaseTimer = field(default_factory=PhaseTimer)
 
     def __post_init__(self) -> None:
         self.virtual = isinstance(self.clock, VirtualClock)
@@ -162,23 +178,53 @@ class EventLoop:
     def busy(self, node_id: int) -> bool:
         return node_id in self._busy_nodes
 
+    def step_times(self, client: int, steps: int) -> np.ndarray:
+        """The durations of the first `steps` steps of the client's next task (a longer call
+        extends a shorter one), for a rule that plans step counts from them (ESync)."""
+        return self.delays.step_times_of_task(client, self._task_numbers.get(client, 0), steps)
+
+    def plan_task(self, client: int, steps: int, model_bytes: int) -> TaskTiming:
+        """Start the client's next task of `steps` steps, to be sent in segments with
+        `send_segment`; its timing is fixed now (a model down and a model-sized reply up)."""
+        times = self.step_times(client, steps)
+        number = self._next_task_number(client)
+        return TaskTiming(client, number, self.virtual_clock.now,
+                          np.concatenate([[0.0], np.cumsum(times)]),
+                          float(times.sum()) + self.delays.comm_time(2 * model_bytes))
+
+    def send_segment(self, message: Message, plan: TaskTiming, first: int, stop: int,
+                     tag: Any, model_bytes: int) -> Dispatch:
+        """Push iterations [first, stop) of a planned task. Among replies due at the same
+        virtual time a task's last segment comes before continuations."""
+        final = stop == plan.steps
+        (dispatch,) = self._push([(message, plan.client, stop - first, tag)], model_bytes,
+                                 task_number=plan.number,
+                                 duration=plan.segment_duration(first, stop),
+                                 priority=0 if final else 1)
+        return dispatch
+
     def send(
-        self,
-        items: Iterable[tuple[Message, int, int | None, Any]],
-        reply_bytes: int | None = None,
+        self, items: Iterable[tuple[Message, int, int | None, Any]],
         model_bytes: int | None = None,
-        duration: float | None = None,
-        priority: int = 0,
     ) -> list[Dispatch]:
-        """Push (message, client, steps or None, tag) items in one batch.
+        """Push (message, client, steps or None, tag) items in one batch, each a new task.
 
         `steps` known at dispatch fixes the virtual finish time now; None lets the reply's
-        `local-steps` metric decide it; an explicit `duration` overrides the delay model.
-        `model_bytes`, if the caller knows it, is the array size of every message of the
-        batch; `reply_bytes` is the upload size the delay model charges (default: the size
-        of the model sent). Among replies due at the same virtual time, lower `priority`
-        comes first, then lower client index.
+        `local-steps` metric decide it. `model_bytes`, if the caller knows it, is the array
+        size of every message of the batch (the delay model charges a reply of that size too).
         """
+        return self._push(items, model_bytes)
+
+    def _next_task_number(self, client: int) -> int:
+        number = self._task_numbers.get(client, 0)
+        self._task_numbers[client] = number + 1
+        return number
+
+    def _push(
+        self, items: Iterable[tuple[Message, int, int | None, Any]], model_bytes: int | None,
+        task_number: int | None = None, duration: float | None = None, priority: int = 0,
+    ) -> list[Dispatch]:
+        self.phases.enter("dispatch")
         items = list(items)
         for message, _, _, _ in items:
             if message.metadata.dst_node_id in self._busy_nodes:
@@ -192,18 +238,16 @@ class EventLoop:
         sent = []
         for message_id, (message, client, steps, tag) in zip(ids, items, strict=True):
             down = message_bytes(message) if model_bytes is None else model_bytes
-            number = self._task_numbers.get(client, 0)
-            self._task_numbers[client] = number + 1
             dispatch = Dispatch(
                 message_id=message_id,
                 node_id=message.metadata.dst_node_id,
                 client=client,
-                task_number=number,
+                task_number=(self._next_task_number(client) if task_number is None
+                             else task_number),
                 sent_virtual=now_virtual,
                 sent_wall=now_wall,
                 steps=steps,
                 bytes_down=down,
-                reply_bytes=down if reply_bytes is None else reply_bytes,
                 tag=tag,
                 priority=priority,
                 duration=duration,
@@ -271,6 +315,7 @@ class EventLoop:
         return None once the clock passes it with nothing ready: the caller has work then."""
         if not self._in_flight:
             raise RuntimeError("no task in flight")
+        self.phases.enter("wait")
         waited_since = time.monotonic()
         while True:
             late = self._late(deadline)
@@ -318,7 +363,7 @@ class EventLoop:
     def _set_virtual_finish(self, dispatch: Dispatch, steps: int | None) -> None:
         duration = dispatch.duration
         if duration is None:
-            moved = dispatch.bytes_down + dispatch.reply_bytes
+            moved = 2 * dispatch.bytes_down  # the model down, a model-sized reply up
             duration = self.delays.task_time(dispatch.client, steps or 0, dispatch.task_number,
                                              moved)
         dispatch.virtual_finish = dispatch.sent_virtual + duration
@@ -408,11 +453,3 @@ class EventLoop:
         heapq.heapify(self._known)
         return self._complete(dispatch)
 
-
-def reply_steps(reply: Message | None, fallback: int | None) -> int:
-    """Local steps a reply says it ran; else the steps dispatched; else 1."""
-    if reply is not None and not reply.has_error():
-        for record in reply.content.values():
-            if isinstance(record, MetricRecord) and STEPS_METRIC in record:
-                return int(record[STEPS_METRIC])
-    return fallback if fallback is not None else 1

@@ -7,16 +7,19 @@ from collections import defaultdict
 
 
 class PhaseTimer:
-    """Seconds per named phase. `lap(name, since)` charges the time since `since` to `name`
-    and returns now, so consecutive laps cover a stretch of code without gaps."""
+    """Seconds per named phase. `enter(name)` charges the time since the previous call to the
+    phase entered then, so the phases cover a run without gaps; `enter(None)` stops."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self._phase: str | None = None
+        self._since = time.perf_counter()
 
-    def lap(self, name: str, since: float) -> float:
+    def enter(self, name: str | None) -> None:
         now = time.perf_counter()
-        self.seconds[name] += now - since
-        return now
+        if self._phase is not None:
+            self.seconds[self._phase] += now - self._since
+        self._phase, self._since = name, now
 
     def as_dict(self) -> dict[str, float]:
         return dict(sorted(self.seconds.items()))

@@ -1,0 +1,179 @@
+"""The message contract between asyncfl's strategies and a ClientApp: every record key, the
+message types, what a train instruction and its reply carry, and how arrays travel.
+
+A train instruction is a `train` (or `train.segment`) message with a ConfigRecord `config` and,
+unless it continues a segmented task on the worker's own model, an ArrayRecord `arrays`. Its
+reply holds one ArrayRecord and one MetricRecord (Flower's FedAvg contract) with at least
+`num-examples`; asyncfl's ClientApp adds the train loss, the steps it ran, the model version it
+started from and the seconds the task represents. Nothing here imports the rest of asyncfl.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+# message types
+TRAIN = "train"
+#: part of a task: iterations [segment-start, segment-start + segment-steps) (APSB)
+SEGMENT = "train.segment"
+QUERY = "query"
+
+# records of a message
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+#: the accumulated gradient a segmented task carries between segments (with carry-state)
+SEGMENT_GRADIENT = "segment.gradient"
+
+# train config keys (server -> client)
+LR = "lr"
+LOCAL_STEPS = "local-steps"
+LOCAL_EPOCHS = "local-epochs"
+BATCH_SIZE = "batch-size"
+CLIENT_THREADS = "client-threads"
+RETURN = "return"
+TASK_SEED = "task-seed"
+STEP_DELAY = "step-delay"
+COMM_DELAY = "comm-delay"
+SEGMENT_START = "segment-start"
+SEGMENT_STEPS = "segment-steps"
+FINAL = "final"
+CARRY_STATE = "carry-state"
+
+# what a client returns (`return`)
+WEIGHTS = "weights"
+DELTA = "delta"
+GRADIENT = "gradient"
+RETURN_KINDS = (WEIGHTS, DELTA, GRADIENT)
+
+# metrics (client -> server); MODEL_VERSION and LOSS_SUM also travel in the config
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+STEPS = LOCAL_STEPS  # the local steps a task ran
+MODEL_VERSION = "model-version"
+COMPUTE_TIME = "compute-time"
+LOSS_SUM = "loss-sum"
+PARTITION_ID = "partition-id"
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    """A parsed train reply: its arrays by key and its metrics."""
+
+    arrays: dict[str, np.ndarray]
+    metrics: MetricRecord
+
+
+def train_instruction(
+    arrays: ArrayRecord | None, config: ConfigRecord, node_id: int, group_id: str,
+    message_type: str = TRAIN,
+) -> Message:
+    """A train message carrying its config and, unless None, a model."""
+    content = RecordDict({CONFIG: config} if arrays is None
+                         else {ARRAYS: arrays, CONFIG: config})
+    return Message(content=content, dst_node_id=node_id, message_type=message_type,
+                   group_id=group_id)
+
+
+def reply_records(reply: Message) -> tuple[ArrayRecord, MetricRecord]:
+    """The single ArrayRecord and MetricRecord of a train reply (Flower's FedAvg contract)."""
+    arrays = [r for r in reply.content.values() if isinstance(r, ArrayRecord)]
+    metrics = [r for r in reply.content.values() if isinstance(r, MetricRecord)]
+    if len(arrays) != 1 or len(metrics) != 1:
+        raise ValueError(f"expected one ArrayRecord and one MetricRecord in the reply, found "
+                         f"{len(arrays)} and {len(metrics)}")
+    return arrays[0], metrics[0]
+
+
+def parse_reply(reply: Message) -> TrainReply:
+    """The arrays and metrics of a train reply (raises ValueError if it is malformed)."""
+    try:
+        arrays, metrics = reply_records(reply)
+        return TrainReply(record_to_arrays(arrays), metrics)
+    except TypeError as err:
+        raise ValueError(str(err)) from err
+
+
+def reply_steps(reply: Message | None, fallback: int | None) -> int:
+    """Local steps a reply says it ran; else the steps dispatched; else 1."""
+    if reply is not None and not reply.has_error():
+        for record in reply.content.values():
+            if isinstance(record, MetricRecord) and STEPS in record:
+                return int(record[STEPS])
+    return fallback if fallback is not None else 1
+
+
+def array_bytes(arrays: ArrayRecord | None) -> int:
+    """Serialized size of an ArrayRecord's arrays (what travels over the network)."""
+    if arrays is None:
+        return 0
+    return sum(len(array.data) for array in arrays.values())
+
+
+def message_bytes(message: Message) -> int:
+    """Serialized array bytes carried by a message (0 for an error reply)."""
+    if message.has_error():
+        return 0
+    return sum(array_bytes(r) for r in message.content.values() if isinstance(r, ArrayRecord))
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def array_to_numpy(array: Array) -> np.ndarray:
+    """A read-only numpy view of a serialized Array, without parsing the .npy header.
+
+    Flower stores numpy arrays as .npy bytes; `Array.numpy()` re-parses the header with
+    `ast.literal_eval` and copies the data, which dominates small messages. The shape and dtype
+    are on the Array already, so C-ordered data is viewed in place; anything else (Fortran
+    order, another serialization, a size that does not add up) goes through `Array.numpy()`.
+    """
+    data = array.data
+    if array.stype == "numpy.ndarray" and data[:6] == _NPY_MAGIC:
+        length_bytes = 2 if data[6] == 1 else 4
+        start = 8 + length_bytes
+        header_end = start + int.from_bytes(data[8:start], "little")
+        if b"'fortran_order': False" in data[start:header_end]:
+            dtype = np.dtype(array.dtype)
+            count = math.prod(array.shape)
+            if not dtype.hasobject and len(data) - header_end == count * dtype.itemsize:
+                view = np.frombuffer(data, dtype=dtype, count=count, offset=header_end)
+                return view.reshape(tuple(array.shape))
+    return array.numpy()
+
+
+_npy_headers: dict[tuple[str, tuple[int, ...]], bytes] = {}
+
+
+def numpy_to_array(value: np.ndarray) -> Array:
+    """A Flower Array holding exactly the .npy bytes `np.save` writes, built from a cached
+    header per (dtype, shape): the header is the costly part of `np.save` for small arrays."""
+    value = np.ascontiguousarray(value)
+    key = (value.dtype.str, value.shape)
+    header = _npy_headers.get(key)
+    if header is None:
+        buffer = io.BytesIO()
+        np.save(buffer, value, allow_pickle=False)
+        header = buffer.getvalue()[: buffer.tell() - value.nbytes]
+        if len(_npy_headers) < 4096:
+            _npy_headers[key] = header
+    return Array(dtype=str(value.dtype), shape=tuple(value.shape), stype="numpy.ndarray",
+                 data=header + value.tobytes())
+
+
+def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """The arrays of an ArrayRecord by key, as (read-only) numpy arrays."""
+    return {key: array_to_numpy(array) for key, array in record.items()}
+
+
+def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """An ArrayRecord that keeps the keys (and so works with torch state_dicts)."""
+    record = ArrayRecord()
+    for key, value in arrays.items():
+        record[key] = numpy_to_array(value)
+    return record

@@ -1,0 +1,149 @@
+"""The asynchronous loop every async strategy shares: keep M clients busy, fold in each update
+as it lands (virtual-finish order or arrival order), re-dispatch from the newest model."""
+
+from __future__ import annotations
+
+import time
+from logging import WARNING
+from typing import Protocol
+
+from flwr.app import ArrayRecord
+from flwr.common.logger import log
+from flwr.serverapp.strategy import Result
+
+from asyncfl.protocol import NUM_EXAMPLES, WEIGHTS, arrays_to_record, record_to_arrays
+from asyncfl.strategies.dispatch import (
+    IdlePool,
+    RestingClients,
+    VersionStore,
+    WholeTasks,
+    backoff_seconds,
+)
+from asyncfl.strategies.evaluation import EvaluateFn
+from asyncfl.strategies.model_state import ModelState
+from asyncfl.strategies.runner import Arrays, Rule, RunParts, rule_update
+from asyncfl.timing import Completion
+
+
+class AsyncRule(Rule, Protocol):
+    def fold(self, global_arrays: Arrays, update: Arrays, num_examples: float,
+             staleness: int) -> Arrays | None:
+        """Fold one update in; the new global model if it made a new version, else None."""
+
+
+class AsyncRunner:
+    """Asynchronous training with `concurrency` (M; 0 = every client) clients in flight until
+    `num_rounds` global versions exist.
+
+    Where the rule needs the model a client started from (a weights reply for a rule on
+    deltas, or a model with statistics), each version is kept only while some client in
+    flight started from it: at most M versions. With a wall clock, a client whose task failed
+    rests `retry_backoff` seconds (doubling with each fault in a row, at most MAX_BACKOFF),
+    then is sent another; in virtual time a faulty client is sent its next task at once.
+    `tasks` sends the work: one message per task, or APSB's segments and broadcasts.
+    """
+
+    def __init__(self, rule: AsyncRule, parts: RunParts, concurrency: int = 0,
+                 retry_backoff: float = 0.0, tasks: WholeTasks | None = None) -> None:
+        self.rule, self.parts = rule, parts
+        self.in_flight = min(concurrency or parts.num_clients, parts.num_clients)
+        self.retry_backoff = retry_backoff
+        self.tasks = tasks if tasks is not None else WholeTasks(parts.dispatcher)
+        self.resting = RestingClients()
+
+    def run(self, initial_arrays: ArrayRecord, num_rounds: int,
+            evaluate_fn: EvaluateFn | None = None) -> Result:
+        parts, loop, schedule = self.parts, self.parts.loop, self.parts.schedule
+        result = Result(arrays=initial_arrays)
+        schedule.bind(evaluate_fn, loop, parts.recorder, result)
+        self.arrays, self.version = initial_arrays, 0
+        self.global_arrays = record_to_arrays(initial_arrays)
+        self.state = ModelState(self.global_arrays)
+        resumed = parts.resume(self.rule, self.state)
+        if resumed is not None:
+            self.version, self.global_arrays = resumed["version"], resumed["global"]
+            self.arrays = result.arrays = arrays_to_record(self.global_arrays)
+            self.idle = IdlePool(resumed["idle"], parts.rng)
+            self.bases = resumed["bases"]
+            self.tasks.restore(resumed["extra"])
+        else:
+            schedule.evaluate(0, self.arrays)
+            self.idle = IdlePool(range(parts.num_clients), parts.rng)
+            needs_base = parts.reply_kind == WEIGHTS and (
+                self.rule.update_kind != WEIGHTS or bool(self.state.statistics))
+            self.bases = VersionStore(needs_base)
+            self._refill()
+        while self.version < num_rounds and not parts.out_of_time():
+            if not loop.in_flight:
+                if not self.resting:
+                    log(WARNING, "no client left to train (%d dropped); stopping at version %d",
+                        len(parts.guard.dropped), self.version)
+                    break
+                time.sleep(max(0.0, self.resting.next_wake() - loop.clock.now))
+                self._refill()
+                continue
+            completion = loop.next_completion(wake_at=self.resting.next_wake())
+            if completion is None:  # a client's rest is over before the next reply came
+                self._refill()
+                continue
+            if self.tasks.continued(completion, self.arrays, self.version):
+                continue
+            schedule.until(self.version, self.arrays, loop.clock.now)
+            arrived_at = self.version
+            applied = self._fold(completion, num_rounds)
+            if self.version < num_rounds and not parts.out_of_time():
+                self._refill()
+                if applied and self.version > arrived_at:
+                    parts.save(self.version, {
+                        "version": self.version, "global": self.global_arrays,
+                        "idle": self.idle.items() + self.resting.clients(), "bases": self.bases,
+                    }, self.rule, self.state, self.tasks.snapshot())
+            parts.recorder.progress(self.version, num_rounds, loop.virtual_clock.now)
+        schedule.until(self.version, self.arrays, loop.clock.now, inclusive=True)
+        result.arrays = self.arrays
+        parts.finish(self.tasks.traffic(), self.bases.peak)
+        return result
+
+    def _refill(self) -> None:
+        """Send tasks from the newest model to idle clients until M are in flight."""
+        loop = self.parts.loop
+        for client in self.resting.wake(loop.clock.now):
+            self.idle.add(client)
+        sent = self.tasks.start(self.arrays, self.version,
+                                self.idle.take(self.in_flight - loop.in_flight))
+        self.bases.dispatched(self.version, self.global_arrays, sent)
+
+    def _fold(self, completion: Completion, num_rounds: int) -> bool:
+        """Check a finished task's reply and fold it in; the client goes back to the idle
+        pool (or rests, or stays dropped). Returns whether the update was applied."""
+        parts, version = self.parts, self.version
+        start = self.bases.returned(completion.tag)
+        reply = parts.check(completion, self.global_arrays, version, start)
+        if completion.client not in parts.guard.dropped:
+            rest = (backoff_seconds(self.retry_backoff, parts.guard.faults[completion.client])
+                    if reply is None and not parts.loop.virtual else 0.0)
+            if rest > 0:
+                self.resting.rest(completion.client, parts.loop.clock.now + rest)
+            else:
+                self.idle.add(completion.client)
+        if reply is None:
+            return False
+        parts.loop.phases.enter("aggregate")
+        examples = float(reply.metrics[NUM_EXAMPLES])
+        self.state.add(reply.arrays, parts.reply_kind, start, examples)
+        update = rule_update(reply.arrays, parts.reply_kind, self.rule.update_kind, start)
+        new = self.rule.fold(self.state.parameters(self.global_arrays),
+                             self.state.parameters(update), examples,
+                             version - completion.tag)
+        if new is not None:
+            self.global_arrays = self.state.new_version(self.global_arrays, new)
+            self.version += 1
+            self.arrays = arrays_to_record(self.global_arrays)
+            self.tasks.new_version(self.version, self.arrays)
+        parts.loop.phases.enter("bookkeeping")
+        parts.recorder.applied_update(completion, reply.metrics, version, self.version,
+                                      self.tasks.traffic())
+        last = self.version == num_rounds or parts.out_of_time()
+        if self.version > version:
+            parts.schedule.new_version(self.version, self.arrays, last)
+        return True

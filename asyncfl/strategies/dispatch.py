@@ -1,0 +1,203 @@
+"""Sending tasks: train instructions on the event loop, which clients are idle or resting, and
+the model versions clients in flight started from."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message
+
+from asyncfl.protocol import (
+    BATCH_SIZE,
+    COMM_DELAY,
+    LOCAL_EPOCHS,
+    LOCAL_STEPS,
+    MODEL_VERSION,
+    STEP_DELAY,
+    TASK_SEED,
+    TRAIN,
+    array_bytes,
+    train_instruction,
+)
+from asyncfl.strategies.utils import task_seed
+from asyncfl.timing import Completion, EventLoop
+
+
+class Dispatcher:
+    """Builds each client's train instruction and sends it on the event loop.
+
+    An instruction carries the run's train `settings` (with what the algorithm fixes and wants
+    back), the model version, a shuffling seed fixed by (seed, version, client), and with a
+    wall clock the delay the ClientApp must really sleep. `partition_sizes` (examples per
+    client, where known) let epoch-based tasks have their virtual duration fixed at dispatch.
+    """
+
+    def __init__(self, loop: EventLoop, node_ids: Sequence[int], seed: int, settings: dict,
+                 partition_sizes: Sequence[int] | None = None) -> None:
+        self.loop = loop
+        self.node_ids = list(node_ids)
+        self.seed = seed
+        self.settings = settings
+        self.partition_sizes = list(partition_sizes) if partition_sizes is not None else None
+        self.client_of_node = {node: i for i, node in enumerate(self.node_ids)}
+
+    def instruction(
+        self, arrays: ArrayRecord | None, version: int, client: int, model_bytes: int,
+        config: dict | None = None, message_type: str = TRAIN, extra: dict | None = None,
+    ) -> Message:
+        """A train message for one client from the model at `version` (`config`: the
+        settings, by default the run's)."""
+        config = {**(self.settings if config is None else config), MODEL_VERSION: version,
+                  TASK_SEED: task_seed(self.seed, version, client), **(extra or {})}
+        if not self.loop.virtual:
+            config[STEP_DELAY] = float(self.loop.delays.step_times[client])
+            config[COMM_DELAY] = float(self.loop.delays.comm_time(2 * model_bytes))
+        return train_instruction(arrays, ConfigRecord(config), self.node_ids[client],
+                                 str(version), message_type)
+
+    def expected_steps(self, client: int, config: Mapping) -> int | None:
+        """Local steps a task will run, if the server can tell before the reply."""
+        if int(config.get(LOCAL_STEPS, 0)) > 0:
+            return int(config[LOCAL_STEPS])
+        if self.partition_sizes is None or LOCAL_EPOCHS not in config:
+            return None
+        n = self.partition_sizes[client]
+        batch = int(config.get(BATCH_SIZE, 0)) or n
+        return int(config[LOCAL_EPOCHS]) * math.ceil(n / batch)
+
+    def send(self, arrays: ArrayRecord, version: int, clients: Iterable[int],
+             steps: Mapping[int, int] | None = None) -> int:
+        """Send the model at `version` to each client (`steps`: a step count per client that
+        overrides the settings'); the tag remembers the version. Returns how many were sent."""
+        size = array_bytes(arrays)
+
+        def task(client: int) -> tuple[Message, int, int | None, int]:
+            config = (self.settings if steps is None
+                      else {**self.settings, LOCAL_STEPS: steps[client]})
+            return (self.instruction(arrays, version, client, size, config), client,
+                    self.expected_steps(client, config), version)
+
+        return len(self.loop.send((task(c) for c in clients), model_bytes=size))
+
+
+class WholeTasks:
+    """One message per task: what every strategy but APSB sends (APSB's `SegmentedTasks`
+    sends a task in parts and broadcasts every new model)."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    def start(self, arrays: ArrayRecord, version: int, clients: Iterable[int]) -> int:
+        return self.dispatcher.send(arrays, version, clients)
+
+    def continued(self, completion: Completion, arrays: ArrayRecord, version: int) -> bool:
+        """Whether `completion` ended only part of a task whose next part this sent."""
+        return False
+
+    def new_version(self, version: int, arrays: ArrayRecord) -> None:
+        """Called once per new global model."""
+
+    def traffic(self):
+        """The transfers the algorithm makes: here, the Grid's messages."""
+        return self.dispatcher.loop.traffic
+
+    def snapshot(self) -> dict:
+        return {}
+
+    def restore(self, state: dict) -> None:
+        """Nothing to restore: the event loop's snapshot holds the tasks in flight."""
+
+
+class IdlePool:
+    """Idle clients, sampled without replacement in O(1) with a seeded generator."""
+
+    def __init__(self, clients: Iterable[int], rng: np.random.Generator) -> None:
+        self._items = list(clients)
+        self._rng = rng
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def items(self) -> list[int]:
+        """The idle clients, in the pool's order (for checkpoints)."""
+        return list(self._items)
+
+    def add(self, client: int) -> None:
+        self._items.append(client)
+
+    def take(self, k: int) -> list[int]:
+        """k idle clients, drawn uniformly; they stop being idle."""
+        taken = []
+        for _ in range(min(k, len(self._items))):
+            i = int(self._rng.integers(len(self._items))) if len(self._items) > 1 else 0
+            self._items[i], self._items[-1] = self._items[-1], self._items[i]
+            taken.append(self._items.pop())
+        return taken
+
+
+#: the longest a client rests after faults in a row (seconds)
+MAX_BACKOFF = 60.0
+
+
+def backoff_seconds(base: float, faults_in_a_row: int, cap: float = MAX_BACKOFF) -> float:
+    """How long a client rests before its next task: base * 2^(faults - 1), at most `cap`."""
+    if base <= 0 or faults_in_a_row < 1:
+        return 0.0
+    return min(base * 2.0 ** (faults_in_a_row - 1), cap)
+
+
+class RestingClients:
+    """Clients whose last task failed, each waiting until its wall-clock time to be idle again,
+    so that a node that is down is not sent task after task that fails at once."""
+
+    def __init__(self) -> None:
+        self._until: dict[int, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def clients(self) -> list[int]:
+        return sorted(self._until)
+
+    def rest(self, client: int, until: float) -> None:
+        self._until[client] = until
+
+    def wake(self, now: float) -> list[int]:
+        """The clients whose rest is over (in client order); they stop resting."""
+        ready = sorted(c for c, until in self._until.items() if until <= now)
+        for client in ready:
+            del self._until[client]
+        return ready
+
+    def next_wake(self) -> float | None:
+        return min(self._until.values()) if self._until else None
+
+
+class VersionStore:
+    """Model versions that clients in flight started from, kept only while needed."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._models: dict[int, dict[str, np.ndarray]] = {}
+        self._users: dict[int, int] = {}
+        self.peak = 0  # most versions held at once
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def dispatched(self, version: int, model: dict[str, np.ndarray], count: int) -> None:
+        if self.enabled and count:
+            self._models[version] = model
+            self._users[version] = self._users.get(version, 0) + count
+            self.peak = max(self.peak, len(self._models))
+
+    def returned(self, version: int) -> dict[str, np.ndarray] | None:
+        if not self.enabled:
+            return None
+        model = self._models[version]
+        self._users[version] -= 1
+        if self._users[version] == 0:
+            del self._models[version], self._users[version]
+        return model

@@ -1,0 +1,85 @@
+"""The reply guard: what may touch the global model, and which clients stop getting tasks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from asyncfl.protocol import WEIGHTS, TrainReply, parse_reply
+from asyncfl.strategies.utils import MAX_EXAMPLES, check_reply, update_norm
+from asyncfl.timing import Completion
+
+NORM_ACTIONS = ("clip", "reject")
+
+
+class ReplyGuard:
+    """Checks every reply before it reaches a rule (`check_reply`: examples, version, keys,
+    shapes, dtypes, finite values), bounds the update norm, and drops a client after
+    `max_faults` faulty replies in a row (0: never).
+
+    With `norm_bound` > 0 an update (the change from the model the client started from)
+    larger than the bound is scaled down to it (`norm_action = "clip"`) or rejected.
+    """
+
+    def __init__(self, max_faults: int = 0, norm_bound: float = 0.0,
+                 norm_action: str = "clip") -> None:
+        if max_faults < 0 or norm_bound < 0 or norm_action not in NORM_ACTIONS:
+            raise ValueError(f"max_faults and norm_bound must be >= 0, norm_action one of "
+                             f"{NORM_ACTIONS}; got {max_faults}, {norm_bound}, {norm_action!r}")
+        self.max_faults = max_faults
+        self.norm_bound = norm_bound
+        self.norm_action = norm_action
+        self.faults: dict[int, int] = {}
+        self.dropped: set[int] = set()
+
+    def check(self, completion: Completion, reference: dict[str, np.ndarray], reply_kind: str,
+              start: dict[str, np.ndarray] | None = None,
+              max_examples: int = MAX_EXAMPLES) -> TrainReply | str:
+        """The parsed reply if it may touch the global model, else why not (and the fault is
+        counted). `start` is the model the client started from where kept, else `reference`
+        (the global model) stands in for it."""
+        reason = completion.failure_reason
+        if not reason:
+            try:
+                reply = parse_reply(completion.reply)
+                reason = check_reply(reply.arrays, reply.metrics, reference,
+                                     max_examples=max_examples,
+                                     version_sent=int(completion.tag))
+            except ValueError as err:
+                reason = f"malformed reply: {err}"
+        if not reason and self.norm_bound > 0:
+            arrays, reason = self._bound(reply.arrays, reply_kind,
+                                         start if start is not None else reference)
+            reply = TrainReply(arrays, reply.metrics)
+        if reason:
+            self._fault(completion.client)
+            return reason
+        self.faults[completion.client] = 0
+        return reply
+
+    def _bound(self, arrays: dict[str, np.ndarray], reply_kind: str,
+               start: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
+        is_change = reply_kind != WEIGHTS
+        change = arrays if is_change else {k: v.astype(np.float64) - start[k]
+                                           for k, v in arrays.items()}
+        norm = update_norm(change)
+        if norm <= self.norm_bound:
+            return arrays, ""
+        if self.norm_action == "reject":
+            return arrays, f"update too large: norm {norm:.4g} > bound {self.norm_bound:g}"
+        scale = self.norm_bound / norm
+        clipped = {k: (v * scale if np.issubdtype(v.dtype, np.floating) else v)
+                   for k, v in change.items()}
+        if not is_change:
+            clipped = {k: start[k] + v for k, v in clipped.items()}
+        return {k: np.asarray(v).astype(arrays[k].dtype) for k, v in clipped.items()}, ""
+
+    def _fault(self, client: int) -> None:
+        self.faults[client] = self.faults.get(client, 0) + 1
+        if self.max_faults and self.faults[client] >= self.max_faults:
+            self.dropped.add(client)
+
+    def snapshot(self) -> dict:
+        return {"faults": dict(self.faults), "dropped": set(self.dropped)}
+
+    def restore(self, state: dict) -> None:
+        self.faults, self.dropped = dict(state["faults"]), set(state["dropped"])

@@ -1,0 +1,124 @@
+"""What a run did, in one place: events.csv rows (applied and rejected replies), evaluations,
+skip counts, further tables, progress lines, and the totals a results folder reports."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+
+from flwr.app import MetricRecord
+from flwr.common.logger import log
+
+from asyncfl.protocol import NUM_EXAMPLES, TRAIN_LOSS
+from asyncfl.timing import Completion, TrafficCounters
+
+EVENT_COLUMNS = (
+    "version_apply", "version_dispatch", "staleness", "client", "virtual_time", "wall_time",
+    "dispatch_time", "duration", "steps", "num_examples", "train_loss", "bytes_down",
+    "bytes_up", "comm_messages", "comm_bytes", "rejected",
+)
+
+#: seconds between progress lines on long runs
+PROGRESS_SECONDS = 5.0
+
+
+@dataclass
+class RunTotals:
+    """A finished run's clocks and traffic: `traffic` is what crossed the Grid, `algorithm`
+    the transfers the algorithm itself makes (APSB counts its broadcasts); the most model
+    versions the server kept at once for clients in flight (async runs)."""
+
+    virtual_time: float
+    traffic: TrafficCounters
+    algorithm: TrafficCounters
+    ignored_replies: int
+    dropped: list[int]
+    versions_kept_peak: int = 0
+
+
+@dataclass
+class RunRecorder:
+    """Rows for events.csv and evals.csv, skip counts by reason, and per-run tables (written
+    as <name>.csv, e.g. ESync's state table)."""
+
+    clock_kind: str = "virtual"
+    events: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    failures: Counter = field(default_factory=Counter)
+    tables: dict[str, list[dict]] = field(default_factory=dict)
+    totals: RunTotals | None = None
+    _last_progress: float = field(default_factory=time.monotonic)
+
+    def restore(self, saved: RunRecorder) -> None:
+        """Take back a checkpointed recorder's rows and counts."""
+        self.events, self.evals = saved.events, saved.evals
+        self.failures, self.tables = saved.failures, saved.tables
+
+    def applied(self) -> list[dict]:
+        """The events of updates that were applied (not the rejected replies)."""
+        return [row for row in self.events if not row.get("rejected")]
+
+    def _row(self, completion: Completion, version_apply: int) -> dict:
+        sent = completion.dispatch
+        row = dict.fromkeys(EVENT_COLUMNS)
+        row.update(version_apply=version_apply, version_dispatch=completion.tag,
+                   client=completion.client, virtual_time=completion.virtual_time,
+                   wall_time=completion.wall_time,
+                   dispatch_time=(sent.sent_virtual if self.clock_kind == "virtual"
+                                  else sent.sent_wall))
+        return row
+
+    def rejected(self, completion: Completion, version: int, reason: str) -> None:
+        """Count, log and keep a row for a reply that was not applied."""
+        self.failures[reason.split(":")[0]] += 1
+        log(WARNING, "skipped reply of client %d at version %d: %s", completion.client,
+            version, reason)
+        row = self._row(completion, version)
+        row["rejected"] = reason
+        self.events.append(row)
+
+    def applied_update(self, completion: Completion, metrics: MetricRecord,
+                       version_at_arrival: int, version_after: int,
+                       algorithm: TrafficCounters) -> None:
+        """One events.csv row. Staleness = server version when the update arrived minus the
+        version the client started from. `dispatch_time` and `duration` are on the run's
+        clock: computed by the delay model in virtual time, measured with a wall clock."""
+        row = self._row(completion, version_after)
+        finished = (completion.virtual_time if self.clock_kind == "virtual"
+                    else completion.wall_time)
+        row.update(
+            rejected="",
+            staleness=version_at_arrival - int(completion.tag),
+            duration=finished - row["dispatch_time"],
+            steps=completion.steps,
+            num_examples=metrics.get(NUM_EXAMPLES),
+            train_loss=metrics.get(TRAIN_LOSS, math.nan),
+            bytes_down=completion.dispatch.bytes_down,
+            bytes_up=completion.bytes_up,
+            comm_messages=algorithm.messages,
+            comm_bytes=algorithm.bytes_down + algorithm.bytes_up,
+        )
+        self.events.append(row)
+
+    def evaluated(self, version: int, virtual: float, wall: float, metrics: MetricRecord) -> None:
+        """Keep an evaluation's row and log it."""
+        row = {"version": version, "virtual_time": virtual, "wall_time": wall}
+        row.update(metrics)
+        self.evals.append(row)
+        shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                         if isinstance(v, float) and "class" not in k)
+        log(INFO, "version %d | virtual %.2f s | wall %.2f s | %s", version, virtual, wall, shown)
+
+    def progress(self, version: int, total: int, virtual_now: float) -> None:
+        """A progress line every few seconds on long runs."""
+        now = time.monotonic()
+        if now - self._last_progress < PROGRESS_SECONDS:
+            return
+        self._last_progress = now
+        newest = self.evals[-1] if self.evals else {}
+        shown = " ".join(f"{k}={newest[k]:.4f}" for k in ("accuracy", "loss") if k in newest)
+        log(INFO, "progress: version %d/%d | virtual %.2f s | %d updates | newest eval: %s",
+            version, total, virtual_now, len(self.events), shown or "none yet")

@@ -1,0 +1,134 @@
+"""The synchronous round loop every sync strategy shares."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+from flwr.app import ArrayRecord, MetricRecord
+from flwr.serverapp.strategy import Result
+
+from asyncfl.protocol import (
+    NUM_EXAMPLES,
+    TRAIN_LOSS,
+    TrainReply,
+    arrays_to_record,
+    record_to_arrays,
+)
+from asyncfl.strategies.evaluation import EvaluateFn
+from asyncfl.strategies.model_state import ModelState
+from asyncfl.strategies.runner import Arrays, Rule, RunParts, rule_update
+from asyncfl.strategies.utils import sample_clients
+from asyncfl.timing import Completion, EventLoop
+
+
+class SyncRule(Rule, Protocol):
+    def combine(self, global_arrays: Arrays, updates: list[Arrays],
+                num_examples: list[float]) -> Arrays:
+        """The new global model from one round's checked updates (pure)."""
+
+
+class StepPlan(Protocol):
+    """A hook for rules that choose each client's local steps per round (ESync's state
+    server): steps for the round's clients, and what it learns from each applied reply."""
+
+    def steps(self, server_round: int, clients: list[int], loop: EventLoop) -> dict[int, int]:
+        ...
+
+    def observe(self, client: int, metrics: MetricRecord) -> None:
+        ...
+
+    def snapshot(self) -> dict:
+        ...
+
+    def restore(self, state: dict) -> None:
+        ...
+
+
+class SyncRunner:
+    """Rounds: sample round(C*N) clients (dropped ones never), send the global model, wait for
+    every reply (or the round deadline), check them, apply the rule. In virtual time a round
+    lasts as long as its slowest sampled client. With `round_timeout` > 0 a round ends that
+    many seconds (on the run's clock) after it was sent, with what arrived; the clients that
+    missed it are logged and count as faulty, like a task without a reply."""
+
+    def __init__(self, rule: SyncRule, parts: RunParts, fraction: float = 1.0,
+                 round_timeout: float = 0.0, step_plan: StepPlan | None = None) -> None:
+        self.rule, self.parts = rule, parts
+        self.fraction, self.round_timeout = fraction, round_timeout
+        self.step_plan = step_plan
+
+    def run(self, initial_arrays: ArrayRecord, num_rounds: int,
+            evaluate_fn: EvaluateFn | None = None) -> Result:
+        parts, loop, schedule = self.parts, self.parts.loop, self.parts.schedule
+        result = Result(arrays=initial_arrays)
+        schedule.bind(evaluate_fn, loop, parts.recorder, result)
+        arrays, global_arrays = initial_arrays, record_to_arrays(initial_arrays)
+        state = ModelState(global_arrays)
+        first = 1
+        resumed = parts.resume(self.rule, state)
+        if resumed is not None:
+            first, global_arrays = resumed["round"] + 1, resumed["global"]
+            arrays = result.arrays = arrays_to_record(global_arrays)
+            if self.step_plan is not None:
+                self.step_plan.restore(resumed["extra"])
+        else:
+            schedule.evaluate(0, arrays)
+        for server_round in range(first, num_rounds + 1):
+            clients = [c for c in sample_clients(parts.rng, parts.num_clients, self.fraction)
+                       if c not in parts.guard.dropped]
+            steps = (self.step_plan.steps(server_round, clients, loop)
+                     if self.step_plan is not None else None)
+            parts.dispatcher.send(arrays, server_round - 1, clients, steps)
+            deadline = loop.clock.now + self.round_timeout if self.round_timeout else None
+            completions = loop.drain(deadline)
+            schedule.until(server_round - 1, arrays, loop.clock.now)
+            accepted = [(c, reply) for c in completions
+                        if (reply := parts.check(c, global_arrays, server_round))]
+            if accepted:
+                global_arrays = self._combine(global_arrays, [r for _, r in accepted], state)
+                arrays = result.arrays = arrays_to_record(global_arrays)
+                result.train_metrics_clientapp[server_round] = train_metrics(
+                    [r for _, r in accepted])
+            self._record(accepted, server_round)
+            last = server_round == num_rounds or parts.out_of_time()
+            parts.recorder.progress(server_round, num_rounds, loop.virtual_clock.now)
+            schedule.new_version(server_round, arrays, last)
+            if last:
+                schedule.until(server_round, arrays, loop.clock.now, inclusive=True)
+            parts.save(server_round, {"round": server_round, "global": global_arrays},
+                       self.rule, state, self.step_plan.snapshot() if self.step_plan else {})
+            if last:
+                break
+        parts.finish(loop.traffic)
+        return result
+
+    def _combine(self, global_arrays: Arrays, replies: list[TrainReply],
+                 state: ModelState) -> Arrays:
+        """The rule's new parameters and the statistics moved by the one rule for them."""
+        self.parts.loop.phases.enter("aggregate")
+        weights = [float(r.metrics[NUM_EXAMPLES]) for r in replies]
+        updates = []
+        for reply, weight in zip(replies, weights, strict=True):
+            state.add(reply.arrays, self.parts.reply_kind, global_arrays, weight)
+            update = rule_update(reply.arrays, self.parts.reply_kind, self.rule.update_kind,
+                                 global_arrays)
+            updates.append(state.parameters(update))
+        parameters = self.rule.combine(state.parameters(global_arrays), updates, weights)
+        return state.new_version(global_arrays, parameters)
+
+    def _record(self, accepted: list[tuple[Completion, TrainReply]], server_round: int) -> None:
+        self.parts.loop.phases.enter("bookkeeping")
+        for completion, reply in accepted:
+            self.parts.recorder.applied_update(completion, reply.metrics, server_round - 1,
+                                               server_round, self.parts.loop.traffic)
+            if self.step_plan is not None:
+                self.step_plan.observe(completion.client, reply.metrics)
+
+
+def train_metrics(replies: list[TrainReply]) -> MetricRecord:
+    """The round's train loss, weighted by examples, and its examples."""
+    weights = [float(r.metrics[NUM_EXAMPLES]) for r in replies]
+    losses = [r.metrics.get(TRAIN_LOSS, np.nan) for r in replies]
+    return MetricRecord({TRAIN_LOSS: float(np.dot(weights, losses) / sum(weights)),
+                         NUM_EXAMPLES: int(sum(weights))})
