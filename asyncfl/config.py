@@ -97,10 +97,10 @@ def _plain_name(text: str) -> bool:
 
 
 _POSITIVE = "a number > 0"
-MODEL_CHOICES = ("auto", "small-cnn", "mnist-cnn", "resnet18")
+MODEL_CHOICES = ("auto", "small-cnn", "small-cnn-bn", "mnist-cnn", "resnet18")
 #: model -> tasks it fits ("auto" fits every task)
-MODEL_FITS = {"small-cnn": ("digits",), "mnist-cnn": ("digits", "mnist", "fashion-mnist"),
-              "resnet18": ("cifar10",)}
+MODEL_FITS = {"small-cnn": ("digits",), "small-cnn-bn": ("digits",),
+              "mnist-cnn": ("digits", "mnist", "fashion-mnist"), "resnet18": ("cifar10",)}
 _NON_NEGATIVE = "a number >= 0"
 #: strategies that run in rounds (the rest apply updates as they come)
 SYNC_STRATEGIES = ("fedsgd", "fedsgd-weights", "fedavg", "lsgd", "ssgd", "esync")

@@ -153,7 +153,9 @@ _npy_headers: dict[tuple[str, tuple[int, ...]], bytes] = {}
 def numpy_to_array(value: np.ndarray) -> Array:
     """A Flower Array holding exactly the .npy bytes `np.save` writes, built from a cached
     header per (dtype, shape): the header is the costly part of `np.save` for small arrays."""
-    value = np.ascontiguousarray(value)
+    value = np.asarray(value)
+    if not value.flags.c_contiguous:  # (np.ascontiguousarray would make a 0-d array 1-d)
+        value = value.copy(order="C")
     key = (value.dtype.str, value.shape)
     header = _npy_headers.get(key)
     if header is None:

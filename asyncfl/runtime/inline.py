@@ -24,6 +24,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from asyncfl.config import from_python_kwargs, validate_run_config
+from asyncfl.protocol import PARTITION_ID
 from asyncfl.results import default_run_name, run_dir
 
 CLIENT_EXCEPTION = 2  # Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION
@@ -42,7 +43,7 @@ class InlineGrid(Grid):
         self.contexts = {
             100 + i: Context(
                 run_id=run_id, node_id=100 + i,
-                node_config={"partition-id": i, "num-partitions": num_nodes},
+                node_config={PARTITION_ID: i, "num-partitions": num_nodes},
                 state=RecordDict(), run_config=dict(run_config),
             )
             for i in range(num_nodes)

@@ -10,13 +10,18 @@ from torch import nn
 
 class SmallCNN(nn.Module):
     """For 8x8 digits: two 3x3 conv layers with pooling, two fully connected (about 12k
-    weights)."""
+    weights); with `batch_norm`, each convolution is followed by batch normalization (the
+    `small-cnn-bn` model: running statistics and a batch counter beside the weights)."""
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, batch_norm: bool = False) -> None:
         super().__init__()
+
+        def norm(channels: int) -> nn.Module:
+            return nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
+
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, 16, 3, padding=1), norm(16), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), norm(32), nn.ReLU(), nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Linear(32 * 2 * 2, 64), nn.ReLU(), nn.Linear(64, num_classes)
@@ -62,9 +67,12 @@ def model_factory(name: str, image_size: int, channels: int) -> Callable[[], nn.
     """A constructor for the named model on images of the given size and channels."""
     if name == "small-cnn" and image_size == 8 and channels == 1:
         return SmallCNN
+    if name == "small-cnn-bn" and image_size == 8 and channels == 1:
+        return lambda: SmallCNN(batch_norm=True)
     if name == "mnist-cnn" and channels == 1:
         return lambda: MnistCNN(image_size)
     if name == "resnet18" and channels == 3:
         return resnet18_32x32
     raise ValueError(f"model = {name} does not fit {channels}-channel {image_size}x{image_size}"
-                     " images (small-cnn: 8x8 digits; mnist-cnn: 1 channel; resnet18: 3)")
+                     " images (small-cnn, small-cnn-bn: 8x8 digits; mnist-cnn: 1 channel; "
+                     "resnet18: 3)")
