@@ -16,13 +16,12 @@ class SmallCNN(nn.Module):
     def __init__(self, num_classes: int = 10, batch_norm: bool = False) -> None:
         super().__init__()
 
-        def norm(channels: int) -> nn.Module:
-            return nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
+        def block(channels_in: int, channels_out: int) -> list[nn.Module]:
+            norm = [nn.BatchNorm2d(channels_out)] if batch_norm else []
+            return [nn.Conv2d(channels_in, channels_out, 3, padding=1), *norm, nn.ReLU(),
+                    nn.MaxPool2d(2)]
 
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), norm(16), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), norm(32), nn.ReLU(), nn.MaxPool2d(2),
-        )
+        self.features = nn.Sequential(*block(1, 16), *block(16, 32))
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Linear(32 * 2 * 2, 64), nn.ReLU(), nn.Linear(64, num_classes)
         )
