@@ -70,12 +70,10 @@ def claim_run_dir(config: dict[str, Any]) -> Path:
     (or a default name two runs chose in the same second) gets -2, -3, ... With `resume` the
     named folder (holding the checkpoint) is reused as it is."""
     root = check_output_dir(config)
-    if config["resume"]:
+    if config["resume"]:  # a missing folder is reported as a missing checkpoint
         out = run_dir(config)
-        if not out.is_dir():
-            raise ConfigError(f"run-config 'resume' = true: no results folder {out} to resume; "
-                              "allowed: the run-name of an earlier run in output-dir")
-        check_writable(out, "run-name")
+        if out.is_dir():
+            check_writable(out, "run-name")
         return out
     base = config["run-name"] or default_run_name(config)
     for n in range(1, MAX_SUFFIX + 1):

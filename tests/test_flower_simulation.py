@@ -26,6 +26,8 @@ from asyncfl.runtime.flower_run import (
 )
 from tests.helpers import read_rows
 
+pytestmark = pytest.mark.slow  # Flower's SuperLink and simulation engine
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
