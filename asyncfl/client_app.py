@@ -9,7 +9,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from asyncfl.config import validate_run_config
+from asyncfl.config import validate_run_config, with_node_count
 from asyncfl.protocol import (
     ARRAYS,
     BATCH_SIZE,
@@ -96,11 +96,11 @@ def run_config(context: Context) -> dict:
     hit = _by_identity.get(id(raw))
     if hit is not None and hit[0] is raw:
         return hit[1]
-    key = tuple(sorted(raw.items()))
+    key = (tuple(sorted(raw.items())), context.node_config.get("num-partitions"))
     if key not in _validated:
         if len(_validated) >= 16:
             _validated.clear()
-        _validated[key] = validate_run_config(raw)
+        _validated[key] = with_node_count(validate_run_config(raw), context.node_config)
     if len(_by_identity) >= 4096:
         _by_identity.clear()
     _by_identity[id(raw)] = (raw, _validated[key])

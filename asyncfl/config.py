@@ -7,6 +7,9 @@ what is allowed, before any node is contacted. `pyproject.toml` mirrors the defa
 
 from __future__ import annotations
 
+import math
+import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +39,11 @@ class Setting:
     def parse(self, value: Any) -> ConfigValue:
         """Return `value` coerced to this setting's type, or raise ConfigError."""
         value = self._coerce(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(
+                f"run-config '{self.key}' = {value!r} is not a finite number; "
+                f"allowed: {self.allowed or 'a finite number'}"
+            )
         if self.choices and value not in self.choices:
             raise ConfigError(
                 f"run-config '{self.key}' = {value!r} is not allowed; "
@@ -92,8 +100,52 @@ def _fault_kinds(text: str) -> bool:
     return bool(text) and all(k in FAULT_KINDS for k in text.split(","))
 
 
-def _plain_name(text: str) -> bool:
-    return "/" not in text and text not in (".", "..")
+#: longest run-name (a folder name; file systems allow 255 bytes, suffixes need some room)
+RUN_NAME_MAX = 100
+
+
+def _run_name(text: str) -> bool:
+    if text == "":
+        return True
+    return (bool(text.strip()) and len(text) <= RUN_NAME_MAX and text not in (".", "..")
+            and not any(c in text for c in ("/", "\\", "\0")))
+
+
+def _path(text: str) -> bool:
+    return "\0" not in text
+
+
+def _output_dir(text: str) -> bool:
+    return bool(text.strip()) and _path(text)
+
+
+def _launch_id(text: str) -> bool:
+    return len(text) <= 64 and all(c.isascii() and (c.isalnum() or c == "-") for c in text)
+
+
+#: largest seed: numpy and scikit-learn take seeds in [0, 2**32)
+SEED_MAX = 2**32 - 1
+#: the finest eval-interval: below a millisecond of the run's clock, evaluations repeat the
+#: same model many times between two updates (the model changes only when one is applied)
+EVAL_INTERVAL_MIN = 1e-3
+#: most interval evaluations a time-budget may ask for (time-budget / eval-interval)
+MAX_INTERVAL_EVALS = 100_000
+#: training examples of the tasks with a fixed data set: each client needs one at least
+TRAIN_EXAMPLES = {"digits": 1437, "mnist": 60_000, "fashion-mnist": 60_000, "cifar10": 50_000}
+#: most clients of the tasks whose data grows with them (mean, synthetic)
+MAX_CLIENTS = 100_000
+#: num-clients = 0 in simulate() and asyncfl-flwr-run, which make the nodes themselves
+SIMULATED_CLIENTS = 10
+#: largest delay-trace file read
+TRACE_MAX_BYTES = 64 * 2**20
+#: train settings a strategy fixes whatever the run config says (the strategies'
+#: `fixed_train_config`, tested to agree)
+FIXED_BY_STRATEGY: dict[str, dict[str, int]] = {
+    "fedsgd": {"local-steps": 1, "batch-size": 0},
+    "fedsgd-weights": {"local-steps": 1, "batch-size": 0},
+    "ssgd": {"local-steps": 1},
+    "asgd": {"local-steps": 1},
+}
 
 
 _POSITIVE = "a number > 0"
@@ -114,8 +166,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("model", str, "auto", "auto = the task's own: small-cnn for digits, mnist-cnn for "
             "(fashion-)mnist, resnet18 for cifar10", choices=MODEL_CHOICES),
     Setting("seed", int, 0, "drives data split, speeds, sampling and init",
-            check=_non_negative, allowed="an integer >= 0"),
-    Setting("num-clients", int, 10, "N, the number of clients (one per node)",
+            check=lambda x: 0 <= x <= SEED_MAX, allowed=f"an integer in [0, {SEED_MAX}]"),
+    Setting("num-clients", int, 0, "N, the number of clients (one per node); 0 = every node "
+            f"the Grid has (simulate() and asyncfl-flwr-run: {SIMULATED_CLIENTS})",
+            check=_non_negative, allowed="an integer >= 0, at most the task's training "
+            f"examples (digits: {TRAIN_EXAMPLES['digits']}) or {MAX_CLIENTS:,}"),
+    Setting("min-available-nodes", int, 2, "num-clients = 0 in a deployment: wait (at most "
+            "120 s) until this many nodes are connected, then use every connected node",
             check=_positive, allowed="an integer >= 1"),
     Setting("num-server-rounds", int, 10, "rounds (sync) or global versions (async)",
             check=_positive, allowed="an integer >= 1"),
@@ -191,7 +248,8 @@ SETTINGS: tuple[Setting, ...] = (
             "optionally *count"),
     Setting("delay-trace", str, "", "delay-dist = trace: CSV of recorded per-task times "
             "(client + step_time, or client + duration + steps, e.g. a wall-clock run's "
-            "events.csv), replayed per client and task", allowed="a path to a CSV file"),
+            "events.csv), replayed per client and task", check=_path,
+            allowed=f"a path to a CSV file of at most {TRACE_MAX_BYTES // 2**20} MiB"),
     Setting("comm-latency", float, 0.0, "one-way message latency, seconds",
             check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("comm-bandwidth", float, 0.0, "bytes per second each way; 0 = unlimited",
@@ -220,7 +278,8 @@ SETTINGS: tuple[Setting, ...] = (
             allowed="comma-separated: raise, nan, shape, silent"),
     Setting("eval-interval", float, 0.0, "if > 0: evaluate the newest model every this many "
             "seconds of the run's clock instead of every eval-every versions",
-            check=_non_negative, allowed=_NON_NEGATIVE),
+            check=lambda x: x == 0 or x >= EVAL_INTERVAL_MIN,
+            allowed=f"0, or a number >= {EVAL_INTERVAL_MIN:g}"),
     Setting("eval-every", int, 1, "evaluate the newest model every this many versions",
             check=_positive, allowed="an integer >= 1"),
     Setting("target-accuracy", float, 0.9, "accuracy whose first reaching time is reported",
@@ -231,9 +290,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("resume", bool, False, "continue the run named run-name from its checkpoint"),
     Setting("profile", bool, False, "run the ServerApp under cProfile; report written to "
             "server_profile.txt next to the results"),
-    Setting("output-dir", str, "outputs", "folder that holds one results folder per run"),
-    Setting("run-name", str, "", "results folder name; empty = strategy-task-timestamp",
-            check=_plain_name, allowed="a folder name without '/'"),
+    Setting("output-dir", str, "outputs", "folder that holds one results folder per run",
+            check=_output_dir, allowed="a writable folder path"),
+    Setting("run-name", str, "", "results folder name; empty = strategy-task-timestamp; a "
+            "taken name gets -2, -3, ... (unless resume)", check=_run_name,
+            allowed=f"a folder name of at most {RUN_NAME_MAX} characters, not blank, without "
+            "'/', '\\' or NUL"),
+    Setting("launch-id", str, "", "set by simulate() and asyncfl-flwr-run to find the "
+            "results folder the ServerApp created; leave empty", check=_launch_id,
+            allowed="up to 64 letters, digits and '-'"),
 )
 
 SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
@@ -284,12 +349,75 @@ def validate_run_config(overrides: Mapping[str, Any]) -> dict[str, ConfigValue]:
     if config["resume"] and not config["run-name"]:
         raise ConfigError("run-config 'resume' = true needs 'run-name': the run whose "
                           "results folder holds the checkpoint")
-    if config["concurrency"] > config["num-clients"]:
+    if 0 < config["num-clients"] < config["concurrency"]:
         raise ConfigError(
             f"run-config 'concurrency' ({config['concurrency']}) must be at most 'num-clients' "
             f"({config['num-clients']}); 0 means every client"
         )
+    most = TRAIN_EXAMPLES.get(config["task"], MAX_CLIENTS)
+    if config["num-clients"] > most:
+        why = (f"task = {config['task']} has {most} training examples and every client needs "
+               "one" if config["task"] in TRAIN_EXAMPLES else f"task = {config['task']} "
+               "builds every client's data in memory")
+        raise ConfigError(f"run-config 'num-clients' = {config['num-clients']} is too large: "
+                          f"{why}; allowed: 0 to {most}")
+    if config["strategy"] == "running-mean" and config["task"] != "mean":
+        raise ConfigError(f"run-config 'strategy' = 'running-mean' averages the values of "
+                          f"task = 'mean', not task = {config['task']!r}; use task = 'mean'")
+    if (config["eval-interval"] > 0 and config["time-budget"] > 0
+            and config["time-budget"] / config["eval-interval"] > MAX_INTERVAL_EVALS):
+        raise ConfigError(
+            f"run-config 'eval-interval' = {config['eval-interval']:g} with 'time-budget' = "
+            f"{config['time-budget']:g} asks for more than {MAX_INTERVAL_EVALS:,} evaluations; "
+            f"allowed: eval-interval >= time-budget / {MAX_INTERVAL_EVALS:,} "
+            f"= {config['time-budget'] / MAX_INTERVAL_EVALS:g}"
+        )
     return config
+
+
+def config_warnings(config: Mapping[str, Any]) -> list[str]:
+    """Settings of a validated config that the strategy overrides: each is a run-config that
+    does not do what it says. Settings at their default say nothing and are not reported."""
+    notes = []
+    for key, fixed in FIXED_BY_STRATEGY.get(config["strategy"], {}).items():
+        if config[key] not in (fixed, DEFAULTS[key]):
+            notes.append(f"run-config '{key}' = {config[key]} has no effect: strategy = "
+                         f"{config['strategy']} fixes {key} = {fixed}")
+    return notes
+
+
+def check_local_files(config: Mapping[str, Any]) -> None:
+    """Check the files the ServerApp reads (the delay-trace CSV), where it runs: nodes
+    validate the same run config without them. A trace must be a regular file of at most
+    TRACE_MAX_BYTES, so that /dev/zero or a huge file is refused before it is read."""
+    path = config["delay-trace"]
+    if config["delay-dist"] != "trace" or config["delay-profile"] or not path:
+        return
+    allowed = f"a path to a CSV file of at most {TRACE_MAX_BYTES // 2**20} MiB"
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        raise ConfigError(f"run-config 'delay-trace' = {path!r}: cannot read it "
+                          f"({error.strerror}); allowed: {allowed}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"run-config 'delay-trace' = {path!r} is not a regular file; "
+                          f"allowed: {allowed}")
+    if info.st_size > TRACE_MAX_BYTES:
+        raise ConfigError(f"run-config 'delay-trace' = {path!r} has {info.st_size:,} bytes; "
+                          f"allowed: {allowed}")
+
+
+def with_node_count(config: dict[str, ConfigValue],
+                    node_config: Mapping[str, Any]) -> dict[str, ConfigValue]:
+    """A ClientApp's config with num-clients = 0 resolved to the node's `num-partitions`
+    (Flower's simulation sets it; a deployed node gets it with --node-config)."""
+    if config["num-clients"] != 0:
+        return config
+    if "num-partitions" not in node_config:
+        raise ConfigError("run-config 'num-clients' = 0 needs the node's num-partitions: start "
+                          "the SuperNode with --node-config \"partition-id=<i> "
+                          "num-partitions=<N>\", or set num-clients")
+    return validate_run_config({**config, "num-clients": int(node_config["num-partitions"])})
 
 
 def from_python_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:

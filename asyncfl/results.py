@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import math
+import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -12,24 +15,97 @@ from typing import Any
 
 import numpy as np
 
+from asyncfl.config import ConfigError
+
 EVAL_BASE_COLUMNS = ("version", "virtual_time", "wall_time")
 CLIENT_COLUMNS = ("client", "node_id", "step_time", "num_examples", "updates")
 
 
 def default_run_name(config: Mapping[str, Any]) -> str:
-    """strategy-task-timestamp, unique within the output folder."""
+    """strategy-task-timestamp (claim_run_dir makes it unique in the output folder)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = f"{config['strategy']}-{config['task']}-{stamp}"
-    name, n = base, 1
-    while (Path(config["output-dir"]) / name).exists():
-        n += 1
-        name = f"{base}-{n}"
-    return name
+    return f"{config['strategy']}-{config['task']}-{stamp}"
 
 
 def run_dir(config: Mapping[str, Any]) -> Path:
     """The run's results folder (run-name must be set)."""
     return Path(config["output-dir"]) / str(config["run-name"])
+
+
+#: most suffixes (-2, -3, ...) tried for a taken run name
+MAX_SUFFIX = 1000
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """ConfigError naming `key` unless a file can be created in `folder` (tried, not guessed
+    from permission bits, which do not bind root or tell a read-only file system)."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+    except OSError as error:
+        raise ConfigError(f"run-config '{key}': cannot write in {folder} ({error.strerror}); "
+                          "allowed: a writable folder") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_output_dir(config: Mapping[str, Any]) -> Path:
+    """The output folder, created if missing and checked writable, or ConfigError."""
+    root = Path(config["output-dir"])
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"run-config 'output-dir' = {str(root)!r} is not a folder; "
+                          "allowed: a writable folder path")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"run-config 'output-dir' = {str(root)!r} cannot be created "
+                          f"({error.strerror}); allowed: a writable folder path") from None
+    check_writable(root, "output-dir")
+    return root
+
+
+def claim_run_dir(config: dict[str, Any]) -> Path:
+    """Create this run's results folder before any work, and set config['run-name'] to it.
+
+    The folder is made with an exclusive mkdir, so two runs never share one: a taken name
+    (or a default name two runs chose in the same second) gets -2, -3, ... With `resume` the
+    named folder (holding the checkpoint) is reused as it is."""
+    root = check_output_dir(config)
+    if config["resume"]:  # a missing folder is reported as a missing checkpoint
+        out = run_dir(config)
+        if out.is_dir():
+            check_writable(out, "run-name")
+        return out
+    base = config["run-name"] or default_run_name(config)
+    for n in range(1, MAX_SUFFIX + 1):
+        name = base if n == 1 else f"{base}-{n}"
+        try:
+            (root / name).mkdir()
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise ConfigError(f"run-config 'run-name' = {name!r}: cannot create {root / name} "
+                              f"({error.strerror})") from None
+        config["run-name"] = name
+        return root / name
+    raise ConfigError(f"run-config 'run-name': {base} and {MAX_SUFFIX - 1} suffixed names are "
+                      f"taken in {root}; choose another run-name or output-dir")
+
+
+def find_launched_run(config: Mapping[str, Any]) -> Path | None:
+    """The results folder a run launched with `launch-id` wrote (its config.json names the
+    launch), among run-name and its suffixed variants; None if it wrote none."""
+    root, name = Path(config["output-dir"]), str(config["run-name"])
+    candidates = [root / name, *sorted(root.glob(f"{glob.escape(name)}-*"))]
+    for folder in candidates:
+        if folder != root / name and not folder.name[len(name) + 1:].isdigit():
+            continue
+        try:
+            written = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if written.get("launch-id") == config["launch-id"] and (folder / "summary.json").exists():
+            return folder
+    return None
 
 
 def write_rows(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:

@@ -14,10 +14,11 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
+from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-from asyncfl.config import validate_run_config
+from asyncfl.config import check_local_files, config_warnings, validate_run_config
 from asyncfl.protocol import NUM_EXAMPLES, PARTITION_ID, QUERY, arrays_to_record, record_to_arrays
-from asyncfl.results import default_run_name, run_dir, write_results
+from asyncfl.results import claim_run_dir, run_dir, write_results
 from asyncfl.strategies import (
     STRATEGIES,
     AsyncflStrategy,
@@ -41,6 +42,9 @@ from asyncfl.timing import (
 from asyncfl.timing.delays import parse_profile, read_trace
 
 NODE_WAIT_SECONDS = 120.0
+#: Flower's simulation registers all its nodes as it starts: a node count that stays the
+#: same this long is the federation's size
+SIMULATION_SETTLE_SECONDS = 1.0
 
 app = ServerApp()
 
@@ -50,6 +54,9 @@ def main(grid: Grid, context: Context) -> None:
     """Validate the run config before any node is contacted, then run (under the standard
     library's profiler when `profile` is set, writing its report next to the results)."""
     config = validate_run_config(context.run_config)
+    check_local_files(config)
+    for note in config_warnings(config):
+        log(WARNING, "%s", note)
     if not config["profile"]:
         run_server(grid, config)
         return
@@ -139,23 +146,54 @@ def train_config(config: Mapping[str, Any]) -> ConfigRecord:
     return ConfigRecord({k: config[k] for k in keys})
 
 
+def wait_for_nodes(grid: Grid, num_clients: int, min_nodes: int,
+                   wait: float = NODE_WAIT_SECONDS) -> list[int]:
+    """The ids of the nodes the run uses, once they are there.
+
+    Flower's simulation (an InMemoryGrid) has every node from the start: once the count
+    settles, too few nodes for num-clients is an error at once, naming the flag that fixes it.
+    A deployment waits up to `wait` seconds for num-clients nodes, or with num-clients = 0 for
+    min_nodes, then takes every node connected at that moment.
+    """
+    simulated = isinstance(grid, InMemoryGrid)
+    wanted = num_clients or (1 if simulated else min_nodes)
+    deadline = time.monotonic() + wait
+    count, since = -1, time.monotonic()
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        now = time.monotonic()
+        if len(nodes) != count:
+            count, since = len(nodes), now
+        if simulated and count and now - since >= SIMULATION_SETTLE_SECONDS:
+            if count < num_clients:
+                raise RuntimeError(
+                    f"num-clients = {num_clients} but the simulated federation has {count} "
+                    f"SuperNodes; pass --federation-config \"num-supernodes={num_clients}\" "
+                    "to flwr run (or num-clients=0 to use every node)")
+            break
+        if not simulated and count >= wanted:
+            break
+        if now > deadline:
+            setting = (f"num-clients = {num_clients}" if num_clients
+                       else f"min-available-nodes = {min_nodes}")
+            raise RuntimeError(f"{setting} but only {count} nodes connected after {wait:.0f} s"
+                               "; start more SuperNodes or lower the setting")
+        time.sleep(0.1)
+    return nodes[:num_clients] if num_clients else nodes
+
+
 def discover_clients(
-    grid: Grid, num_clients: int, wait: float = NODE_WAIT_SECONDS
+    grid: Grid, num_clients: int, min_nodes: int = 1, wait: float = NODE_WAIT_SECONDS
 ) -> tuple[list[int], list[int] | None]:
     """Node ids in client order (index = the node's partition-id), and partition sizes.
 
-    Waits for the nodes to connect (deployment), then asks each for its partition-id and size
-    with one `query` message; if the ClientApps do not answer, nodes are taken in node-id order
-    and the sizes are unknown.
+    Waits for the nodes (wait_for_nodes; num-clients = 0: every node), then asks each for its
+    partition-id and size with one `query` message; if the ClientApps do not answer, nodes are
+    taken in node-id order and the sizes are unknown.
     """
     deadline = time.monotonic() + wait
-    while len(nodes := sorted(grid.get_node_ids())) < num_clients:
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"num-clients = {num_clients} but only {len(nodes)} nodes connected after "
-                f"{wait:.0f} s (simulation: pass --federation-config num-supernodes={num_clients})"
-            )
-        time.sleep(0.5)
+    nodes = wait_for_nodes(grid, num_clients, min_nodes, wait)
+    num_clients = len(nodes)
     queries = [Message(RecordDict(), node, QUERY) for node in nodes]
     pending = set(grid.push_messages(queries))
     by_partition: dict[int, int] = {}
@@ -182,7 +220,7 @@ def discover_clients(
 
 CHECKPOINT = "checkpoint.bin"
 #: keys that may differ between a run and its resumption
-RESUMABLE_CHANGES = ("resume", "profile", "reply-timeout")
+RESUMABLE_CHANGES = ("resume", "profile", "reply-timeout", "launch-id", "min-available-nodes")
 
 
 def resume_payload(config: Mapping[str, Any]) -> dict:
@@ -203,15 +241,14 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
     phases = PhaseTimer()
     phases.enter("setup")
     config = dict(config)
-    if not config["run-name"]:
-        config["run-name"] = default_run_name(config)
-    out = run_dir(config)
+    out = claim_run_dir(config)  # sets run-name: a fresh folder, or the one to resume
+    device = resolve_device(config["torch-device"])  # cuda without a GPU stops the run here
+    node_ids, sizes = discover_clients(grid, config["num-clients"],
+                                       config["min-available-nodes"])
+    config = validate_run_config({**config, "num-clients": len(node_ids)})
     resume = resume_payload(config) if config["resume"] else None
     task = load_task(config)
-    # a bad delay-trace file, or torch-device = cuda without a GPU, stops the run here
-    delays = make_delays(config)
-    device = resolve_device(config["torch-device"])
-    node_ids, sizes = discover_clients(grid, config["num-clients"])
+    delays = make_delays(config)  # a malformed delay-trace stops the run here
     strategy = make_strategy(config, delays, node_ids, sizes, resume, phases)
 
     def evaluate(version: int, arrays: ArrayRecord) -> MetricRecord:

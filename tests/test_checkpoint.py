@@ -57,6 +57,7 @@ def test_stopped_and_resumed_equals_uninterrupted(out, strategy, extra):
     assert_same_run(full, resumed)
 
 
+@pytest.mark.slow  # a separate Python process, killed mid-run
 def test_a_killed_process_resumes_from_its_last_checkpoint(tmp_path):
     kw = dict(strategy="fedbuff", num_clients=10, num_server_rounds=300, concurrency=5,
               buffer_size=2, local_steps=2, batch_size=8, checkpoint_every=20,

@@ -10,6 +10,8 @@ from asyncfl.runtime.deploy import Deployment
 from asyncfl.runtime.flower_run import group_members
 from tests.helpers import read_rows
 
+pytestmark = pytest.mark.slow  # a real SuperLink and SuperNodes
+
 RUN = {"strategy": "fedbuff", "buffer-size": 1, "clock": "wall", "delay-dist": "constant",
        "delay-mean": 0.01, "local-steps": 20, "batch-size": 16, "lr": 0.1}
 

@@ -5,6 +5,8 @@ import torch
 
 from asyncfl.parallel.pipeline import PipelineConfig, full_model, run_pipeline, train_reference
 
+pytestmark = pytest.mark.slow  # the pipeline exercise's processes
+
 
 def assert_same(state, reference):
     assert state.keys() == reference.keys()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import ipaddress
-import os
 import signal
 import subprocess
 import sys
@@ -30,11 +29,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from flwr.common.config import parse_config_args
 
 from asyncfl.runtime.flower_run import (
+    flower_env,
+    flower_executable,
     format_run_config,
     free_port,
+    parse_run_config,
     resolve_run,
     stop_process_group,
     written_results,
@@ -118,8 +119,7 @@ class Deployment:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.home = self.folder / "flwr-home"
         self.home.mkdir(exist_ok=True)
-        self.env = {**os.environ, "FLWR_HOME": str(self.home), "FLWR_DISABLE_UPDATE_CHECK": "1",
-                    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+        self.env = flower_env(self.home)
         self.port = free_port()
 
     def __enter__(self) -> Deployment:
@@ -156,7 +156,8 @@ class Deployment:
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n{address}')
         self._spawn("superlink", [
-            "flower-superlink", *tls, "--disable-runtime-dependency-installation",
+            flower_executable("flower-superlink"), *tls,
+            "--disable-runtime-dependency-installation",
             "--host", "127.0.0.1", "--port", str(self.port),
             "--control-api-address", f"127.0.0.1:{free_port()}"])
         deadline = time.monotonic() + 60
@@ -171,8 +172,9 @@ class Deployment:
 
     def register(self, public_key: Path) -> None:
         """Add a node's public key to the federation (`flwr supernode register`)."""
-        done = subprocess.run(["flwr", "supernode", "register", str(public_key), CONNECTION],
-                              env=self.env, capture_output=True, text=True, timeout=120)
+        done = subprocess.run([flower_executable("flwr"), "supernode", "register",
+                               str(public_key), CONNECTION], env=self.env,
+                              capture_output=True, text=True, timeout=120)
         if done.returncode != 0 or "registered successfully" not in done.stdout:
             raise RuntimeError(f"registering {public_key} failed:\n{done.stdout}{done.stderr}")
 
@@ -185,7 +187,7 @@ class Deployment:
         node_config = f"partition-id={i} num-partitions={self.nodes}"
         if i < len(self.step_delays) and self.step_delays[i] > 0:
             node_config += f" step-delay={self.step_delays[i]}"
-        command = ["flower-supernode", "--superlink", f"127.0.0.1:{self.port}",
+        command = [flower_executable("flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
                    "--port", str(free_port()), "--node-config", node_config]
         if self.secure:
             private, public = make_node_key(self.folder / "keys", name)
@@ -215,12 +217,11 @@ class Deployment:
     def run(self, overrides: dict, app: Path = ROOT, timeout: float = 1800) -> Path:
         """`flwr run` the app on this deployment; the results folder of the run."""
         overrides, config = resolve_run({"num-clients": self.nodes, **overrides})
-        started = time.time()
         with (self.folder / "run.log").open("a") as log:
-            subprocess.run(["flwr", "run", str(app), CONNECTION, "--stream", "--run-config",
-                            format_run_config(overrides)], env=self.env, stdout=log,
+            subprocess.run([flower_executable("flwr"), "run", str(app), CONNECTION, "--stream",
+                            "--run-config", format_run_config(overrides)], env=self.env, stdout=log,
                            stderr=subprocess.STDOUT, timeout=timeout, check=False)
-        return written_results(config, started, f"; see {self.folder}/run.log")
+        return written_results(config, f"; see {self.folder}/run.log")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "local":
         parser.print_help()
         return 2
-    overrides = parse_config_args([args.run_config]) if args.run_config else {}
+    overrides = parse_run_config(args.run_config)
     delays = [float(x) for x in args.step_delays.split(",")] if args.step_delays else []
     with Deployment(Path(args.folder), args.nodes, not args.insecure, delays) as deployment:
         out = deployment.run(overrides)

@@ -4,11 +4,16 @@
 and, unless told otherwise, reinstalls the app's dependencies into a fresh environment. This
 wrapper instead:
 
-1. validates the run config (a mistake is reported before anything starts);
+1. validates the run config, the trace file and the output folder (a mistake is reported
+   before anything starts; a malformed `--run-config` token is one);
 2. starts `flower-superlink --simulation --disable-runtime-dependency-installation` on free
    127.0.0.1 ports, with its own FLWR_HOME holding one connection, `asyncfl-local`;
-3. runs `flwr run <app> asyncfl-local --stream` with num-supernodes = num-clients;
-4. stops the SuperLink's process group by its PID, whatever happened, and removes FLWR_HOME.
+3. runs `flwr run <app> asyncfl-local --stream` with num-supernodes = num-clients (0: 10);
+4. stops every process group it started (the SuperLink's, `flwr run`'s, and those their
+   processes opened: SuperExec, the simulation) by PID, whatever happened, also on SIGTERM or
+   SIGINT, and removes FLWR_HOME;
+5. exits 0 only if the ServerApp wrote this run's summary.json (`flwr run` itself exits 0
+   when the ServerApp fails).
 
 Usage: `asyncfl-flwr-run --run-config "strategy='fedavg' num-clients=10"`.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,19 +30,84 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
+from types import FrameType
+from uuid import uuid4
 
 import httpx
 from flwr.common.config import parse_config_args
 
-from asyncfl.config import ConfigError, validate_run_config
-from asyncfl.results import default_run_name, run_dir
+from asyncfl.config import (
+    SIMULATED_CLIENTS,
+    ConfigError,
+    check_local_files,
+    validate_run_config,
+)
+from asyncfl.results import check_output_dir, default_run_name, find_launched_run, run_dir
 
 CONNECTION = "asyncfl-local"
 STARTUP_SECONDS = 30.0
 STOP_SECONDS = 15.0
+
+
+def flower_executable(name: str) -> str:
+    """A Flower executable (`flwr`, `flower-superlink`, ...) next to the running interpreter,
+    so `.venv/bin/python -m ...` works without an activated venv; else the one on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} not found next to {sys.executable} or on PATH; install "
+                           "flwr[simulation] into this interpreter's environment")
+    return found
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    """The environment for Flower processes: their own FLWR_HOME, no update check or
+    dependency installation, and the interpreter's folder first on PATH (the SuperLink starts
+    `flower-superexec` and `flwr-simulation` by name)."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PATH": path}
+
+
+TOKEN = re.compile(r"""(\S+?)=('[^']*'|"[^"]*"|\S+)""")
+
+
+def parse_run_config(text: str) -> dict:
+    """`--run-config` text as flwr reads it (`k=v` pairs, TOML values, or one .toml file),
+    except that anything that is not a `k=v` pair is an error naming it, where flwr drops it
+    silently (`"lr =0.1"` would run with the default lr)."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.endswith(".toml") and "=" not in text:
+        return parse_config_args([text])
+    pairs, position = [], 0
+    for match in TOKEN.finditer(text):
+        stray = text[position:match.start()].strip()
+        if stray:
+            break
+        pairs.append(match.groups())
+        position = match.end()
+    else:
+        stray = text[position:].strip()
+    if stray:
+        raise ConfigError(f"--run-config: cannot read {stray.split()[0]!r} in {text!r}; write "
+                          "space-separated key=value pairs with no space around '=', strings "
+                          "quoted (strategy='fedbuff' num-clients=10)")
+    overrides = {}
+    for key, value in pairs:
+        try:
+            overrides[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise ConfigError(f"--run-config: {key}={value} is not a TOML value (numbers, "
+                              "true/false, or a quoted string)") from None
+    return overrides
 
 
 def free_port() -> int:
@@ -62,7 +133,7 @@ def start_superlink(home: Path, app_dir: Path, env: dict) -> tuple[subprocess.Po
     """Start a simulation SuperLink in its own process group; return it and its API port."""
     api_port, control_port, fleet_port = free_port(), free_port(), free_port()
     command = [
-        "flower-superlink", "--insecure", "--simulation",
+        flower_executable("flower-superlink"), "--insecure", "--simulation",
         "--disable-runtime-dependency-installation",
         "--host", "127.0.0.1", "--port", str(api_port),
         "--control-api-address", f"127.0.0.1:{control_port}",
@@ -71,19 +142,22 @@ def start_superlink(home: Path, app_dir: Path, env: dict) -> tuple[subprocess.Po
     ]
     process = subprocess.Popen(command, env=env, cwd=app_dir, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"flower-superlink exited with code {process.returncode}; "
-                               f"see {home / 'superlink.log'}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=0.5).is_success:
-                return process, api_port
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    stop_process_group(process)
-    raise RuntimeError(f"flower-superlink did not start within {STARTUP_SECONDS:.0f} s")
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"flower-superlink exited with code {process.returncode}; "
+                                   f"see {home / 'superlink.log'}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=0.5).is_success:
+                    return process, api_port
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"flower-superlink did not start within {STARTUP_SECONDS:.0f} s")
+    except BaseException:  # a failed start, or SIGTERM / SIGINT meanwhile
+        stop_process_group(process)
+        raise
 
 
 @contextmanager
@@ -91,8 +165,7 @@ def local_superlink(app_dir: Path) -> Iterator[tuple[subprocess.Popen, dict]]:
     """A private simulation SuperLink with its own FLWR_HOME and `asyncfl-local` connection;
     yields the process and the environment for `flwr`; stops it by PID on exit."""
     home = Path(tempfile.mkdtemp(prefix="asyncfl-flwr-"))
-    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    env = flower_env(home)
     superlink = None
     try:
         superlink, api_port = start_superlink(home, app_dir, env)
@@ -118,31 +191,58 @@ def process_stat(pid: int) -> tuple[str, int, int] | None:
     return state, int(ppid), int(pgrp)
 
 
+def live_processes() -> dict[int, tuple[str, int, int]]:
+    """PID -> (state, parent PID, process group) of every process in /proc."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return {}
+    found = {}
+    for entry in proc.iterdir():
+        stat = process_stat(int(entry.name)) if entry.name.isdigit() else None
+        if stat is not None:
+            found[int(entry.name)] = stat
+    return found
+
+
 def group_members(pgid: int) -> list[int]:
     """PIDs of the live processes in process group `pgid`.
 
     Zombies do not count: a killed child reparented to PID 1 stays a zombie until PID 1 reaps
     it, which some container inits never do. Without /proc, any member (zombie or not) counts.
     """
-    proc = Path("/proc")
-    if not proc.is_dir():
+    if not Path("/proc").is_dir():
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
             return []
         return [pgid]
-    members = []
-    for entry in proc.iterdir():
-        stat = process_stat(int(entry.name)) if entry.name.isdigit() else None
-        if stat is not None and stat[2] == pgid and stat[0] not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
+    return [pid for pid, (state, _, pgrp) in live_processes().items()
+            if pgrp == pgid and state not in ("Z", "X")]
 
 
-def wait_group_gone(pgid: int, seconds: float) -> bool:
-    """Poll until no live process is left in group `pgid`; whether that happened in time."""
+def descendant_groups(pid: int) -> list[int]:
+    """The process groups of `pid` and of every live descendant, `pid`'s own first.
+
+    Flower starts SuperExec in a session of its own (and SuperExec the ServerApp or the
+    simulation), so the SuperLink's group alone does not hold everything it started."""
+    processes = live_processes()
+    children: dict[int, list[int]] = {}
+    for child, (_, parent, _) in processes.items():
+        children.setdefault(parent, []).append(child)
+    groups, todo = [os.getpgid(pid)] if pid in processes else [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            if processes[child][2] not in groups and processes[child][0] not in ("Z", "X"):
+                groups.append(processes[child][2])
+    own = os.getpgrp()
+    return [g for g in groups if g != own]
+
+
+def wait_groups_gone(groups: list[int], seconds: float) -> bool:
+    """Poll until no live process is left in any of `groups`; whether that happened in time."""
     deadline = time.monotonic() + seconds
-    while group_members(pgid):
+    while any(group_members(g) for g in groups):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.1)
@@ -150,14 +250,17 @@ def wait_group_gone(pgid: int, seconds: float) -> bool:
 
 
 def stop_process_group(process: subprocess.Popen) -> None:
-    """SIGTERM the process group led by `process` (by its PID), SIGKILL what lingers, and
-    wait until every process of the group is gone (the leader reaped)."""
+    """SIGTERM the process group led by `process` (by its PID) and the groups its
+    descendants opened, SIGKILL what lingers, and wait until every process of those groups is
+    gone (the leader reaped)."""
+    groups = descendant_groups(process.pid) or [process.pid]
     for sig, wait in ((signal.SIGTERM, STOP_SECONDS), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        if wait_group_gone(process.pid, wait):
+        for group in groups:
+            try:
+                os.killpg(group, sig)
+            except ProcessLookupError:
+                pass
+        if wait_groups_gone(groups, wait):
             break
     try:
         process.wait(timeout=5.0)
@@ -166,25 +269,29 @@ def stop_process_group(process: subprocess.Popen) -> None:
 
 
 def resolve_run(overrides: dict) -> tuple[dict, dict]:
-    """The overrides with a run-name and an absolute output-dir filled in, and the validated
-    config: the results folder is known before the run starts in another process."""
+    """The overrides with a run-name, a fresh launch-id and absolute paths filled in, and
+    the validated config; the trace file and the output folder checked before anything starts.
+    The ServerApp creates the results folder (run-name, or run-name-2, ... if taken) and
+    records the launch-id in its config.json, which is how `written_results` finds it."""
     overrides = dict(overrides)
     config = validate_run_config(overrides)
     if not config["run-name"]:
         overrides["run-name"] = config["run-name"] = default_run_name(config)
+    overrides["launch-id"] = config["launch-id"] = uuid4().hex
     # the ServerApp runs in another process, maybe in another folder: paths become absolute
     for key in ("output-dir", "delay-trace"):
         if config[key] and not Path(config[key]).is_absolute():
             overrides[key] = config[key] = str(Path.cwd() / config[key])
+    check_local_files(config)
+    check_output_dir(config)
     return overrides, config
 
 
-def written_results(config: dict, started: float, hint: str = "") -> Path:
-    """The run's results folder, or RuntimeError if the run wrote no summary after `started`."""
-    out = run_dir(config)
-    summary = out / "summary.json"
-    if not summary.exists() or summary.stat().st_mtime < started:
-        raise RuntimeError(f"the run wrote no results to {out}{hint}")
+def written_results(config: dict, hint: str = "") -> Path:
+    """The results folder this launch's ServerApp wrote, or RuntimeError if it wrote none."""
+    out = find_launched_run(config)
+    if out is None:
+        raise RuntimeError(f"the run wrote no results to {run_dir(config)}{hint}")
     return out
 
 
@@ -192,17 +299,33 @@ def run_flower(overrides: dict, app_dir: Path, cpus_per_client: int = 1,
                gpus_per_client: float = 0.0) -> Path:
     """Validate, run `flwr run` on a private SuperLink, stop it; return the results folder.
     `gpus_per_client` is the share of a GPU Ray gives each ClientApp (0.25: four share one)."""
+    if validate_run_config(overrides)["num-clients"] == 0:
+        overrides = {**overrides, "num-clients": SIMULATED_CLIENTS}
     overrides, config = resolve_run(overrides)
-    started = time.time()
     cpus = os.cpu_count() or 1
     federation = (f"num-supernodes={config['num-clients']} "
                   f"client-resources-num-cpus={cpus_per_client} "
                   f"client-resources-num-gpus={gpus_per_client:g} init-args-num-cpus={cpus}")
     with local_superlink(app_dir) as (_, env):
-        command = ["flwr", "run", str(app_dir), CONNECTION, "--stream",
+        command = [flower_executable("flwr"), "run", str(app_dir), CONNECTION, "--stream",
                    "--run-config", format_run_config(overrides), "--federation-config", federation]
-        subprocess.run(command, env=env, check=False)
-    return written_results(config, started)
+        flwr = subprocess.Popen(command, env=env, start_new_session=True)
+        try:
+            code = flwr.wait()
+        finally:
+            stop_process_group(flwr)
+    return written_results(config, f" (flwr run exited with code {code})")
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT arrived: unwind, stopping what was started."""
+
+
+def stop_on_signal(signum: int, frame: FrameType | None) -> None:
+    """Turn the first SIGTERM / SIGINT into Stopped; ignore more while cleaning up."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    raise Stopped(signal.Signals(signum).name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,13 +340,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.gpus_per_client < 0:
         parser.error(f"--gpus-per-client = {args.gpus_per_client} must be >= 0")
-    overrides = parse_config_args([args.run_config]) if args.run_config else {}
+    previous = {sig: signal.signal(sig, stop_on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        out = run_flower(overrides, Path(args.app).resolve(), args.cpus_per_client,
-                         args.gpus_per_client)
+        out = run_flower(parse_run_config(args.run_config), Path(args.app).resolve(),
+                         args.cpus_per_client, args.gpus_per_client)
     except (ConfigError, RuntimeError) as err:
         print(f"asyncfl-flwr-run: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
+    except Stopped as stop:
+        print(f"asyncfl-flwr-run: stopped by {stop}; every process it started is stopped",
+              file=sys.stderr)
+        return 128 + signal.Signals[str(stop)].value
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(f"asyncfl-flwr-run: results in {out}")
     return 0
 

@@ -23,9 +23,14 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from asyncfl.config import from_python_kwargs, validate_run_config
+from asyncfl.config import (
+    SIMULATED_CLIENTS,
+    check_local_files,
+    from_python_kwargs,
+    validate_run_config,
+)
 from asyncfl.protocol import PARTITION_ID
-from asyncfl.results import default_run_name, run_dir
+from asyncfl.results import check_output_dir, default_run_name, find_launched_run, run_dir
 
 CLIENT_EXCEPTION = 2  # Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 SERVER_NODE_ID = 1
@@ -109,6 +114,12 @@ class SimulationResult:
     summary: dict[str, Any]
     config: dict[str, Any]
 
+    @classmethod
+    def read(cls, out: Path) -> SimulationResult:
+        """The result of the run whose results folder is `out`."""
+        return cls(out, json.loads((out / "summary.json").read_text()),
+                   json.loads((out / "config.json").read_text()))
+
     def final_arrays(self) -> dict[str, np.ndarray]:
         """The final global model, read back from the results folder."""
         with np.load(self.output_dir / "final_model.npz") as data:
@@ -122,7 +133,9 @@ def simulate(
     grid_class: type[InlineGrid] = InlineGrid, runtime: str = "inline", **run_config: Any
 ) -> SimulationResult:
     """Run the ServerApp and ClientApp; keys as in the run config, with underscores
-    (`simulate(strategy="fedavg", num_clients=10)`). `runtime="inline"` runs everything in
+    (`simulate(strategy="fedavg", num_clients=10)`; num_clients=0, the default, means
+    10). Returns this run's own results, even when another run with the same output_dir
+    and name runs at the same time. `runtime="inline"` runs everything in
     this process; `runtime="simulation"` runs the same through Flower's simulation engine
     (`flwr run` on a private SuperLink; needs the project folder, as an editable install has).
     """
@@ -132,19 +145,23 @@ def simulate(
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     overrides = from_python_kwargs(run_config)
-    config = validate_run_config(overrides)
-    if not config["run-name"]:
-        config["run-name"] = default_run_name(config)
+    if validate_run_config(overrides)["num-clients"] == 0:
+        overrides["num-clients"] = SIMULATED_CLIENTS
     if runtime == "simulation":
         from asyncfl.runtime.flower_run import run_flower
 
         app_dir = Path(__file__).resolve().parents[2]
         if not (app_dir / "pyproject.toml").exists():
             raise RuntimeError(f"runtime='simulation' needs the app folder; none at {app_dir}")
-        out = run_flower({**overrides, "run-name": config["run-name"]}, app_dir)
-        return SimulationResult(out, json.loads((out / "summary.json").read_text()),
-                                validate_run_config({**overrides, "run-name": config["run-name"],
-                                                     "output-dir": str(out.parent)}))
+        return SimulationResult.read(run_flower(overrides, app_dir))
+    config = validate_run_config(overrides)
+    check_local_files(config)
+    check_output_dir(config)
+    # the ServerApp claims the results folder (run-name, or run-name-2 if taken) and writes
+    # launch-id into its config.json: that is how this finds its own run's folder
+    config["launch-id"] = uuid4().hex
+    if not config["run-name"]:
+        config["run-name"] = default_run_name(config)
     if config["clock"] == "wall":
         log(WARNING, "clock = wall inline: ClientApps run one at a time in this process, so "
             "their sleeps add up; for clients that really run side by side use "
@@ -153,5 +170,7 @@ def simulate(
     context = Context(run_id=1, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(),
                       run_config=config)
     server_app(grid, context)
-    out = run_dir(config)
-    return SimulationResult(out, json.loads((out / "summary.json").read_text()), config)
+    out = find_launched_run(config)
+    if out is None:
+        raise RuntimeError(f"the run wrote no results to {run_dir(config)}")
+    return SimulationResult.read(out)

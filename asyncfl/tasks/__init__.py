@@ -37,7 +37,13 @@ def _build(name: str, num_clients: int, partition: str, model: str, alpha: float
 
 
 def load_task(config: Mapping[str, Any]) -> Task:
-    """The task a validated run config describes (built once per process and reused)."""
+    """The task a validated run config describes (built once per process and reused).
+
+    num-clients must be resolved first (0 means "every node", which only the ServerApp's Grid
+    or the node's num-partitions can tell)."""
+    if config["num-clients"] < 1:
+        raise ValueError("load_task needs num-clients >= 1; resolve num-clients = 0 to the "
+                         "number of nodes first")
     return _build(config["task"], config["num-clients"], config["partition"], config["model"],
                   float(config["alpha"]), config["classes-per-client"], config["label-groups"],
                   float(config["synthetic-beta"]), config["seed"])

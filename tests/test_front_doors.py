@@ -1,0 +1,332 @@
+"""Front doors and hostile inputs: settings refused up front, runs that never share a folder,
+num-clients = 0, the wrapper's command line (fast tests; the ones that start Flower are in
+test_flower_simulation.py)."""
+
+import json
+import math
+import os
+
+import pytest
+from flwr.app import Context, RecordDict
+from flwr.common.config import parse_config_args
+from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+import asyncfl
+import asyncfl.runtime.inline as inline
+import asyncfl.server_app as server_app
+from asyncfl.client_app import run_config as client_run_config
+from asyncfl.config import (
+    DEFAULTS,
+    FIXED_BY_STRATEGY,
+    SEED_MAX,
+    SETTINGS,
+    TRACE_MAX_BYTES,
+    ConfigError,
+    check_local_files,
+    config_warnings,
+    validate_run_config,
+    with_node_count,
+)
+from asyncfl.results import claim_run_dir, find_launched_run
+from asyncfl.runtime.flower_run import flower_executable, main, parse_run_config
+from asyncfl.strategies import STRATEGIES
+from asyncfl.tasks import load_task
+
+FLOAT_KEYS = [s.key for s in SETTINGS if s.type is float]
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_every_float_setting_must_be_finite(key, value):
+    with pytest.raises(ConfigError, match=f"'{key}' = .* is not a finite number; allowed"):
+        validate_run_config({key: value})
+
+
+def test_seed_must_fit_numpy_and_scikit_learn():
+    assert validate_run_config({"seed": SEED_MAX})["seed"] == 2**32 - 1
+    for seed in (2**32, 2**70):
+        with pytest.raises(ConfigError, match=r"'seed' .* allowed: an integer in \[0, 42949672"):
+            validate_run_config({"seed": seed})
+
+
+def test_eval_interval_cannot_ask_for_an_evaluation_storm():
+    assert validate_run_config({"eval-interval": 0.0})["eval-interval"] == 0.0
+    assert validate_run_config({"eval-interval": 1e-3})["eval-interval"] == 1e-3
+    with pytest.raises(ConfigError, match="'eval-interval' = 0.0001 .* 0, or a number >= 0.001"):
+        validate_run_config({"eval-interval": 1e-4})
+    validate_run_config({"eval-interval": 0.01, "time-budget": 1000.0})  # 100,000 evaluations
+    with pytest.raises(ConfigError, match="more than 100,000 evaluations.*time-budget / 100,000"):
+        validate_run_config({"eval-interval": 0.01, "time-budget": 1000.5})
+
+
+@pytest.mark.parametrize(("task", "most"), [("digits", 1437), ("mnist", 60_000),
+                                             ("mean", 100_000), ("synthetic", 100_000)])
+def test_num_clients_is_bounded_by_the_tasks_data(task, most):
+    assert validate_run_config({"task": task, "num-clients": most})["num-clients"] == most
+    for n in (most + 1, 10**7):
+        with pytest.raises(ConfigError, match=f"'num-clients' = {n} is too large.*0 to {most}"):
+            validate_run_config({"task": task, "num-clients": n})
+
+
+def test_digits_really_has_as_many_training_examples_as_config_allows_clients():
+    task = load_task(validate_run_config({"num-clients": 1437, "batch-size": 0}))
+    assert sorted(len(p) for p in task.partitions) == [1] * 1437
+
+
+def test_running_mean_needs_the_mean_task_and_the_mean_task_takes_any_strategy():
+    with pytest.raises(ConfigError, match="'strategy' = 'running-mean' .* use task = 'mean'"):
+        validate_run_config({"strategy": "running-mean", "task": "digits"})
+    for strategy in ("running-mean", "fedbuff", "fedasync", "fedavg"):
+        validate_run_config({"strategy": strategy, "task": "mean"})
+
+
+def test_fixed_train_settings_agree_with_the_strategies():
+    fixed = {name: cls.fixed_train_config for name, cls in STRATEGIES.items()
+             if cls.fixed_train_config}
+    assert fixed == FIXED_BY_STRATEGY
+
+
+def test_a_setting_the_strategy_overrides_is_reported():
+    notes = config_warnings(validate_run_config({"strategy": "ssgd", "local-steps": 7}))
+    assert notes == ["run-config 'local-steps' = 7 has no effect: strategy = ssgd fixes "
+                     "local-steps = 1"]
+    notes = config_warnings(validate_run_config({"strategy": "fedsgd", "local-steps": 3,
+                                                 "batch-size": 32}))
+    assert [n.split(" = ")[0] for n in notes] == ["run-config 'local-steps'",
+                                                  "run-config 'batch-size'"]
+    # defaults and the fixed value itself say nothing; other strategies use local-steps
+    assert config_warnings(validate_run_config({"strategy": "asgd"})) == []
+    assert config_warnings(validate_run_config({"strategy": "asgd", "local-steps": 1})) == []
+    assert config_warnings(validate_run_config({"strategy": "fedbuff", "local-steps": 7})) == []
+
+
+@pytest.mark.parametrize("name", ["   ", "a/b", "a\\b", "a\0b", "x" * 101, ".", ".."])
+def test_run_names_that_are_not_one_folder_name_are_refused(name):
+    with pytest.raises(ConfigError, match="'run-name' .* allowed: a folder name of at most 100"):
+        validate_run_config({"run-name": name})
+
+
+def test_a_run_name_of_100_characters_is_fine():
+    assert validate_run_config({"run-name": "x" * 100})["run-name"] == "x" * 100
+
+
+def test_trace_files_are_checked_before_they_are_read(tmp_path):
+    def check(path):
+        check_local_files(validate_run_config({"delay-dist": "trace", "delay-trace": path}))
+
+    with pytest.raises(ConfigError, match="'delay-trace' = '/dev/zero' is not a regular file"):
+        check("/dev/zero")
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        check(str(tmp_path))
+    with pytest.raises(ConfigError, match="cannot read it"):
+        check(str(tmp_path / "missing.csv"))
+    huge = tmp_path / "huge.csv"
+    with huge.open("wb") as f:
+        f.truncate(TRACE_MAX_BYTES + 1)  # sparse: nothing is written
+    with pytest.raises(ConfigError, match=f"has {TRACE_MAX_BYTES + 1:,} bytes; allowed: .*64 MiB"):
+        check(str(huge))
+    fine = tmp_path / "fine.csv"
+    fine.write_text("client,step_time\n0,1.0\n")
+    check(str(fine))
+
+
+def test_a_trace_is_only_checked_when_it_is_used():
+    check_local_files(validate_run_config({"delay-trace": "/dev/zero"}))  # delay-dist: exponential
+
+
+def test_num_clients_zero_at_a_node_is_its_num_partitions():
+    config = validate_run_config({})
+    assert config["num-clients"] == 0
+    assert with_node_count(config, {"partition-id": 1, "num-partitions": 2})["num-clients"] == 2
+    explicit = validate_run_config({"num-clients": 5})
+    assert with_node_count(explicit, {"num-partitions": 2}) is explicit
+    with pytest.raises(ConfigError, match="num-clients' = 0 needs the node's num-partitions"):
+        with_node_count(config, {"partition-id": 0})
+    with pytest.raises(ValueError, match="resolve num-clients = 0"):
+        load_task(config)
+
+
+def test_the_client_app_partitions_for_the_nodes_it_is_told_about():
+    context = Context(run_id=1, node_id=7, node_config={"partition-id": 1, "num-partitions": 3},
+                      state=RecordDict(), run_config=dict(DEFAULTS))
+    config = client_run_config(context)
+    assert config["num-clients"] == 3
+    assert [len(p) for p in load_task(config).partitions] == [479, 479, 479]  # 1437 digits
+
+
+class FakeClock:
+    """time.monotonic and time.sleep for the node wait: time passes only when it sleeps."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+class SimulatedGrid(InMemoryGrid):
+    """Flower's simulation Grid as the ServerApp sees it: a fixed set of nodes."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+
+class JoiningGrid:
+    """A deployment's Grid: `joins[t]` nodes are connected from time t on."""
+
+    def __init__(self, clock, joins):
+        self.clock, self.joins = clock, joins
+
+    def get_node_ids(self):
+        count = max((n for t, n in self.joins.items() if self.clock.now >= t), default=0)
+        return list(range(100, 100 + count))
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = FakeClock()
+    monkeypatch.setattr(server_app.time, "monotonic", fake.monotonic)
+    monkeypatch.setattr(server_app.time, "sleep", fake.sleep)
+    return fake
+
+
+def test_too_few_simulated_nodes_fail_at_once_naming_the_flag(clock):
+    with pytest.raises(RuntimeError) as err:
+        server_app.wait_for_nodes(SimulatedGrid([11, 12]), 10, 2, wait=120.0)
+    assert str(err.value).startswith("num-clients = 10 but the simulated federation has 2 ")
+    assert '--federation-config "num-supernodes=10"' in str(err.value)
+    assert clock.now < server_app.SIMULATION_SETTLE_SECONDS + 0.5  # not the 120 s wait
+
+
+def test_num_clients_zero_in_simulation_takes_every_node(clock):
+    assert server_app.wait_for_nodes(SimulatedGrid([12, 11, 13]), 0, 5) == [11, 12, 13]
+    assert server_app.wait_for_nodes(SimulatedGrid([12, 11, 13]), 2, 5) == [11, 12]
+
+
+def test_a_deployment_waits_for_min_available_nodes_then_takes_every_node(clock):
+    grid = JoiningGrid(clock, {0.0: 1, 5.0: 3})
+    assert server_app.wait_for_nodes(grid, 0, 2, wait=120.0) == [100, 101, 102]
+    assert 5.0 <= clock.now < 5.5
+    with pytest.raises(RuntimeError, match="min-available-nodes = 4 but only 3 nodes connected "
+                                           "after 120 s"):
+        server_app.wait_for_nodes(grid, 0, 4, wait=120.0)
+
+
+def test_simulate_with_num_clients_zero_runs_ten_clients(out):
+    result = asyncfl.simulate(strategy="running-mean", task="mean", num_server_rounds=3, **out)
+    assert result.config["num-clients"] == 10
+    assert len((result.output_dir / "clients.csv").read_text().splitlines()) == 11
+
+
+def test_a_taken_run_name_gets_a_fresh_folder_and_simulate_returns_its_own_run(out, monkeypatch):
+    kw = dict(strategy="running-mean", task="mean", num_clients=3, **out)
+    first = asyncfl.simulate(num_server_rounds=4, run_name="same", **kw)
+    second = asyncfl.simulate(num_server_rounds=5, run_name="same", **kw)
+    assert (first.output_dir.name, second.output_dir.name) == ("same", "same-2")
+    assert (first.summary["updates"], second.summary["updates"]) == (4, 5)
+    # two default names in the same second
+    monkeypatch.setattr(inline, "default_run_name", lambda config: "stamp")
+    third = asyncfl.simulate(num_server_rounds=6, **kw)
+    fourth = asyncfl.simulate(num_server_rounds=7, **kw)
+    assert (third.output_dir.name, fourth.output_dir.name) == ("stamp", "stamp-2")
+    assert (third.summary["updates"], fourth.summary["updates"]) == (6, 7)
+    assert third.config["run-name"] == "stamp"
+
+
+def test_simulate_never_reads_another_runs_folder(out, tmp_path):
+    # a run with the same name that claimed "x" and finished before this one looked
+    other = tmp_path / "outputs" / "x"
+    other.mkdir(parents=True)
+    (other / "config.json").write_text(json.dumps({"launch-id": "someone-else"}))
+    (other / "summary.json").write_text(json.dumps({"updates": -1}))
+    result = asyncfl.simulate(strategy="running-mean", task="mean", num_clients=3,
+                              num_server_rounds=4, run_name="x", **out)
+    assert result.output_dir.name == "x-2" and result.summary["updates"] == 4
+    assert find_launched_run({"output-dir": str(tmp_path / "outputs"), "run-name": "x",
+                              "launch-id": "someone-else"}) == other
+
+
+def test_resume_reuses_the_named_folder(tmp_path):
+    config = validate_run_config({"output-dir": str(tmp_path), "run-name": "r", "resume": True})
+    (tmp_path / "r").mkdir()
+    claimed = dict(config)
+    assert claim_run_dir(claimed) == tmp_path / "r" and claimed["run-name"] == "r"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+class UntouchableGrid:
+    def __getattr__(self, name):
+        raise AssertionError(f"the Grid was used ({name}) before the output folder was checked")
+
+
+@pytest.mark.parametrize("kind", ["file", "under-a-file", "proc"])
+def test_an_output_dir_that_cannot_hold_results_is_refused_before_any_work(tmp_path, kind):
+    (tmp_path / "file").write_text("")
+    path = {"file": tmp_path / "file", "under-a-file": tmp_path / "file" / "out",
+            "proc": "/proc/asyncfl-outputs"}[kind]
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(),
+                      run_config={**DEFAULTS, "output-dir": str(path)})
+    with pytest.raises(ConfigError, match=r"run-config 'output-dir' = .* allowed: a writable"):
+        server_app.main(UntouchableGrid(), context)
+    with pytest.raises(ConfigError, match="'output-dir'"):
+        asyncfl.simulate(task="mean", strategy="running-mean", output_dir=str(path))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_dir_is_refused(tmp_path):
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(ConfigError, match="'output-dir': cannot write in"):
+            asyncfl.simulate(task="mean", strategy="running-mean", output_dir=str(tmp_path))
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_run_config_text_is_read_as_flwr_reads_it():
+    text = "strategy='fedbuff' num-clients=10 lr=0.05 resume=false run-name=\"a b\""
+    assert parse_run_config(text) == parse_config_args([text])
+    assert parse_run_config("  ") == {}
+
+
+@pytest.mark.parametrize(("text", "token"), [("lr =0.1", "lr"), ("lr= 0.1", "lr="),
+                                             ("num-clients=2 junk", "junk"),
+                                             ("lr=0.1 =3", "=3")])
+def test_a_malformed_run_config_token_is_an_error_naming_it(text, token, capsys):
+    with pytest.raises(ConfigError, match=f"cannot read '{token}'"):
+        parse_run_config(text)
+    assert main(["--run-config", text]) == 2
+    assert f"cannot read '{token}'" in capsys.readouterr().err
+
+
+def test_a_value_toml_cannot_read_is_an_error():
+    with pytest.raises(ConfigError, match="lr==0.1 is not a TOML value"):
+        parse_run_config("lr==0.1")
+
+
+def test_the_wrapper_refuses_bad_settings_before_starting_anything(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    cases = {"lr=inf": "'lr' = inf is not a finite number",
+             f"seed={2**70}": "'seed'",
+             "num-clients=10000000": "'num-clients' = 10000000 is too large",
+             "delay-dist='trace' delay-trace='/dev/zero'": "'/dev/zero' is not a regular file",
+             f"output-dir='{tmp_path / 'file'}'": "'output-dir'"}
+    for text, message in cases.items():
+        assert main(["--run-config", text]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_flower_executables_are_found_next_to_the_interpreter(monkeypatch):
+    import sys
+    from pathlib import Path
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    for name in ("flwr", "flower-superlink", "flower-supernode"):
+        assert flower_executable(name) == str(Path(sys.executable).parent / name)
+    with pytest.raises(RuntimeError, match="no-such-flower-tool not found next to"):
+        flower_executable("no-such-flower-tool")
