@@ -104,7 +104,7 @@ def test_batch_norm_statistics_are_the_example_weighted_mean_of_the_clients(out,
 
 
 def test_gradient_replies_carry_the_change_of_the_statistics():
-    task = load_task({**asyncfl.config.DEFAULTS, **{k.replace("_", "-"): v
+    task = load_task({**asyncfl.config.DEFAULTS, "num-clients": 4, **{k.replace("_", "-"): v
                                                      for k, v in BN.items()}})
     start = task.initial_arrays(0)
     settings = dict(lr=0.05, local_steps=2, batch_size=16, seed=7)
