@@ -95,6 +95,28 @@ class AsyncflStrategy(Strategy):
             recorder=self.recorder, rng=np.random.default_rng([self.seed, self.rng_stream]),
             reply_kind=self.reply_kind, time_budget=self.time_budget)
 
+    def runner(self, parts: RunParts) -> SyncRunner | AsyncRunner:
+        """The loop that drives this strategy's rule (sync rounds or the async loop)."""
+        raise NotImplementedError
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: EvaluateFn | None = None,
+    ) -> Result:
+        """Run `num_rounds` rounds (sync) or until `num_rounds` global versions exist (async);
+        Flower's signature and result."""
+        runner = self.runner(self.run_parts(grid, timeout, train_config))
+        log(INFO, "Starting %s for %d %s", type(self).__name__, num_rounds,
+            "rounds" if isinstance(runner, SyncRunner) else "versions")
+        self.summary()
+        return runner.run(initial_arrays, num_rounds, evaluate_fn)
+
     def summary(self) -> None:
         """Log the strategy and its rule's settings (Flower calls this at the start)."""
         settings = {k: v for k, v in vars(self.rule).items() if isinstance(v, (int, float))}
@@ -142,23 +164,9 @@ class SyncStrategy(AsyncflStrategy):
         self.fraction_train = fraction_train
         self.round_timeout = round_timeout
 
-    def start(
-        self,
-        grid: Grid,
-        initial_arrays: ArrayRecord,
-        num_rounds: int = 3,
-        timeout: float = 3600,
-        train_config: ConfigRecord | None = None,
-        evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: EvaluateFn | None = None,
-    ) -> Result:
-        """Run `num_rounds` rounds; same signature and result as Flower's strategies."""
-        parts = self.run_parts(grid, timeout, train_config)
-        log(INFO, "Starting %s for %d rounds", type(self).__name__, num_rounds)
-        self.summary()
-        runner = SyncRunner(self.rule, parts, self.fraction_train, self.round_timeout,
-                            self.step_plan)
-        return runner.run(initial_arrays, num_rounds, evaluate_fn)
+    def runner(self, parts: RunParts) -> SyncRunner:
+        return SyncRunner(self.rule, parts, self.fraction_train, self.round_timeout,
+                          self.step_plan)
 
 
 class AsyncStrategy(AsyncflStrategy):
@@ -182,20 +190,6 @@ class AsyncStrategy(AsyncflStrategy):
         """How tasks are sent: one message each (APSB sends segments)."""
         return WholeTasks(parts.dispatcher)
 
-    def start(
-        self,
-        grid: Grid,
-        initial_arrays: ArrayRecord,
-        num_rounds: int = 3,
-        timeout: float = 3600,
-        train_config: ConfigRecord | None = None,
-        evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: EvaluateFn | None = None,
-    ) -> Result:
-        """Run until `num_rounds` global versions exist; Flower's signature and result."""
-        parts = self.run_parts(grid, timeout, train_config)
-        log(INFO, "Starting %s for %d versions", type(self).__name__, num_rounds)
-        self.summary()
-        runner = AsyncRunner(self.rule, parts, self.concurrency, self.retry_backoff,
-                             self.tasks(parts))
-        return runner.run(initial_arrays, num_rounds, evaluate_fn)
+    def runner(self, parts: RunParts) -> AsyncRunner:
+        return AsyncRunner(self.rule, parts, self.concurrency, self.retry_backoff,
+                           self.tasks(parts))
