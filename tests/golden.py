@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import asyncfl
-from asyncfl.runtime.inline import InlineGrid
+from tests.helpers import Crash, crashing_grid
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 
@@ -65,30 +65,13 @@ RUNS: dict[str, dict] = {
 }
 
 
-class _Crash(Exception):
-    pass
-
-
-class _CrashingGrid(InlineGrid):
-    """Dies on its 12th pull, as a server that fails mid-run."""
-
-    pulls = 0
-
-    def pull_messages(self, message_ids):
-        _CrashingGrid.pulls += 1
-        if _CrashingGrid.pulls > 11:
-            raise _Crash
-        return super().pull_messages(message_ids)
-
-
 def run(name: str, output_dir: Path) -> asyncfl.SimulationResult:
     """Run one golden configuration (crash and resume for the `-resumed` ones)."""
     kwargs = dict(RUNS[name], output_dir=str(output_dir), run_name=name)
     if name.endswith("-resumed"):
-        _CrashingGrid.pulls = 0
         try:
-            asyncfl.simulate(grid_class=_CrashingGrid, **kwargs)
-        except _Crash:
+            asyncfl.simulate(grid_class=crashing_grid(11), **kwargs)
+        except Crash:
             pass
         else:
             raise AssertionError(f"golden run {name} did not crash before its end")

@@ -11,25 +11,8 @@ import numpy as np
 import pytest
 
 import asyncfl
-from asyncfl.runtime.inline import InlineGrid
 from asyncfl.strategies.checkpoint import CheckpointError
-from tests.helpers import read_rows
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashingGrid(InlineGrid):
-    """Fails hard on its 16th pull, as a server that dies mid-run."""
-
-    pulls = 0
-
-    def pull_messages(self, message_ids):
-        CrashingGrid.pulls += 1
-        if CrashingGrid.pulls > 15:
-            raise Crash
-        return super().pull_messages(message_ids)
+from tests.helpers import Crash, crashing_grid, read_rows
 
 
 def assert_same_run(a, b):
@@ -49,9 +32,8 @@ def test_stopped_and_resumed_equals_uninterrupted(out, strategy, extra):
     kw = dict(strategy=strategy, num_clients=8, local_steps=3, batch_size=8,
               delay_dist="exponential", delay_jitter=0.2, checkpoint_every=3, **extra, **out)
     full = asyncfl.simulate(run_name="full", **kw)
-    CrashingGrid.pulls = 0
     with pytest.raises(Crash):
-        asyncfl.simulate(grid_class=CrashingGrid, run_name="cut", **kw)
+        asyncfl.simulate(grid_class=crashing_grid(15), run_name="cut", **kw)
     assert (full.output_dir.parent / "cut" / "checkpoint.bin").exists()
     resumed = asyncfl.simulate(run_name="cut", resume=True, **kw)
     assert_same_run(full, resumed)
