@@ -22,7 +22,7 @@ from asyncfl.protocol import (
     train_instruction,
 )
 from asyncfl.strategies.utils import task_seed
-from asyncfl.timing import Completion, EventLoop
+from asyncfl.timing import Completion, EventLoop, TrafficCounters
 
 
 class Dispatcher:
@@ -41,7 +41,6 @@ class Dispatcher:
         self.seed = seed
         self.settings = settings
         self.partition_sizes = list(partition_sizes) if partition_sizes is not None else None
-        self.client_of_node = {node: i for i, node in enumerate(self.node_ids)}
 
     def instruction(
         self, arrays: ArrayRecord | None, version: int, client: int, model_bytes: int,
@@ -99,7 +98,7 @@ class WholeTasks:
     def new_version(self, version: int, arrays: ArrayRecord) -> None:
         """Called once per new global model."""
 
-    def traffic(self):
+    def traffic(self) -> TrafficCounters:
         """The transfers the algorithm makes: here, the Grid's messages."""
         return self.dispatcher.loop.traffic
 

@@ -115,11 +115,10 @@ class RunParts:
         log(INFO, "resumed %s at version %d", self.name, payload["version"])
         return {**payload["state"], "extra": payload["extra"]}
 
-    def finish(self, algorithm: TrafficCounters, versions_kept_peak: int = 0) -> RunRecorder:
-        """Close the run's books: totals into the recorder, which is returned."""
+    def finish(self, algorithm: TrafficCounters, versions_kept_peak: int = 0) -> None:
+        """Close the run's books: the totals go into the recorder."""
         self.loop.phases.enter("bookkeeping")
         self.recorder.totals = RunTotals(
             virtual_time=self.loop.virtual_clock.now, traffic=self.loop.traffic,
             algorithm=algorithm, ignored_replies=self.loop.ignored_replies,
             dropped=sorted(self.guard.dropped), versions_kept_peak=versions_kept_peak)
-        return self.recorder
