@@ -232,6 +232,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("client-threads", int, 1, "torch threads per ClientApp call; 1 keeps runs "
             "bit-identical across runtimes, more speeds up large models inline",
             check=_positive, allowed="an integer >= 1"),
+    Setting("parallel-clients", int, 1, "inline runtime, virtual clock: train up to this "
+            "many pending client tasks together as one vectorized computation (same results "
+            "to float rounding; 1 = one at a time)", check=_positive,
+            allowed="an integer >= 1"),
     Setting("lr", float, 0.2, "client learning rate eta", check=_positive, allowed=_POSITIVE),
     Setting("server-lr", float, 0.0, "gamma (eta): the server step of the buffered strategies "
             f"({', '.join(BUFFERED_STRATEGIES)}) and esync's global lr; alsgd/asgd/apsb step "
@@ -389,6 +393,7 @@ def validate_run_config(overrides: Mapping[str, Any]) -> dict[str, ConfigValue]:
             "asynchronous ones give up a task after 'reply-timeout'"
         )
     _check_server_optimizer(config)
+    _check_parallel_clients(config)
     if config["resume"] and not config["run-name"]:
         raise ConfigError("run-config 'resume' = true needs 'run-name': the run whose "
                           "results folder holds the checkpoint")
@@ -457,6 +462,29 @@ def _check_server_optimizer(config: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"run-config 'server-momentum' is the momentum of server-optimizer = sgd "
             f"(FedAvgM); server-optimizer = {name} takes 'server-beta1' instead")
+
+
+def _check_parallel_clients(config: Mapping[str, Any]) -> None:
+    """What training clients together cannot reproduce is refused (the model is checked when
+    the inline Grid is built: runtime/together.py)."""
+    size = config["parallel-clients"]
+    if size == 1:
+        return
+    why = ""
+    if config["clock"] != "virtual":
+        why = ("with clock = wall replies apply in arrival order and clients sleep their "
+               "delays, so they cannot wait to be trained together; it needs clock = virtual")
+    elif config["strategy"] == "apsb":
+        why = ("apsb sends tasks in segments whose local model stays on the node between "
+               "messages; they are not trained together")
+    elif config["task"] not in MODEL_TASKS + ("synthetic",):
+        why = f"task = {config['task']} trains no torch model"
+    elif config["fault-fraction"] > 0:
+        why = ("injected faults (fault-fraction > 0) are the ClientApp's, one message at "
+               "a time")
+    if why:
+        raise ConfigError(f"run-config 'parallel-clients' = {size}: {why}; set "
+                          "parallel-clients = 1")
 
 
 def config_warnings(config: Mapping[str, Any]) -> list[str]:

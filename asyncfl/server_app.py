@@ -66,6 +66,10 @@ def main(grid: Grid, context: Context) -> None:
     check_task(config)  # data, columns, labels, model fit; the split if num-clients is set
     for note in config_warnings(config):
         log(WARNING, "%s", note)
+    if config["parallel-clients"] > 1 and getattr(grid, "together", None) is None:
+        log(WARNING, "run-config 'parallel-clients' = %d has no effect here: only the inline "
+            "runtime running asyncfl's ClientApp trains clients together",
+            config["parallel-clients"])
     if not config["profile"]:
         run_server(grid, config)
         return

@@ -32,6 +32,7 @@ from asyncfl.config import (
 )
 from asyncfl.protocol import PARTITION_ID
 from asyncfl.results import check_output_dir, default_run_name, find_launched_run, run_dir
+from asyncfl.runtime.together import together_for
 
 SERVER_NODE_ID = 1
 
@@ -54,6 +55,8 @@ class InlineGrid(Grid):
             for i in range(num_nodes)
         }
         self._pending: dict[str, Message] = {}
+        #: with parallel-clients > 1, computes pending train replies P at a time
+        self.together = together_for(client_app, run_config)
         self.report_silence = run_config.get("clock") != "wall"
         TaskIdentity.run_id = run_id
         TaskIdentity.node_id = SERVER_NODE_ID
@@ -83,13 +86,23 @@ class InlineGrid(Grid):
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        replies = [self._execute(self._pending.pop(i)) for i in message_ids
-                   if i in self._pending]
+        wanted = [i for i in dict.fromkeys(message_ids) if i in self._pending]
+        if self.together is not None:
+            self.together.prepare(wanted, self._pending, self.contexts)
+        replies = [self._reply(i, self._pending.pop(i)) for i in wanted]
         return [reply for reply in replies if reply is not None]
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
+
+    def _reply(self, message_id: str, message: Message) -> Message | None:
+        """The reply computed together with others, else the ClientApp's."""
+        reply = self.together.take(message_id) if self.together is not None else None
+        if reply is None:
+            return self._execute(message)
+        reply.metadata.__dict__["_message_id"] = str(uuid4())
+        return reply
 
     def _execute(self, message: Message) -> Message | None:
         """The ClientApp's reply; an error reply if it raised. A node that went silent: in

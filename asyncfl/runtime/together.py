@@ -1,0 +1,131 @@
+"""`parallel-clients`: the inline Grid trains up to P pending train tasks in one computation.
+
+In virtual time every task's inputs are fixed when it is sent (the model it starts from, the
+client's data, its seed), and the inline Grid computes a reply only when the event loop asks
+for it. So when it asks for one that is not computed yet, the Grid trains it together with
+other pending ones (oldest first, up to P in all) as one vectorized computation
+(`tasks/batched.py`) and keeps their replies until they are asked for. A reply is the Message
+asyncfl's ClientApp would have sent (to float rounding), so no strategy can tell.
+
+Only plain `train` messages to asyncfl's own ClientApp are trained together; any other message
+runs the ClientApp as usual. What cannot work is refused when the Grid is built, naming
+`parallel-clients` (`check_together`, and the config checks in `config.py`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from itertools import islice
+from typing import Any
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from asyncfl.config import ConfigError
+from asyncfl.protocol import (
+    ARRAYS,
+    COMPUTE_TIME,
+    CONFIG,
+    MODEL_VERSION,
+    NUM_EXAMPLES,
+    PARTITION_ID,
+    STEPS,
+    TRAIN,
+    TRAIN_LOSS,
+    record_to_arrays,
+)
+from asyncfl.tasks import load_task
+from asyncfl.tasks.base import resolve_device
+from asyncfl.tasks.batched import ClientJob, batching_problem, train_together
+
+
+class TrainTogether:
+    """Computes the replies of pending train messages P at a time and holds them until the
+    Grid is asked for them; memory: P models and gradients while training, plus the replies
+    of tasks still in flight."""
+
+    def __init__(self, config: Mapping[str, Any], size: int) -> None:
+        self.config = config
+        self.size = size
+        self.task = load_task(config)
+        self._ready: dict[str, Message] = {}
+        self._alone: set[str] = set()  # ids whose batch failed: the ClientApp answers them
+        #: how many tasks each vectorized computation trained (for benchmarks and tests)
+        self.batch_sizes: list[int] = []
+
+    def fits(self, message_id: str, message: Message) -> bool:
+        """A plain train instruction with a model, not yet computed nor failed together."""
+        return (message.metadata.message_type == TRAIN and ARRAYS in message.content
+                and message_id not in self._ready and message_id not in self._alone)
+
+    def prepare(self, wanted: list[str], pending: Mapping[str, Message],
+                contexts: Mapping[int, Context]) -> None:
+        """Compute the wanted replies that fit, each batch filled up with other pending train
+        tasks, oldest first."""
+        todo = [i for i in wanted if self.fits(i, pending[i])]
+        while todo:
+            batch = todo[:self.size]
+            todo = todo[self.size:]
+            chosen = set(batch) | set(todo)
+            others = (i for i, m in pending.items() if i not in chosen and self.fits(i, m))
+            batch += islice(others, self.size - len(batch))
+            self._train(batch, pending, contexts)
+
+    def take(self, message_id: str) -> Message | None:
+        """The computed reply to a message, if there is one (handed out once)."""
+        return self._ready.pop(message_id, None)
+
+    def _train(self, batch: list[str], pending: Mapping[str, Message],
+               contexts: Mapping[int, Context]) -> None:
+        from asyncfl.client_app import settings_from, train_reply
+
+        messages = [pending[i] for i in batch]
+        nodes = [contexts[m.metadata.dst_node_id] for m in messages]
+        try:
+            jobs = [ClientJob(record_to_arrays(m.content[ARRAYS]),
+                              int(node.node_config[PARTITION_ID]),
+                              settings_from(m.content[CONFIG], device=self._device(node)))
+                    for m, node in zip(messages, nodes, strict=True)]
+            started = time.perf_counter()
+            outcomes = train_together(self.task, jobs)
+            seconds = time.perf_counter() - started
+        except Exception:  # e.g. a model of the wrong shape: each gets the ClientApp's reply
+            self._alone.update(batch)
+            return
+        self.batch_sizes.append(len(batch))
+        total_steps = max(1, sum(o.steps for o in outcomes))
+        for message_id, message, node, job, outcome in zip(batch, messages, nodes, jobs,
+                                                          outcomes, strict=True):
+            config = message.content[CONFIG]
+            self._ready[message_id] = train_reply(
+                message, node, outcome.reply(job.arrays, job.settings.returns), {
+                    NUM_EXAMPLES: outcome.num_examples,
+                    TRAIN_LOSS: outcome.train_loss,
+                    STEPS: outcome.steps,
+                    MODEL_VERSION: int(config.get(MODEL_VERSION, 0)),
+                    # the task's share of the batch's time, by its steps
+                    COMPUTE_TIME: seconds * outcome.steps / total_steps,
+                })
+
+    def _device(self, node: Context) -> str:
+        return resolve_device(str(node.node_config.get("torch-device",
+                                                        self.config["torch-device"])))
+
+
+def together_for(client_app: ClientApp, config: Mapping[str, Any]) -> TrainTogether | None:
+    """The batching collaborator an inline Grid running `client_app` uses: None when
+    parallel-clients is 1 (or not set) or the app is not asyncfl's own, whose training it
+    reproduces. Raises ConfigError (naming parallel-clients) when the run's task or model
+    cannot be trained together."""
+    from asyncfl.client_app import app
+
+    size = int(config.get("parallel-clients", 1))
+    if size <= 1 or client_app is not app:
+        return None
+    device = resolve_device(str(config["torch-device"]))
+    problem = batching_problem(load_task(config), device)
+    if problem:
+        raise ConfigError(f"run-config 'parallel-clients' = {size}: {problem}; set "
+                          "parallel-clients = 1 to train these clients one at a time")
+    return TrainTogether(config, size)

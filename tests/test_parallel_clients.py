@@ -1,0 +1,166 @@
+"""parallel-clients: clients trained together give the runs and replies of one-at-a-time
+training, to float rounding.
+
+Tolerance: |a - b| <= ATOL + RTOL * |a| on every weight of the final model (and every array
+of a reply). Batched kernels sum in another order (about 1e-8 per step); where max-pooling
+meets an exact tie (digits' blank background gives equal activations), a 1-ulp difference can
+move a gradient to the neighbouring pixel, which is why the bound is 1e-4 rather than 1e-6.
+"""
+
+import csv
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord
+
+import asyncfl
+from asyncfl.client_app import app
+from asyncfl.config import ConfigError, validate_run_config
+from asyncfl.protocol import COMPUTE_TIME, arrays_to_record, record_to_arrays, train_instruction
+from asyncfl.runtime.inline import InlineGrid
+from asyncfl.tasks import load_task
+from asyncfl.tasks.base import TrainSettings
+from asyncfl.tasks.batched import ClientJob, batching_problem, train_together
+
+ATOL = 1e-4
+RTOL = 1e-4
+P = 8
+
+
+def assert_close(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=RTOL, atol=ATOL, err_msg=key)
+
+
+class RecordingGrid(InlineGrid):
+    """Remembers how many tasks each vectorized computation trained."""
+
+    batches: list[int] = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        RecordingGrid.batches = self.together.batch_sizes if self.together else []
+
+
+def losses(result) -> list[float]:
+    with (result.output_dir / "events.csv").open() as f:
+        return [float(row["train_loss"]) for row in csv.DictReader(f)]
+
+
+RUNS = {  # a few short rounds or versions each; async ones keep 8 clients in flight
+    "fedavg": dict(local_epochs=1),
+    "fedsgd": {},
+    "fedsgd-weights": {},
+    "lsgd": dict(local_steps=3),
+    "ssgd": {},
+    "esync": dict(local_steps=3),
+    "fedbuff": dict(local_steps=3, buffer_size=4, concurrency=8),
+    "fedasync": dict(local_steps=3, concurrency=8),
+    "asgd": dict(concurrency=8),
+    "alsgd": dict(local_steps=3, concurrency=8),
+    "ca2fl": dict(local_steps=3, buffer_size=4, concurrency=8),
+    "fedstaleweight": dict(local_steps=3, buffer_size=4, concurrency=8),
+    "fadas": dict(local_steps=3, buffer_size=4, concurrency=8),
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(RUNS))
+def test_p8_gives_the_p1_run(strategy, out):
+    kw = dict(strategy=strategy, num_clients=10, num_server_rounds=4, seed=3, lr=0.1,
+              partition="dirichlet", alpha=2.0, eval_every=1000, **RUNS[strategy], **out)
+    one = asyncfl.simulate(run_name="p1", **kw)
+    together = asyncfl.simulate(grid_class=RecordingGrid, parallel_clients=P, run_name="p8",
+                                **kw)
+    assert max(RecordingGrid.batches) > 1  # clients really were trained together
+    assert max(RecordingGrid.batches) <= P
+    assert_close(one.final_arrays(), together.final_arrays())
+    np.testing.assert_allclose(losses(together), losses(one), rtol=RTOL, atol=ATOL)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return lambda model: load_task(validate_run_config(
+        {"num-clients": 20, "partition": "dirichlet", "alpha": 2.0, "model": model}))
+
+
+@pytest.mark.parametrize("model", ["small-cnn", "mnist-cnn"])
+def test_unequal_steps_batches_and_returns_match_task_train(digits, model):
+    """Clients of different partition sizes (so different step counts and a smaller last
+    minibatch), each return kind, different seeds and lrs: each outcome is task.train's."""
+    task = digits(model)
+    start = task.initial_arrays(1)
+    kinds = ["weights", "delta", "gradient"]
+    jobs = [ClientJob(start, c, TrainSettings(lr=0.05 * (1 + c % 3), local_epochs=1 + c % 2,
+                                              batch_size=4, seed=c, returns=kinds[c % 3]))
+            for c in range(6)]
+    assert len({len(task.partitions[c]) for c in range(6)}) > 1
+    for job, got in zip(jobs, train_together(task, jobs), strict=True):
+        want = task.train(start, job.partition_id, job.settings)
+        assert (got.steps, got.num_examples) == (want.steps, want.num_examples)
+        assert got.train_loss == pytest.approx(want.train_loss, rel=RTOL, abs=ATOL)
+        assert_close(want.reply(start, job.settings.returns),
+                     got.reply(start, job.settings.returns))
+
+
+def test_a_linear_model_matches_too():
+    task = load_task(validate_run_config({"task": "synthetic", "num-clients": 6}))
+    start = task.initial_arrays(0)
+    jobs = [ClientJob(start, c, TrainSettings(lr=0.05, local_steps=2 + c, batch_size=5, seed=c))
+            for c in range(6)]
+    for job, got in zip(jobs, train_together(task, jobs), strict=True):
+        assert_close(task.train(start, job.partition_id, job.settings).weights, got.weights)
+
+
+def test_a_batched_reply_is_the_client_apps_reply():
+    """Same record keys, metric keys and values (compute time aside) as the ClientApp's."""
+    config = validate_run_config({"num-clients": 6, "parallel-clients": 4})
+    grid = InlineGrid(app, config, 6)
+    task = load_task(config)
+    start = arrays_to_record(task.initial_arrays(0))
+    settings = {"lr": 0.1, "local-steps": 2, "batch-size": 4, "task-seed": 7,
+                "model-version": 3, "return": "delta"}
+
+    def messages():
+        return [train_instruction(start, ConfigRecord(settings), node, "3")
+                for node in grid.get_node_ids()]
+
+    together = list(grid.pull_messages(grid.push_messages(messages())))
+    assert grid.together.batch_sizes == [4, 2]
+    for sent, got in zip(messages(), together, strict=True):
+        want = app(sent, grid.contexts[sent.metadata.dst_node_id])
+        assert got.content.keys() == want.content.keys()
+        want_metrics, got_metrics = dict(want.content["metrics"]), dict(got.content["metrics"])
+        assert want_metrics.keys() == got_metrics.keys()
+        want_metrics.pop(COMPUTE_TIME)
+        assert got_metrics.pop(COMPUTE_TIME) > 0
+        assert got_metrics == pytest.approx(want_metrics, rel=RTOL, abs=ATOL)
+        assert_close(record_to_arrays(want.content["arrays"]),
+                     record_to_arrays(got.content["arrays"]))
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    (dict(strategy="apsb", local_steps=2), "segments"),
+    (dict(clock="wall"), "clock = virtual"),
+    (dict(task="mean", strategy="running-mean"), "no torch model"),
+    (dict(fault_fraction=0.5), "fault"),
+])
+def test_what_cannot_be_trained_together_is_refused_before_training(overrides, reason, out):
+    with pytest.raises(ConfigError, match=f"parallel-clients.*{reason}"):
+        asyncfl.simulate(parallel_clients=4, num_clients=4, **overrides, **out)
+
+
+def test_batch_norm_is_refused_when_the_grid_is_built(out):
+    with pytest.raises(ConfigError, match="parallel-clients.*batch norm"):
+        asyncfl.simulate(parallel_clients=4, num_clients=4, model="small-cnn-bn", **out)
+    task = load_task(validate_run_config({"num-clients": 4, "model": "small-cnn-bn"}))
+    assert "running_mean" in batching_problem(task)
+
+
+def test_cuda_without_a_gpu_fails_as_one_at_a_time_does(out):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="no CUDA device"):
+        asyncfl.simulate(parallel_clients=4, num_clients=4, torch_device="cuda", **out)
