@@ -1,7 +1,7 @@
 """All of asyncfl's benchmarks, side by side in one run.
 
     python benchmarks/run.py                   # everything (about 6 minutes here)
-    python benchmarks/run.py --only overhead   # overhead | engine | scale | mean
+    python benchmarks/run.py --only overhead   # overhead | engine | scale | mean | batched
     python benchmarks/run.py --reps 5
 
 Prints one table per benchmark (medians of --reps repetitions, ratios measured in this run,
@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import batched  # noqa: E402
 import engine  # noqa: E402
 import mean_throughput  # noqa: E402
 import overhead  # noqa: E402
@@ -32,6 +33,7 @@ BENCHMARKS = {
     "engine": engine.measure,
     "scale": scale.measure,
     "mean": lambda reps, out: mean_throughput.measure(reps, out),
+    "batched": batched.measure,
 }
 
 

@@ -62,7 +62,7 @@ class TrainTogether:
     def prepare(self, wanted: list[str], pending: Mapping[str, Message],
                 contexts: Mapping[int, Context]) -> None:
         """Compute the wanted replies that fit, each batch filled up with other pending train
-        tasks, oldest first."""
+        tasks, oldest first (a task with none to join is left to the ClientApp)."""
         todo = [i for i in wanted if self.fits(i, pending[i])]
         while todo:
             batch = todo[:self.size]
@@ -70,7 +70,8 @@ class TrainTogether:
             chosen = set(batch) | set(todo)
             others = (i for i, m in pending.items() if i not in chosen and self.fits(i, m))
             batch += islice(others, self.size - len(batch))
-            self._train(batch, pending, contexts)
+            if len(batch) > 1:  # one alone is faster through the ClientApp
+                self._train(batch, pending, contexts)
 
     def take(self, message_id: str) -> Message | None:
         """The computed reply to a message, if there is one (handed out once)."""

@@ -1,0 +1,106 @@
+"""parallel-clients: FedBuff inline with P = 1, 16, 100 clients trained together.
+
+digits with small-cnn and mnist-cnn, 200 and 2,000 clients, 100 in flight, updates per wall
+second and peak memory, each run in a fresh process (peak memory is that process's own
+VmHWM). digits has 1,437 training examples, fewer than 2,000 clients need: the 2,000-client
+runs use the digits images twice over (3,594 images, 20% held out), written once as a local
+parquet data set and read by task = images. Runs `--device cuda` when asked (the table names
+the device)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+CHILD = '''
+import json, logging, sys
+import asyncfl
+from asyncfl.runtime.inline import InlineGrid
+logging.getLogger("flwr").setLevel(logging.WARNING)
+kw, parallel, reps = json.loads(sys.argv[1])
+
+
+class Grid(InlineGrid):
+    """Keeps the Grid so the batch sizes can be read after the run."""
+
+    last = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        Grid.last = self
+
+
+def peak_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
+
+for p in parallel:  # warm-up: the task is loaded and kernels chosen once
+    asyncfl.simulate(**{**kw, "num_server_rounds": 2, "parallel_clients": p})
+for rep in range(reps):
+    for p in parallel:  # interleaved, so that load from elsewhere hits every P alike
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak resident memory (VmHWM)
+        result = asyncfl.simulate(grid_class=Grid, **{**kw, "parallel_clients": p})
+        batches = Grid.last.together.batch_sizes if Grid.last.together else []
+        print(json.dumps({"P": p, "updates_per_s": result.summary["updates_per_wall_second"],
+                          "mean_batch": sum(batches) / len(batches) if batches else 1.0,
+                          "peak_rss_mb": peak_mb()}), flush=True)
+'''
+
+#: FedBuff with 100 clients in flight, 10 local steps of 10 examples
+SETTINGS = dict(strategy="fedbuff", concurrency=100, buffer_size=10, local_steps=10,
+                batch_size=10, lr=0.05, eval_every=1_000_000)
+PARALLEL = (1, 16, 100)
+MODELS = ("small-cnn", "mnist-cnn")
+CLIENTS = (200, 2_000)
+
+
+def digits_twice(out: str) -> str:
+    """A local copy of the digits images, each twice (enough examples for 2,000 clients)."""
+    folder = Path(out) / "digits-x2"
+    if not (folder / "train.parquet").exists():
+        from datasets import Dataset
+        from sklearn.datasets import load_digits
+
+        data = load_digits()
+        folder.mkdir(parents=True, exist_ok=True)
+        Dataset.from_dict({"image": [img.tolist() for img in data.images] * 2,
+                           "label": [int(y) for y in data.target] * 2}
+                          ).to_parquet(folder / "train.parquet")
+    return str(folder)
+
+
+def run(kw: dict, reps: int) -> dict[int, dict]:
+    """The median run (by updates per second) of each P, measured in one process."""
+    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps([kw, PARALLEL, reps])],
+                          capture_output=True, text=True, check=True)
+    runs = [json.loads(line) for line in done.stdout.strip().splitlines()]
+    medians = {}
+    for parallel in PARALLEL:
+        mine = sorted((r for r in runs if r["P"] == parallel), key=lambda r: r["updates_per_s"])
+        medians[parallel] = mine[len(mine) // 2]
+    return medians
+
+
+def measure(reps: int, out: str, versions: int = 50, device: str = "cpu") -> list[dict]:
+    """One row per (model, clients, P): the median of `reps` runs of `versions` versions."""
+    rows = []
+    for model in MODELS:
+        for clients in CLIENTS:
+            data = (dict(task="digits") if clients <= 1_437
+                    else dict(task="images", dataset=digits_twice(out)))
+            kw = {**SETTINGS, **data, "model": model, "num_clients": clients,
+                  "num_server_rounds": versions, "torch_device": device, "output_dir": out,
+                  "run_name": f"batched-{model}-{clients}"}
+            medians = run(kw, reps)
+            for parallel, mid in medians.items():
+                rows.append({"model": model, "clients": clients, "device": device,
+                             "P": parallel, "updates_per_s": mid["updates_per_s"],
+                             "speed-up": mid["updates_per_s"] / medians[1]["updates_per_s"],
+                             "tasks_per_batch": mid["mean_batch"],
+                             "peak_rss_mb": mid["peak_rss_mb"]})
+    return rows
