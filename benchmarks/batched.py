@@ -1,11 +1,12 @@
 """parallel-clients: FedBuff inline with P = 1, 16, 100 clients trained together.
 
 digits with small-cnn and mnist-cnn, 200 and 2,000 clients, 100 in flight, updates per wall
-second and peak memory, each run in a fresh process (peak memory is that process's own
-VmHWM). digits has 1,437 training examples, fewer than 2,000 clients need: the 2,000-client
+second and peak memory. Each case runs in a fresh process, its P interleaved rep by rep so that
+load from elsewhere hits them alike; the peak resident memory (VmHWM) is reset before each
+run. digits has 1,437 training examples, fewer than 2,000 clients need: the 2,000-client
 runs use the digits images twice over (3,594 images, 20% held out), written once as a local
-parquet data set and read by task = images. Runs `--device cuda` when asked (the table names
-the device)."""
+parquet data set and read by task = images. `measure(..., device="cuda")` runs the same on a
+GPU (the table names the device)."""
 
 from __future__ import annotations
 
@@ -45,9 +46,11 @@ for rep in range(reps):
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets the peak resident memory (VmHWM)
         result = asyncfl.simulate(grid_class=Grid, **{**kw, "parallel_clients": p})
-        batches = Grid.last.together.batch_sizes if Grid.last.together else []
+        together = Grid.last.together
+        batches = together.batch_sizes if together else []
         print(json.dumps({"P": p, "updates_per_s": result.summary["updates_per_wall_second"],
                           "mean_batch": sum(batches) / len(batches) if batches else 1.0,
+                          "unused": together.held if together else 0,
                           "peak_rss_mb": peak_mb()}), flush=True)
 '''
 
@@ -55,8 +58,15 @@ for rep in range(reps):
 SETTINGS = dict(strategy="fedbuff", concurrency=100, buffer_size=10, local_steps=10,
                 batch_size=10, lr=0.05, eval_every=1_000_000)
 PARALLEL = (1, 16, 100)
-MODELS = ("small-cnn", "mnist-cnn")
-CLIENTS = (200, 2_000)
+#: versions per run (x 10 updates): the tasks still in flight when a run ends (100) may have
+#: been computed ahead for nothing, a cost that longer runs spread thinner; mnist-cnn's runs
+#: are shorter to keep the benchmark at a few minutes
+VERSIONS = {"small-cnn": 60, "mnist-cnn": 30}
+#: (model, clients, delay-dist): the default exponential speeds, and once equal speeds (where
+#: every batch can fill up)
+CASES = (("small-cnn", 200, "exponential"), ("small-cnn", 2_000, "exponential"),
+         ("mnist-cnn", 200, "exponential"), ("mnist-cnn", 2_000, "exponential"),
+         ("small-cnn", 200, "constant"))
 
 
 def digits_twice(out: str) -> str:
@@ -86,21 +96,22 @@ def run(kw: dict, reps: int) -> dict[int, dict]:
     return medians
 
 
-def measure(reps: int, out: str, versions: int = 50, device: str = "cpu") -> list[dict]:
-    """One row per (model, clients, P): the median of `reps` runs of `versions` versions."""
+def measure(reps: int, out: str, device: str = "cpu") -> list[dict]:
+    """One row per case and P: the median of `reps` runs."""
     rows = []
-    for model in MODELS:
-        for clients in CLIENTS:
-            data = (dict(task="digits") if clients <= 1_437
-                    else dict(task="images", dataset=digits_twice(out)))
-            kw = {**SETTINGS, **data, "model": model, "num_clients": clients,
-                  "num_server_rounds": versions, "torch_device": device, "output_dir": out,
-                  "run_name": f"batched-{model}-{clients}"}
-            medians = run(kw, reps)
-            for parallel, mid in medians.items():
-                rows.append({"model": model, "clients": clients, "device": device,
-                             "P": parallel, "updates_per_s": mid["updates_per_s"],
-                             "speed-up": mid["updates_per_s"] / medians[1]["updates_per_s"],
-                             "tasks_per_batch": mid["mean_batch"],
-                             "peak_rss_mb": mid["peak_rss_mb"]})
+    for model, clients, delays in CASES:
+        data = (dict(task="digits") if clients <= 1_437
+                else dict(task="images", dataset=digits_twice(out)))
+        kw = {**SETTINGS, **data, "model": model, "num_clients": clients,
+              "delay_dist": delays, "num_server_rounds": VERSIONS[model], "torch_device": device,
+              "output_dir": out, "run_name": f"batched-{model}-{clients}-{delays}"}
+        medians = run(kw, reps)
+        for parallel, mid in medians.items():
+            rows.append({"model": model, "clients": clients, "speeds": delays,
+                         "versions": VERSIONS[model], "device": device, "P": parallel,
+                         "updates_per_s": mid["updates_per_s"],
+                         "speed-up": mid["updates_per_s"] / medians[1]["updates_per_s"],
+                         "tasks_per_batch": mid["mean_batch"],
+                         "computed_unused": mid["unused"],
+                         "peak_rss_mb": mid["peak_rss_mb"]})
     return rows

@@ -1,6 +1,6 @@
 """All of asyncfl's benchmarks, side by side in one run.
 
-    python benchmarks/run.py                   # everything (about 6 minutes here)
+    python benchmarks/run.py                   # everything (about 14 minutes here)
     python benchmarks/run.py --only overhead   # overhead | engine | scale | mean | batched
     python benchmarks/run.py --reps 5
 

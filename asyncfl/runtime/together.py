@@ -73,6 +73,11 @@ class TrainTogether:
             if len(batch) > 1:  # one alone is faster through the ClientApp
                 self._train(batch, pending, contexts)
 
+    @property
+    def held(self) -> int:
+        """Replies computed ahead and not asked for yet (when the run ends: wasted work)."""
+        return len(self._ready)
+
     def take(self, message_id: str) -> Message | None:
         """The computed reply to a message, if there is one (handed out once)."""
         return self._ready.pop(message_id, None)
