@@ -164,3 +164,19 @@ def test_cuda_without_a_gpu_fails_as_one_at_a_time_does(out):
         pytest.skip("this machine has a GPU")
     with pytest.raises(ValueError, match="no CUDA device"):
         asyncfl.simulate(parallel_clients=4, num_clients=4, torch_device="cuda", **out)
+
+
+def test_a_batch_that_fails_falls_back_to_the_client_app_per_message():
+    """One model of the wrong shape: that task gets the ClientApp's error reply, the others
+    their normal replies, as with parallel-clients = 1."""
+    config = validate_run_config({"num-clients": 3, "parallel-clients": 3})
+    grid = InlineGrid(app, config, 3)
+    good = load_task(config).initial_arrays(0)
+    bad = {**good, "classifier.3.bias": np.zeros(11, dtype=np.float32)}
+    settings = ConfigRecord({"lr": 0.1, "local-steps": 1, "batch-size": 4})
+    messages = [train_instruction(arrays_to_record(arrays), settings, node, "0")
+                for arrays, node in zip([good, bad, good], grid.get_node_ids(), strict=True)]
+    replies = list(grid.pull_messages(grid.push_messages(messages)))
+    assert [r.has_error() for r in replies] == [False, True, False]
+    assert "classifier.3.bias" in replies[1].error.reason
+    assert grid.together.batch_sizes == []

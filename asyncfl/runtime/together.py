@@ -80,6 +80,7 @@ class TrainTogether:
 
     def take(self, message_id: str) -> Message | None:
         """The computed reply to a message, if there is one (handed out once)."""
+        self._alone.discard(message_id)
         return self._ready.pop(message_id, None)
 
     def _train(self, batch: list[str], pending: Mapping[str, Message],
