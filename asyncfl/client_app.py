@@ -39,6 +39,7 @@ from asyncfl.protocol import (
     WEIGHTS,
     arrays_to_record,
     record_to_arrays,
+    update_kind_metric,
 )
 from asyncfl.tasks import TrainOutcome, TrainSettings, load_task
 from asyncfl.tasks.base import resolve_device
@@ -185,6 +186,7 @@ def train(msg: Message, context: Context) -> Message:
         STEPS: outcome.steps,
         MODEL_VERSION: int(config.get(MODEL_VERSION, 0)),
         COMPUTE_TIME: seconds,
+        **update_kind_metric(settings.returns),
     })
 
 
@@ -239,6 +241,7 @@ def train_segment(msg: Message, context: Context) -> Message:
         STEPS: steps,
         MODEL_VERSION: int(config.get(MODEL_VERSION, 0)),
         COMPUTE_TIME: seconds,
+        **update_kind_metric(GRADIENT),
     })
 
 

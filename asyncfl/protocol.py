@@ -59,6 +59,23 @@ MODEL_VERSION = "model-version"
 COMPUTE_TIME = "compute-time"
 LOSS_SUM = "loss-sum"
 PARTITION_ID = "partition-id"
+#: what a reply's arrays are, as an index into RETURN_KINDS (0 weights, 1 delta, 2 gradient).
+#: A reply without it holds weights: what any ClientApp following Flower's FedAvg contract sends
+UPDATE_KIND = "update-kind"
+
+
+def reply_kind(metrics: MetricRecord) -> str:
+    """What a reply's arrays are: `weights` unless its metrics say otherwise."""
+    code = metrics.get(UPDATE_KIND, 0)
+    if not isinstance(code, int) or not 0 <= code < len(RETURN_KINDS):
+        raise ValueError(f"metric {UPDATE_KIND!r} must be 0 (weights), 1 (delta) or 2 "
+                         f"(gradient), got {code!r}")
+    return RETURN_KINDS[code]
+
+
+def update_kind_metric(kind: str) -> dict[str, int]:
+    """The metric that marks a reply's arrays as `kind` (nothing for weights)."""
+    return {} if kind == WEIGHTS else {UPDATE_KIND: RETURN_KINDS.index(kind)}
 
 
 @dataclass(frozen=True)
