@@ -22,6 +22,9 @@ TRAIN = "train"
 #: part of a task: iterations [segment-start, segment-start + segment-steps) (APSB)
 SEGMENT = "train.segment"
 QUERY = "query"
+#: Flower's federated evaluation (MessageType.EVALUATE); its config carries SERVER_ROUND
+EVALUATE = "evaluate"
+SERVER_ROUND = "server-round"
 
 # records of a message
 ARRAYS = "arrays"
@@ -80,19 +83,21 @@ def update_kind_metric(kind: str) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class TrainReply:
-    """A parsed train reply: its arrays by key and its metrics."""
+    """A parsed train reply: its arrays by key, its metrics, and what the arrays are."""
 
     arrays: dict[str, np.ndarray]
     metrics: MetricRecord
+    kind: str = WEIGHTS
 
 
 def train_instruction(
     arrays: ArrayRecord | None, config: ConfigRecord, node_id: int, group_id: str,
-    message_type: str = TRAIN,
+    message_type: str = TRAIN, arrays_key: str = ARRAYS, config_key: str = CONFIG,
 ) -> Message:
-    """A train message carrying its config and, unless None, a model."""
-    content = RecordDict({CONFIG: config} if arrays is None
-                         else {ARRAYS: arrays, CONFIG: config})
+    """A train message carrying its config and, unless None, a model (under the record
+    names a strategy's `arrayrecord_key` and `configrecord_key` choose)."""
+    content = RecordDict({config_key: config} if arrays is None
+                         else {arrays_key: arrays, config_key: config})
     return Message(content=content, dst_node_id=node_id, message_type=message_type,
                    group_id=group_id)
 
@@ -111,7 +116,7 @@ def parse_reply(reply: Message) -> TrainReply:
     """The arrays and metrics of a train reply (raises ValueError if it is malformed)."""
     try:
         arrays, metrics = reply_records(reply)
-        return TrainReply(record_to_arrays(arrays), metrics)
+        return TrainReply(record_to_arrays(arrays), metrics, reply_kind(metrics))
     except TypeError as err:
         raise ValueError(str(err)) from err
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from asyncfl.protocol import BATCH_SIZE, GRADIENT, LOCAL_STEPS
 from asyncfl.strategies.base import SyncStrategy
 from asyncfl.strategies.runner import Arrays
-from asyncfl.strategies.utils import gradient_step, weighted_average
+from asyncfl.strategies.utils import checked_lr, gradient_step, weighted_average
 
 
 class FedSGDRule:
@@ -20,9 +20,7 @@ class FedSGDRule:
     state_fields = ()
 
     def __init__(self, lr: float) -> None:
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        self.lr = lr
+        self.lr = checked_lr(lr, "lr")
 
     def combine(self, global_arrays: Arrays, updates: list[Arrays],
                 num_examples: list[float]) -> Arrays:
@@ -37,6 +35,12 @@ class FedSGD(SyncStrategy):
     step_setting = "lr (FedSGD's server step)"
     fixed_train_config = {LOCAL_STEPS: 1, BATCH_SIZE: 0}
 
-    def __init__(self, fraction_train: float = 1.0, *, lr: float, **options) -> None:
+    def __init__(self, fraction_train: float = 1.0, *, lr: float | None = None,
+                 **options) -> None:
         super().__init__(fraction_train, **options)
-        self.rule = FedSGDRule(lr)
+        self.lr = lr
+        self.rule = FedSGDRule(lr or 1.0)
+
+    def use_client_lr(self, lr: float | None) -> None:
+        if self.lr is None:
+            self.rule.lr = checked_lr(lr, "FedSGD's lr (or train_config's 'lr')")
