@@ -57,9 +57,9 @@ STRATEGIES: dict[str, type[AsyncflStrategy]] = {
 }
 
 __all__ = [
-    "ALSGD", "APSB", "ASGD", "CA2FL", "CapabilityError", "DivergenceError", "ESync", "FADAS", "LSGD", "OPTIMIZERS",
-    "SSGD", "STRATEGIES", "AsyncStrategy", "AsyncflStrategy", "BufferedStrategy", "Checkpointer",
-    "EvaluationSchedule", "FedAsync", "FedAvg", "FedBuff", "FedSGD", "FedSGDWeights",
-    "FedStaleWeight", "NoClientLeftError", "ReplyGuard", "RunningMean", "ServerOptimizer", "SyncStrategy", "constant",
-    "hinge", "polynomial", "staleness_function",
+    "ALSGD", "APSB", "ASGD", "CA2FL", "CapabilityError", "DivergenceError", "ESync", "FADAS",
+    "LSGD", "OPTIMIZERS", "SSGD", "STRATEGIES", "AsyncStrategy", "AsyncflStrategy",
+    "BufferedStrategy", "Checkpointer", "EvaluationSchedule", "FedAsync", "FedAvg", "FedBuff",
+    "FedSGD", "FedSGDWeights", "FedStaleWeight", "NoClientLeftError", "ReplyGuard", "RunningMean",
+    "ServerOptimizer", "SyncStrategy", "constant", "hinge", "polynomial", "staleness_function",
 ]
