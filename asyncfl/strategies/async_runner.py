@@ -45,6 +45,7 @@ class AsyncRunner:
     def __init__(self, rule: AsyncRule, parts: RunParts, concurrency: int = 0,
                  retry_backoff: float = 0.0, tasks: WholeTasks | None = None) -> None:
         self.rule, self.parts = rule, parts
+        self.concurrency = concurrency
         self.in_flight = min(concurrency or parts.num_clients, parts.num_clients)
         self.retry_backoff = retry_backoff
         self.tasks = tasks if tasks is not None else WholeTasks(parts.dispatcher)
@@ -113,7 +114,10 @@ class AsyncRunner:
         """Send tasks from the newest model to idle clients until M are in flight (nodes that
         joined the run are idle clients)."""
         loop = self.parts.loop
-        for client in self.resting.wake(loop.clock.now) + self.parts.joined_clients():
+        joined = self.parts.joined_clients()
+        if joined and not self.concurrency:  # M = every client, those that joined too
+            self.in_flight = self.parts.num_clients
+        for client in self.resting.wake(loop.clock.now) + joined:
             self.idle.add(client)
         sent = self.tasks.start(self.arrays, self.version,
                                 self.idle.take(self.in_flight - loop.in_flight))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from logging import INFO, WARNING
+from logging import WARNING
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,7 +30,8 @@ NO_HANDLER = "function registered with name"
 
 class FederatedEvaluation:
     """Flower's federated evaluation: the newest model goes to a sample of max(int(
-    `fraction` x available), `min_nodes`) of the clients that have no task in flight, whose
+    `fraction` x available), `min_nodes`) (at most all) of the clients that have no task in
+    flight, whose
     ClientApps evaluate it (`@app.evaluate`); their metrics are aggregated by `aggregate`
     weighted by `weighted_by_key`. A sync run evaluates after its rounds; an async run on the
     idle clients (the one whose update made the version among them), so no node ever holds
@@ -126,10 +127,6 @@ class FederatedEvaluation:
         loop = dispatcher.loop
         node_ids = [dispatcher.node_ids[c] for c in clients
                     if not loop.busy(dispatcher.node_ids[c])]
-        if len(node_ids) < self.min_nodes:
-            log(INFO, "federated evaluation of version %d skipped: %d idle nodes, "
-                "min_evaluate_nodes = %d", version, len(node_ids), self.min_nodes)
-            return None
         messages = self.instructions(version, arrays, self._config, node_ids, rng)
         replies = loop.grid.send_and_receive(messages, timeout=loop.reply_timeout())
         return self.aggregate_replies(version, replies)
