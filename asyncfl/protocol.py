@@ -64,6 +64,18 @@ PARTITION_ID = "partition-id"
 UPDATE_KIND = "update-kind"
 
 
+#: name endings of the float buffers torch's batch norm keeps (integer arrays always count)
+STATISTIC_NAMES = ("running_mean", "running_var")
+
+
+def is_statistic(key: str, value: np.ndarray) -> bool:
+    """Whether a model entry is untrained state: an integer array, or a running statistic.
+    A gradient or pseudo-gradient reply carries such an entry's change in its place (it has
+    no gradient), and strategies move it by the mean change, not by their step."""
+    return (not np.issubdtype(value.dtype, np.floating)
+            or key.rsplit(".", 1)[-1] in STATISTIC_NAMES)
+
+
 def reply_kind(metrics: MetricRecord) -> str:
     """What a reply's arrays are: `weights` unless its metrics say otherwise."""
     code = metrics.get(UPDATE_KIND, 0)
