@@ -3,6 +3,7 @@ with its own model, data, momentum SGD and metric names, wrapped by the helper, 
 every kind of strategy; APSB with K = 1 equals ASGD through it, bit for bit."""
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ from asyncfl.protocol import (
     reply_kind,
 )
 from asyncfl.runtime.inline import InlineGrid
-from asyncfl.strategies import ALSGD, APSB, ASGD, ESync, FedBuff
+from asyncfl.strategies import ALSGD, APSB, ASGD, Checkpointer, ESync, FedBuff
 from asyncfl.timing import DelayModel, VirtualClock
 from tests.test_strategy_core import imported_modules
 
@@ -75,6 +76,15 @@ class Net(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models on a shared machine: one thread each is fastest (asyncfl's own tasks do so)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def initial_model() -> ArrayRecord:
@@ -175,6 +185,18 @@ def test_apsb_trains_with_segments_and_mid_task_adoption():
     assert all(r.content["metrics"][STEPS] == 4 for r in finals)
     assert all(reply_kind(r.content["metrics"]) == GRADIENT for r in finals)
     learned(result)
+
+
+def test_apsb_carrying_its_state_in_the_messages_gives_the_same_model(tmp_path):
+    """Runs that checkpoint keep a segmented task's state in the messages, not in the node."""
+    finals = []
+    for checkpoints in (None, Checkpointer(tmp_path / "ckpt", every=5)):
+        grid, result = run(APSB(server_lr=CLIENT_LR, concurrency=NUM_NODES,
+                                checkpoints=checkpoints, **virtual()),
+                           versions=8, **{LOCAL_STEPS: 4})
+        finals.append(result.arrays.to_numpy_ndarrays())
+    assert any(m.content["config"].get(CARRY_STATE) for m, _ in grid.exchanges)
+    assert all(np.array_equal(a, b) for a, b in zip(*finals, strict=True))
 
 
 def test_esync_replies_run_the_steps_the_state_server_assigned():
@@ -326,3 +348,33 @@ def test_the_helper_imports_no_strategy_timing_or_runtime_code():
     modules = imported_modules(Path(asyncfl.client.__file__))
     assert not {m for m in modules
                 if m.startswith(("asyncfl.strategies", "asyncfl.timing", "asyncfl.runtime"))}
+
+
+def readme_blocks() -> list[str]:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Your own ClientApp")[1].split("\n## ")[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+@pytest.mark.parametrize("strategy", ["APSB", "ESync"])
+def test_the_readme_client_app_trains_with_apsb_and_esync(strategy):
+    """The README's two blocks as they are, but 4 nodes at simulated speeds and 20 versions."""
+    client_code, server_code = readme_blocks()
+    user: dict = {}
+    exec(client_code, user)
+    line = server_code.split("\n")[0]
+    server_code = server_code.replace(line, f"strategy = {strategy}(**options)").replace(
+        "num_rounds=200", "num_rounds=20")
+    options = virtual(server_lr=0.05, concurrency=NUM_NODES) if strategy == "APSB" else virtual()
+    namespace = {**user, "grid": InlineGrid(user["app"], {}, NUM_NODES), "APSB": APSB,
+                 "ESync": ESync, "ArrayRecord": ArrayRecord, "ConfigRecord": ConfigRecord,
+                 "options": options}
+    torch.manual_seed(0)
+    initial = user["Net"]()
+    torch.manual_seed(0)
+    exec(server_code, namespace)
+    final = user["Net"]()
+    final.load_state_dict(namespace["result"].arrays.to_torch_state_dict())
+    with torch.no_grad():
+        correct = [(m(user["X"]).argmax(1) == user["Y"]).float().mean() for m in (initial, final)]
+    assert correct[1] > correct[0] + 0.3, correct
