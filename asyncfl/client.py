@@ -36,7 +36,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -72,7 +72,7 @@ from asyncfl.protocol import (
     TRAIN_LOSS,
     WEIGHTS,
     arrays_to_record,
-    is_statistic,
+    pseudo_gradient,
     record_to_arrays,
     update_kind_metric,
 )
@@ -80,7 +80,12 @@ from asyncfl.protocol import (
 if TYPE_CHECKING:
     from torch import nn
 
+__all__ = ["LocalTraining", "TorchTraining", "TrainInstruction", "Trained", "TrainingFactory",
+           "UpdateTransform", "handle_train", "pseudo_gradient", "read_instruction", "register",
+           "task_update"]
+
 Arrays = dict[str, np.ndarray]
+R = TypeVar("R", ArrayRecord, ConfigRecord)
 
 #: what a segmented task keeps in `context.state` between its segments
 SEGMENT_MODEL = "segment.local-model"
@@ -119,7 +124,8 @@ class TrainInstruction:
     config: ConfigRecord = field(default_factory=ConfigRecord, compare=False, repr=False)
 
 
-def _only(message: Message, kind: type, preferred: str, skip: tuple[str, ...] = ()):
+def _only(message: Message, kind: type[R], preferred: str, skip: tuple[str, ...] = ()
+          ) -> R | None:
     """The message's record of type `kind`: the one named `preferred`, else the only one."""
     if isinstance(message.content.get(preferred), kind):
         return message.content[preferred]
@@ -192,16 +198,6 @@ class LocalTraining(Protocol):
 TrainingFactory = Callable[[Context, TrainInstruction], LocalTraining]
 #: applied to a reply's update before it is sent (clipping, noise, compression, faults)
 UpdateTransform = Callable[[Arrays, Context], Arrays]
-
-
-def pseudo_gradient(start: Arrays, end: Arrays, lr: float | None) -> Arrays:
-    """(start - end) / lr for the trained entries, the change end - start for untrained
-    state (`is_statistic`): the sum of the step gradients, exactly, for plain SGD."""
-    if not lr:
-        raise ValueError(f"a gradient reply needs the clients' learning rate: send {LR!r} in "
-                         f"the train config (strategy.start(..., train_config=...))")
-    return {k: v - start[k] if is_statistic(k, v) else (start[k] - v) / lr
-            for k, v in end.items()}
 
 
 def task_update(start: Arrays, trained: Trained, returns: str, lr: float | None) -> Arrays:

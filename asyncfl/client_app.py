@@ -112,7 +112,9 @@ def task_training(context: Context, _instruction: TrainInstruction) -> LocalTrai
 
     def train(arrays: dict, first_step: int, num_steps: int,
               instruction: TrainInstruction) -> Trained:
-        assert instruction.lr is not None
+        if instruction.lr is None:
+            raise ValueError("asyncfl's ClientApp trains with the lr of the train config; "
+                             "the instruction has none")
         settings = TrainSettings(
             lr=instruction.lr, local_epochs=instruction.local_epochs, local_steps=num_steps,
             batch_size=instruction.batch_size, returns=instruction.returns,

@@ -21,7 +21,6 @@ from asyncfl.client import (
     Trained,
     TrainInstruction,
     handle_train,
-    pseudo_gradient,
     read_instruction,
     register,
 )
@@ -47,6 +46,7 @@ from asyncfl.protocol import (
     UPDATE_KIND,
     WEIGHTS,
     arrays_to_record,
+    pseudo_gradient,
     record_to_arrays,
     reply_kind,
 )
