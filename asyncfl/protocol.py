@@ -67,6 +67,31 @@ PARTITION_ID = "partition-id"
 UPDATE_KIND = "update-kind"
 
 
+#: name endings of the float buffers torch's batch norm keeps (integer arrays always count)
+STATISTIC_NAMES = ("running_mean", "running_var")
+
+
+def is_statistic(key: str, value: np.ndarray) -> bool:
+    """Whether a model entry is untrained state: an integer array, or a running statistic.
+    A gradient or pseudo-gradient reply carries such an entry's change in its place (it has
+    no gradient), and strategies move it by the mean change, not by their step."""
+    return (not np.issubdtype(value.dtype, np.floating)
+            or key.rsplit(".", 1)[-1] in STATISTIC_NAMES)
+
+
+def pseudo_gradient(start: dict[str, np.ndarray], end: dict[str, np.ndarray],
+                    lr: float | None) -> dict[str, np.ndarray]:
+    """The pseudo-gradient of local training from `start` to `end`: (start - end) / lr for
+    the trained entries, the change end - start for untrained state (`is_statistic`). For
+    plain SGD that is the sum of the step gradients; otherwise the displacement in units of
+    the clients' lr. The client helper sends it; a server can derive it from weights."""
+    if not lr:
+        raise ValueError(f"a gradient reply needs the clients' learning rate: send {LR!r} in "
+                         f"the train config (strategy.start(..., train_config=...))")
+    return {k: v - start[k] if is_statistic(k, v) else (start[k] - v) / lr
+            for k, v in end.items()}
+
+
 def reply_kind(metrics: MetricRecord) -> str:
     """What a reply's arrays are: `weights` unless its metrics say otherwise."""
     code = metrics.get(UPDATE_KIND, 0)
