@@ -24,6 +24,8 @@ from asyncfl.protocol import (
 from asyncfl.runtime.flower_run import local_superlink
 from asyncfl.runtime.inline import InlineGrid
 from asyncfl.strategies import (
+    APSB,
+    ASGD,
     STRATEGIES,
     FedAsync,
     FedAvg,
@@ -31,17 +33,18 @@ from asyncfl.strategies import (
     FedSGD,
 )
 from asyncfl.strategies.utils import weighted_average
-from asyncfl.timing import VirtualClock
+from asyncfl.timing import DelayModel, VirtualClock
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "plugin_quickstart"
 sys.path.insert(0, str(EXAMPLE))
 
 from plugin_quickstart.client_app import app as quickstart_app  # noqa: E402
+from plugin_quickstart.client_app import helped_app  # noqa: E402
 from plugin_quickstart.server_app import central_evaluate, initial_model, run_one  # noqa: E402
 from plugin_quickstart.task import Net  # noqa: E402
 
-CONFIG = {"updates": 12, "lr": 0.05, "local-steps": 4, "client": "plain"}
+CONFIG = {"updates": 12, "lr": 0.05, "local-steps": 4}
 #: what a ClientApp without asyncfl.client cannot give these algorithms (see the README)
 NEEDS_THE_HELPER = {"apsb", "esync"}
 
@@ -89,6 +92,24 @@ def test_every_strategy_trains_a_plain_client_app_or_stops_at_its_first_reply(na
     else:
         assert outcome["outcome"] == "trained"
         assert outcome["accuracy_end"] > outcome["accuracy_start"] + 0.05
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_trains_the_same_client_app_wrapped_with_the_helper(name):
+    outcome = run_one(RecordingGrid(helped_app), name, CONFIG)
+    assert outcome["outcome"] == "trained"
+    assert outcome["loss_end"] < outcome["loss_start"] - 0.02
+    assert outcome["accuracy_end"] > outcome["accuracy_start"]
+
+
+def test_apsb_with_one_local_step_equals_asgd_through_the_helper():
+    runs = [strategy(fraction_evaluate=0.0, clock=VirtualClock(),
+                     delays=DelayModel(np.array([1.0, 1.7, 2.9, 4.1]))).start(
+        RecordingGrid(helped_app), initial(), num_rounds=10,
+        train_config=train_config(**{"local-steps": 1})) for strategy in (APSB, ASGD)]
+    a, b = (record_to_arrays(r.arrays) for r in runs)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not all(np.array_equal(a[k], record_to_arrays(initial())[k]) for k in a)
 
 
 def test_asyncfl_fedavg_equals_flowers_fedavg_on_the_same_client_app():

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from asyncfl.protocol import GRADIENT
+from asyncfl.strategies.async_runner import AsyncRunner
 from asyncfl.strategies.base import AsyncStrategy
-from asyncfl.strategies.runner import Arrays
+from asyncfl.strategies.runner import Arrays, RunParts
 from asyncfl.strategies.utils import checked_lr, gradient_step
 
 
@@ -32,8 +33,10 @@ class ALSGD(AsyncStrategy):
     received and pushes its accumulated gradient; the server steps at once
     (`GradientStepRule`) and sends the new model back to that worker only.
 
-    With gamma equal to the workers' learning rate (the default: `server_lr` None takes
-    train_config's `lr`) the server adds exactly the worker's own displacement.
+    With gamma equal to the workers' learning rate the server adds exactly the worker's own
+    displacement. Without a `server_lr`, gamma = lr x min(1, 1 / M) with train_config's `lr`
+    and M clients in flight, as the app's `server-lr` = 0 gives: M pushes then move the model
+    about as far as one synchronous average of them would.
     """
 
     reply_kind = GRADIENT
@@ -45,7 +48,9 @@ class ALSGD(AsyncStrategy):
         self.server_lr = server_lr
         self.rule = GradientStepRule(server_lr or 1.0)
 
-    def use_client_lr(self, lr: float | None) -> None:
+    def runner(self, parts: RunParts) -> AsyncRunner:
         if self.server_lr is None:
-            self.rule.server_lr = checked_lr(
-                lr, f"{type(self).__name__}'s server_lr (or train_config's 'lr')")
+            lr = checked_lr(parts.client_lr,
+                            f"{type(self).__name__}'s server_lr (or train_config's 'lr')")
+            self.rule.server_lr = lr * min(1.0, 1 / self.in_flight(parts))
+        return super().runner(parts)

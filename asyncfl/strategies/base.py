@@ -151,7 +151,6 @@ class AsyncflStrategy(Strategy):
         settings = {**(dict(train_config) if train_config is not None else {}),
                     **self.fixed_train_config, RETURN: self.reply_kind}
         client_lr = float(settings[LR]) if LR in settings else None
-        self.use_client_lr(client_lr)
         dispatcher = Dispatcher(loop, node_ids, self.seed, settings, self.partition_sizes,
                                 self.arrayrecord_key, self.configrecord_key)
         self.federated_evaluation.bind(dispatcher, evaluate_config)
@@ -166,10 +165,6 @@ class AsyncflStrategy(Strategy):
             train_metrics_aggr_fn=self.train_metrics_aggr_fn,
             nodes=NodeWatch(grid, node_ids, follow=not fixed),
             federated=self.federated_evaluation)
-
-    def use_client_lr(self, lr: float | None) -> None:
-        """Learn the clients' learning rate (train_config's `lr`, None if it has none) before
-        the run: rules whose server step defaults to it take it here."""
 
     def runner(self, parts: RunParts) -> SyncRunner | AsyncRunner:
         """The loop that drives this strategy's rule (sync rounds or the async loop)."""
@@ -280,6 +275,10 @@ class AsyncStrategy(AsyncflStrategy):
         self.concurrency = concurrency
         self.retry_backoff = retry_backoff
 
+    def in_flight(self, parts: RunParts) -> int:
+        """M: the clients in flight at once."""
+        return min(self.concurrency or parts.num_clients, parts.num_clients)
+
     def tasks(self, parts: RunParts) -> WholeTasks:
         """How tasks are sent: one message each (APSB sends segments)."""
         return WholeTasks(parts.dispatcher)
@@ -315,6 +314,5 @@ class BufferedStrategy(AsyncStrategy):
     def runner(self, parts: RunParts) -> AsyncRunner:
         optimizer = self.rule.optimizer
         if self.default_step and optimizer.name == "sgd":
-            in_flight = min(self.concurrency or parts.num_clients, parts.num_clients)
-            optimizer.lr = min(1.0, self.rule.buffer_size / in_flight)
+            optimizer.lr = min(1.0, self.rule.buffer_size / self.in_flight(parts))
         return super().runner(parts)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from asyncfl.protocol import BATCH_SIZE, GRADIENT, LOCAL_STEPS
 from asyncfl.strategies.base import SyncStrategy
-from asyncfl.strategies.runner import Arrays
+from asyncfl.strategies.runner import Arrays, RunParts
+from asyncfl.strategies.sync_runner import SyncRunner
 from asyncfl.strategies.utils import checked_lr, gradient_step, weighted_average
 
 
@@ -41,6 +42,7 @@ class FedSGD(SyncStrategy):
         self.lr = lr
         self.rule = FedSGDRule(lr or 1.0)
 
-    def use_client_lr(self, lr: float | None) -> None:
+    def runner(self, parts: RunParts) -> SyncRunner:
         if self.lr is None:
-            self.rule.lr = checked_lr(lr, "FedSGD's lr (or train_config's 'lr')")
+            self.rule.lr = checked_lr(parts.client_lr, "FedSGD's lr (or train_config's 'lr')")
+        return super().runner(parts)

@@ -31,8 +31,11 @@ def initial_model() -> ArrayRecord:
     return ArrayRecord(Net().state_dict())
 
 
-def rounds_for(strategy, updates: int, nodes: int) -> int:
-    """Rounds (sync) or versions (async) that take about `updates` client updates."""
+def rounds_for(strategy, updates: int, nodes: int, local_steps: int) -> int:
+    """Rounds (sync) or versions (async) that take about `updates` client updates of
+    `local_steps` steps each: an algorithm whose clients run one step (FedSGD, SSGD, ASGD)
+    gets proportionally more updates."""
+    updates *= local_steps // strategy.fixed_train_config.get("local-steps", local_steps)
     if isinstance(strategy, SyncStrategy):
         return max(1, updates // nodes)
     return max(1, math.ceil(updates / getattr(strategy.rule, "buffer_size", 1)))
@@ -42,7 +45,8 @@ def run_one(grid: Grid, name: str, config: dict) -> dict:
     """One strategy's outcome: trained (first and last accuracy) or the capability error."""
     strategy = STRATEGIES[name]()
     began = time.monotonic()
-    rounds = rounds_for(strategy, int(config["updates"]), len(list(grid.get_node_ids())))
+    rounds = rounds_for(strategy, int(config["updates"]), len(list(grid.get_node_ids())),
+                        int(config["local-steps"]))
     try:
         result = strategy.start(
             grid, initial_model(), num_rounds=rounds,
@@ -56,6 +60,7 @@ def run_one(grid: Grid, name: str, config: dict) -> dict:
     return {"outcome": "trained", "rounds": rounds,
             "accuracy_start": evals[min(evals)]["accuracy"],
             "accuracy_end": evals[max(evals)]["accuracy"],
+            "loss_start": evals[min(evals)]["loss"], "loss_end": evals[max(evals)]["loss"],
             "client_metrics": {str(k): dict(v) for k, v in
                                result.evaluate_metrics_clientapp.items()},
             "train_metrics": {str(k): dict(v) for k, v in
