@@ -12,7 +12,7 @@ from flwr.clientapp import ClientApp
 
 from asyncfl.client import LocalTraining, Trained, TrainInstruction, register
 from asyncfl.config import validate_run_config, with_node_count
-from asyncfl.protocol import METRICS, NUM_EXAMPLES, PARTITION_ID
+from asyncfl.protocol import METRICS, NUM_EXAMPLES, PARTITION_ID, record_to_arrays
 from asyncfl.tasks import TrainOutcome, TrainSettings, load_task
 from asyncfl.tasks.base import resolve_device
 
@@ -134,6 +134,18 @@ def injected_corruption(update: dict, context: Context) -> dict:
 
 
 register(app, task_training, transform=injected_corruption)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Federated evaluation (`fraction-evaluate`): the received model on this client's own
+    examples."""
+    task = load_task(run_config(context))
+    pid = partition_id(context)
+    arrays = record_to_arrays(next(iter(msg.content.array_records.values())))
+    metrics = task.evaluate_partition(arrays, pid, client_device(context))
+    return Message(RecordDict({METRICS: MetricRecord(
+        {**metrics, NUM_EXAMPLES: task.partition_size(pid)})}), reply_to=msg)
 
 
 @app.query()

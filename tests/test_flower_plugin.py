@@ -13,6 +13,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+import asyncfl
 import asyncfl.strategies.nodes as nodes
 from asyncfl.protocol import (
     EVALUATE,
@@ -34,6 +35,7 @@ from asyncfl.strategies import (
 )
 from asyncfl.strategies.utils import weighted_average
 from asyncfl.timing import DelayModel, VirtualClock
+from tests.helpers import read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "plugin_quickstart"
@@ -356,3 +358,16 @@ def test_every_strategy_under_flwr_run_with_the_plain_client_app(tmp_path):
         else:
             assert outcome["outcome"] == "trained", name
             assert outcome["accuracy_end"] > outcome["accuracy_start"], name
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedbuff"])
+def test_the_app_writes_federated_evaluation_next_to_the_servers(tmp_path, strategy):
+    result = asyncfl.simulate(strategy=strategy, num_clients=4, num_server_rounds=3,
+                              local_steps=2, fraction_evaluate=0.5, buffer_size=2,
+                              output_dir=str(tmp_path), run_name=strategy)
+    rows = read_rows(result.output_dir / "evals.csv")
+    assert [r["version"] for r in rows] == ["0", "1", "2", "3"]
+    assert rows[0]["clients-accuracy"] == ""  # the initial model: server side only
+    for row in rows[1:]:
+        assert 0 <= float(row["clients-accuracy"]) <= 1 and float(row["clients-loss"]) > 0
+        assert float(row["accuracy"]) >= 0  # the server's columns stay

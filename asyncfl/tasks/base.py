@@ -88,3 +88,8 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, arrays: dict[str, np.ndarray], device: str = "cpu") -> dict[str, float]:
         """Metrics of a model on the test set; `loss` always, `accuracy` where it applies."""
+
+    @abstractmethod
+    def evaluate_partition(self, arrays: dict[str, np.ndarray], partition_id: int,
+                           device: str = "cpu") -> dict[str, float]:
+        """Metrics of a model on one client's own examples (federated evaluation)."""
