@@ -132,7 +132,7 @@ class SegmentedTasks(WholeTasks):
             raise CapabilityError(
                 f"APSB sends its tasks in segments (message type {SEGMENT!r}) so that a worker "
                 "adopts every broadcast model mid-task, and the ClientApp has no handler for "
-                f"them ({completion.failure_reason}). Register one with asyncfl.client "
+                f"them ({completion.failure_reason}). Register one with asyncfl.client.register "
                 "(README: your own ClientApp), or use ALSGD, which is APSB without broadcasts")
         final = task.done + task.segment == task.timing.steps
         if final or not completion.ok:

@@ -148,8 +148,8 @@ class StateServer:
                            f"(got {seconds!r})")
         if missing:
             raise CapabilityError(
-                "ESync needs the ClientApp to " + " and ".join(missing) + "; wrap its train "
-                "function with asyncfl.client (see the README: your own ClientApp)")
+                "ESync needs the ClientApp to " + " and ".join(missing) + "; wrap its per-step "
+                "train function with asyncfl.client.register (README: your own ClientApp)")
         self.measured[client] = float(seconds or 0.0) / max(1, int(ran))
 
     def snapshot(self) -> dict:
