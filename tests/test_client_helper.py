@@ -122,6 +122,18 @@ def make_app(momentum: float) -> ClientApp:
                              num_examples=len(x))
 
     register(app, training)
+
+    @app.evaluate()
+    def evaluate_here(msg: Message, context: Context) -> Message:
+        x, y = partition(context)
+        model = Net()
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        model.eval()
+        with torch.no_grad():
+            correct = float((model(x).argmax(1) == y).float().mean())
+        metrics = MetricRecord({"accuracy": correct, "num-examples": len(x)})
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
     return app
 
 
@@ -147,7 +159,8 @@ class RecordingGrid(InlineGrid):
     def _execute(self, message: Message) -> Message | None:
         reply = super()._execute(message)
         assert reply is not None and not reply.has_error(), reply.error if reply else None
-        self.exchanges.append((message, reply))
+        if message.metadata.message_type.startswith("train"):
+            self.exchanges.append((message, reply))
         return reply
 
 

@@ -31,13 +31,13 @@ NO_HANDLER = "function registered with name"
 class FederatedEvaluation:
     """Flower's federated evaluation: the newest model goes to a sample of max(int(
     `fraction` x available), `min_nodes`) (at most all) of the clients that have no task in
-    flight, whose
-    ClientApps evaluate it (`@app.evaluate`); their metrics are aggregated by `aggregate`
-    weighted by `weighted_by_key`. A sync run evaluates after its rounds; an async run on the
-    idle clients (the one whose update made the version among them), so no node ever holds
-    two messages. It waits for the replies (the Grid's `send_and_receive`) and takes no
-    virtual time: it measures the run, it is not part of it. A ClientApp without an evaluate
-    handler turns it off for the rest of the run, with a warning."""
+    flight, whose ClientApps evaluate it (`@app.evaluate`); their metrics are aggregated by
+    `aggregate` weighted by `weighted_by_key`. A sync run evaluates after its rounds; an async
+    run on idle clients, at most M of them with the one whose update made the version among
+    them (no node ever holds two messages, and evaluating costs no more messages than
+    training). It waits for the replies (the Grid's `send_and_receive`) and takes no virtual
+    time: it measures the run, it is not part of it. A ClientApp without an evaluate handler
+    turns it off for the rest of the run, with a warning."""
 
     def __init__(self, fraction: float = 1.0, min_nodes: int = 2,
                  weighted_by_key: str = NUM_EXAMPLES,
