@@ -27,6 +27,7 @@ import numpy as np
 
 from asyncfl.protocol import WEIGHTS, is_statistic
 
+
 class ModelState:
     """Splits a model into trained parameters (what rules see) and statistics, and moves the
     statistics by the rule above."""
