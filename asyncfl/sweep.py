@@ -96,6 +96,16 @@ class SweepResult:
         """The rows of the runs that failed."""
         return [r for r in self.runs if r["status"] != "ok"]
 
+    def of(self, point: str) -> list[dict[str, str]]:
+        """The finished runs of one point, by seed."""
+        return sorted((r for r in self.runs if r["point"] == point and r["status"] == "ok"),
+                      key=lambda r: int(r["seed"]))
+
+    def summary_of(self, point: str) -> list[dict[str, Any]]:
+        """summary.json of each finished run of one point, by seed."""
+        return [json.loads((Path(r["results_dir"]) / "summary.json").read_text())
+                for r in self.of(point)]
+
 
 def coerce(key: str, raw: str) -> Any:
     """A grid value written on the command line, as the type its run-config key takes."""
@@ -332,6 +342,20 @@ def summarize(points: Sequence[Point], rows: Sequence[Mapping[str, str]],
     return table
 
 
+def plot_band(ax: Any, runs: Sequence[Sequence[tuple[float, float]]], label: str) -> None:
+    """The mean of several seeds' (time, accuracy) curves, each held between its evaluations,
+    up to the end of the shortest, with a band of +- one standard deviation."""
+    end = min(c[-1][0] for c in runs)
+    grid = np.unique([t for c in runs for t, _ in c if t <= end])
+    held = np.array([[c[max(0, np.searchsorted([t for t, _ in c], g, "right") - 1)][1]
+                      for g in grid] for c in runs])
+    mean = held.mean(axis=0)
+    line, = ax.plot(grid, mean, label=label)
+    if len(runs) > 1:
+        std = held.std(axis=0, ddof=1)
+        ax.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+
+
 def plot_sweep(points: Sequence[Point], rows: Sequence[Mapping[str, str]],
                curves: Mapping[str, list[tuple[float, float]]],
                summary: Sequence[Mapping[str, Any]], dest: Path, target: float) -> None:
@@ -349,15 +373,7 @@ def plot_sweep(points: Sequence[Point], rows: Sequence[Mapping[str, str]],
                 if r["point"] == point.name and r["status"] == "ok" and curves.get(r["config_id"])]
         if not runs:
             continue
-        end = min(c[-1][0] for c in runs)
-        grid = np.unique([t for c in runs for t, _ in c if t <= end])
-        held = np.array([[c[max(0, np.searchsorted([t for t, _ in c], g, "right") - 1)][1]
-                          for g in grid] for c in runs])
-        mean = held.mean(axis=0)
-        line, = ax.plot(grid, mean, label=f"{point.name} (n={len(runs)})")
-        if len(runs) > 1:
-            std = held.std(axis=0, ddof=1)
-            ax.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        plot_band(ax, runs, f"{point.name} (n={len(runs)})")
     ax.axhline(target, color="grey", lw=0.8, ls="--")
     ax.set(xlabel="virtual time (s)", ylabel="test accuracy",
            title="mean across seeds, band: +- 1 std")
@@ -446,14 +462,72 @@ def run_sweep(points: Sequence[Point], seeds: Sequence[int], fixed: Mapping[str,
     return SweepResult(out, rows, summary, curves)
 
 
-def format_interval(mean: float, ci95: float, digits: int = 3, scale: float = 1.0) -> str:
-    """`mean ± ci95` for a table cell (`n/a` without finished values, the mean alone with
-    one value)."""
-    if math.isnan(mean):
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    """--seeds, --workers and --ray-address, for the sweep command and the experiment scripts
+    that run their settings as a sweep."""
+    parser.add_argument("--seeds", default="3", help="a count (3: seeds 0,1,2) or a list")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="parallel local processes (default: the cores)")
+    parser.add_argument("--ray-address", default="",
+                        help="run every (point, seed) as a Ray task on this existing cluster "
+                             "(host:port of `ray start --head`)")
+
+
+def sweep_from_args(args: argparse.Namespace, points: Sequence[Point],
+                    fixed: Mapping[str, Any], output_dir: Path) -> SweepResult:
+    """An experiment's points over `--seeds` (with `--workers` / `--ray-address`); stops
+    the script, naming the runs, if any failed (rerunning it reruns only those)."""
+    result = run_sweep(points, parse_seeds(args.seeds), fixed, output_dir,
+                       workers=args.workers, ray_address=args.ray_address)
+    if result.failed:
+        names = ", ".join(f"{r['point']} seed {r['seed']}" for r in result.failed)
+        raise SystemExit(f"{len(result.failed)} runs failed ({names}): see "
+                         f"{result.output_dir / 'runs.csv'}")
+    return result
+
+
+def interval_cell(values: Sequence[float], digits: int = 3) -> str:
+    """`mean ± ci95` of per-seed values for a Markdown cell (the mean alone when the seeds
+    agree or there is one); `(k/n)` when only k of the n seeds have a value (a target not
+    reached), `n/a` when none has."""
+    def show(x: float, places: int) -> str:
+        return f"{x:,.0f}" if abs(x) >= 10**places else f"{x:.{places}g}"
+
+    mean, _, ci = t_interval(values)
+    reached = sum(math.isfinite(v) for v in values)
+    if not reached:
         return "n/a"
-    if math.isnan(ci95):
-        return f"{mean * scale:.{digits}g}"
-    return f"{mean * scale:.{digits}g} ± {ci95 * scale:.2g}"
+    text = show(mean, digits) if not ci > 0 else f"{show(mean, digits)} ± {show(ci, 2)}"
+    return text if reached == len(values) else f"{text} ({reached}/{len(values)})"
+
+
+def write_interval_table(stem: Path, rows: Sequence[Mapping[str, Any]],
+                         columns: Sequence[str]) -> str:
+    """An experiment's table whose cells may be lists of per-seed numbers: in `stem`.csv such
+    a cell becomes the mean, with the interval's half-width in `<column>_ci95`; in `stem`.md
+    it reads `mean ± ci95`. Returns the Markdown."""
+    from asyncfl.results import markdown_table, write_rows
+
+    csv_rows, md_rows, csv_columns = [], [], []
+    for column in columns:
+        csv_columns.append(column)
+        if any(isinstance(row.get(column), list) for row in rows):
+            csv_columns.append(f"{column}_ci95")
+    for row in rows:
+        flat, shown = dict(row), dict(row)
+        for column, value in row.items():
+            if isinstance(value, list):
+                mean, _, ci = t_interval(value)
+                flat[column], flat[f"{column}_ci95"] = mean, ci
+                shown[column] = interval_cell(value)
+        csv_rows.append({k: None if isinstance(v, float) and math.isnan(v) else v
+                         for k, v in flat.items()})
+        md_rows.append(shown)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_rows(stem.with_suffix(".csv"), csv_rows, csv_columns)
+    text = markdown_table(md_rows, columns)
+    stem.with_suffix(".md").write_text(text)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -462,14 +536,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--grid", default="",
                         help="key=v1,v2 pairs, space-separated: the product is swept")
-    parser.add_argument("--seeds", default="3", help="a count (3: seeds 0,1,2) or a list")
     parser.add_argument("--run-config", default="", help="fixed settings, as for flwr run")
     parser.add_argument("--output-dir", default="outputs/sweep")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="parallel local processes (default: the cores)")
-    parser.add_argument("--ray-address", default="",
-                        help="run every (point, seed) as a Ray task on this existing cluster "
-                             "(host:port of `ray start --head`)")
+    add_sweep_arguments(parser)
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be >= 1")
