@@ -497,7 +497,8 @@ def interval_cell(values: Sequence[float], digits: int = 3) -> str:
     reached = sum(math.isfinite(v) for v in values)
     if not reached:
         return "n/a"
-    text = show(mean, digits) if not ci > 0 else f"{show(mean, digits)} ± {show(ci, 2)}"
+    agree = not ci > 1e-9 * abs(mean)  # equal up to float rounding
+    text = show(mean, digits) if agree else f"{show(mean, digits)} ± {show(ci, 2)}"
     return text if reached == len(values) else f"{text} ({reached}/{len(values)})"
 
 
