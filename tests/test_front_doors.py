@@ -390,7 +390,7 @@ def test_the_main_job_compares_fedavg_and_fedbuff_on_the_same_clients(tmp_path, 
     FedAvg took (here inline in place of `flwr run`), and a figure and table of both."""
     launched = []
 
-    def inline_run(overrides, app_dir, cpus, gpus):
+    def inline_run(overrides, app_dir, cpus, gpus, ray_address=None):
         launched.append(overrides)
         kw = {k.replace("-", "_"): v for k, v in overrides.items()}
         return asyncfl.simulate(**kw).output_dir
