@@ -23,6 +23,11 @@ from asyncfl.strategies.runner import Arrays, Rule, RunParts, needs_start
 from asyncfl.timing import Completion
 
 
+def clients_in_flight(concurrency: int, num_clients: int) -> int:
+    """M: `concurrency` clients, 0 meaning every client, never more than there are."""
+    return min(concurrency or num_clients, num_clients)
+
+
 class AsyncRule(Rule, Protocol):
     def fold(self, global_arrays: Arrays, update: Arrays, num_examples: float,
              staleness: int, client: int) -> Arrays | None:
@@ -46,7 +51,6 @@ class AsyncRunner:
                  retry_backoff: float = 0.0, tasks: WholeTasks | None = None) -> None:
         self.rule, self.parts = rule, parts
         self.concurrency = concurrency
-        self.in_flight = min(concurrency or parts.num_clients, parts.num_clients)
         self.retry_backoff = retry_backoff
         self.tasks = tasks if tasks is not None else WholeTasks(parts.dispatcher)
         self.resting = RestingClients()
@@ -107,6 +111,11 @@ class AsyncRunner:
         parts.finish(self.tasks.traffic(), self.bases.peak)
         return result
 
+    @property
+    def in_flight(self) -> int:
+        """M, over the run's clients now (nodes that joined count)."""
+        return clients_in_flight(self.concurrency, self.parts.num_clients)
+
     def _needs_start(self, reply_kind: str) -> bool:
         return needs_start(reply_kind, self.rule.update_kind, bool(self.state.statistics))
 
@@ -114,10 +123,7 @@ class AsyncRunner:
         """Send tasks from the newest model to idle clients until M are in flight (nodes that
         joined the run are idle clients)."""
         loop = self.parts.loop
-        joined = self.parts.joined_clients()
-        if joined and not self.concurrency:  # M = every client, those that joined too
-            self.in_flight = self.parts.num_clients
-        for client in self.resting.wake(loop.clock.now) + joined:
+        for client in self.resting.wake(loop.clock.now) + self.parts.joined_clients():
             self.idle.add(client)
         sent = self.tasks.start(self.arrays, self.version,
                                 self.idle.take(self.in_flight - loop.in_flight))

@@ -19,7 +19,7 @@ from flwr.serverapp.strategy.strategy_utils import (
 )
 
 from asyncfl.protocol import ARRAYS, CONFIG, DELTA, LR, NUM_EXAMPLES, RETURN, WEIGHTS
-from asyncfl.strategies.async_runner import AsyncRule, AsyncRunner
+from asyncfl.strategies.async_runner import AsyncRule, AsyncRunner, clients_in_flight
 from asyncfl.strategies.checkpoint import Checkpointer
 from asyncfl.strategies.dispatch import Dispatcher, WholeTasks
 from asyncfl.strategies.evaluation import (
@@ -100,9 +100,8 @@ class AsyncflStrategy(Strategy):
             raise ValueError(f"min_evaluate_nodes and min_available_nodes must be >= 0, got "
                              f"{min_evaluate_nodes}, {min_available_nodes}")
         self.federated_evaluation = FederatedEvaluation(
-            fraction_evaluate, min_evaluate_nodes, weighted_by_key,
-            evaluate_metrics_aggr_fn or aggregate_metricrecords, arrayrecord_key,
-            configrecord_key)
+            fraction_evaluate, min_evaluate_nodes, weighted_by_key, evaluate_metrics_aggr_fn,
+            arrayrecord_key, configrecord_key)
         self.min_available_nodes = min_available_nodes
         self.weighted_by_key = weighted_by_key
         self.arrayrecord_key = arrayrecord_key
@@ -277,7 +276,7 @@ class AsyncStrategy(AsyncflStrategy):
 
     def in_flight(self, parts: RunParts) -> int:
         """M: the clients in flight at once."""
-        return min(self.concurrency or parts.num_clients, parts.num_clients)
+        return clients_in_flight(self.concurrency, parts.num_clients)
 
     def tasks(self, parts: RunParts) -> WholeTasks:
         """How tasks are sent: one message each (APSB sends segments)."""

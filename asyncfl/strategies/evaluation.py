@@ -13,6 +13,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp.strategy import Result
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from asyncfl.protocol import ARRAYS, CONFIG, EVALUATE, NUM_EXAMPLES, SERVER_ROUND
 from asyncfl.strategies.recorder import RunRecorder
@@ -43,8 +44,6 @@ class FederatedEvaluation:
                  weighted_by_key: str = NUM_EXAMPLES,
                  aggregate: MetricsAggregationFn | None = None,
                  arrayrecord_key: str = ARRAYS, configrecord_key: str = CONFIG) -> None:
-        from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
-
         self.fraction = fraction
         self.min_nodes = min_nodes if fraction > 0 else 0
         self.weighted_by_key = weighted_by_key

@@ -12,7 +12,7 @@ from flwr.app import MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from asyncfl.protocol import DELTA, GRADIENT, NUM_EXAMPLES, WEIGHTS, TrainReply
+from asyncfl.protocol import DELTA, GRADIENT, METRICS, NUM_EXAMPLES, WEIGHTS, TrainReply
 from asyncfl.strategies.checkpoint import Checkpointer
 from asyncfl.strategies.dispatch import Dispatcher
 from asyncfl.strategies.evaluation import (
@@ -154,7 +154,7 @@ class RunParts:
             return None
         try:
             return self.train_metrics_aggr_fn(
-                [RecordDict({"metrics": r.metrics}) for r in replies], self.weighted_by_key)
+                [RecordDict({METRICS: r.metrics}) for r in replies], self.weighted_by_key)
         except Exception as err:  # noqa: BLE001 - a metric function is user code
             log(WARNING, "train_metrics_aggr_fn failed (%s: %s); metrics of this version "
                 "skipped", type(err).__name__, err)
