@@ -204,7 +204,7 @@ def clock(monkeypatch):
 def test_too_few_simulated_nodes_fail_at_once_naming_the_flag(clock):
     with pytest.raises(RuntimeError) as err:
         nodes.wait_for_nodes(SimulatedGrid([11, 12]), 10, 2, wait=120.0)
-    assert str(err.value).startswith("num-clients = 10 but the simulated federation has 2 ")
+    assert str(err.value).startswith("num-clients = 10 but the simulated federation has 2 SuperNodes;")
     assert '--federation-config "num-supernodes=10"' in str(err.value)
     assert clock.now < nodes.SIMULATION_SETTLE_SECONDS + 0.5  # not the 120 s wait
 

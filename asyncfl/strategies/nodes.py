@@ -51,8 +51,9 @@ def wait_for_nodes(grid: Grid, num_clients: int, min_nodes: int, wait: float = m
             if count < wanted:
                 named = (f"num-clients = {num_clients}" if num_clients
                          else f"{setting} = {min_nodes}")
+                kind = "SuperNodes" if isinstance(grid, InMemoryGrid) else "nodes"
                 raise RuntimeError(
-                    f"{named} but the simulated federation has {count} nodes; pass "
+                    f"{named} but the simulated federation has {count} {kind}; pass "
                     f"--federation-config \"num-supernodes={wanted}\" to flwr run, or lower "
                     f"{setting}")
             break
