@@ -1,51 +1,20 @@
-"""The ClientApp: local training of the run's task, with injected delays in wall-clock mode."""
+"""asyncfl's ClientApp: the run's task trained through the client helper (`asyncfl.client`:
+tasks, segments, replies, wall-clock delays), with injected faults and the `query` that
+tells the server which client a node is."""
 
 from __future__ import annotations
 
-import time
 from functools import lru_cache
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from asyncfl.client import LocalTraining, Trained, TrainInstruction, register
 from asyncfl.config import validate_run_config, with_node_count
-from asyncfl.protocol import (
-    ARRAYS,
-    BATCH_SIZE,
-    CARRY_STATE,
-    CLIENT_THREADS,
-    COMM_DELAY,
-    COMPUTE_TIME,
-    CONFIG,
-    FINAL,
-    GRADIENT,
-    LOCAL_EPOCHS,
-    LOCAL_STEPS,
-    LOSS_SUM,
-    LR,
-    METRICS,
-    MODEL_VERSION,
-    NUM_EXAMPLES,
-    PARTITION_ID,
-    RETURN,
-    SEGMENT_GRADIENT,
-    SEGMENT_START,
-    SEGMENT_STEPS,
-    STEP_DELAY,
-    STEPS,
-    TASK_SEED,
-    TRAIN_LOSS,
-    WEIGHTS,
-    arrays_to_record,
-    record_to_arrays,
-)
+from asyncfl.protocol import METRICS, NUM_EXAMPLES, PARTITION_ID, record_to_arrays
 from asyncfl.tasks import TrainOutcome, TrainSettings, load_task
 from asyncfl.tasks.base import resolve_device
-
-#: what a segmented task keeps in `context.state` between its segments
-SEGMENT_MODEL = "segment.local-model"
-SEGMENT_STATS = "segment.stats"
 
 app = ClientApp()
 
@@ -123,123 +92,71 @@ def client_device(context: Context) -> str:
     return resolve_device(str(name))
 
 
-def settings_from(config: ConfigRecord, **overrides) -> TrainSettings:
-    """The training settings a train instruction carries."""
-    fields = dict(
-        lr=float(config[LR]),
-        local_epochs=int(config.get(LOCAL_EPOCHS, 1)),
-        local_steps=int(config.get(LOCAL_STEPS, 0)),
-        batch_size=int(config.get(BATCH_SIZE, 0)),
-        returns=str(config.get(RETURN, WEIGHTS)),
-        seed=int(config.get(TASK_SEED, 0)),
-        threads=int(config.get(CLIENT_THREADS, 1)),
-    )
-    return TrainSettings(**{**fields, **overrides})
-
-
-def run_task(
-    context: Context, config: ConfigRecord, start: dict, settings: TrainSettings
-) -> tuple[TrainOutcome, float]:
-    """Train, then in wall-clock mode sleep step-delay x steps + comm-delay (the server's
-    delay model, or the node's own `--node-config step-delay=<seconds>`); return the outcome
-    and the seconds it represents."""
+def run_task(context: Context, start: dict, settings: TrainSettings) -> TrainOutcome:
+    """Local training of this node's partition, unless the node is injected to raise or to go
+    silent (`NodeSilent`)."""
     config_run = run_config(context)
     fault = injected_fault(config_run, partition_id(context))
     if fault == "raise":
         raise RuntimeError("injected fault: the client raised")
     if fault == "silent":
         raise NodeSilent("injected fault: the client went silent")
-    task = load_task(config_run)
-    started = time.perf_counter()
-    outcome = task.train(start, partition_id(context), settings)
-    compute_time = time.perf_counter() - started
-    step_delay = context.node_config.get(STEP_DELAY, config.get(STEP_DELAY, 0.0))
-    injected = float(step_delay) * outcome.steps + float(config.get(COMM_DELAY, 0.0))
-    if injected > 0:
-        time.sleep(injected)
-    return outcome, compute_time + injected
+    return load_task(config_run).train(start, partition_id(context), settings)
 
 
-def train_reply(msg: Message, context: Context, arrays: dict | None, metrics: dict) -> Message:
-    """A reply with the arrays (if any, corrupted if the client is injected to) and the
-    metrics."""
-    content = RecordDict({METRICS: MetricRecord(metrics)})
-    if arrays is not None:
-        fault = injected_fault(run_config(context), partition_id(context))
-        if fault in ("nan", "shape"):
-            arrays = corrupt(arrays, fault)
-        content[ARRAYS] = arrays_to_record(arrays)
-    return Message(content=content, reply_to=msg)
+def task_training(context: Context, _instruction: TrainInstruction) -> LocalTraining:
+    """The run's task as the client helper's `LocalTraining`: `task.train` on this node's
+    partition, resuming a segmented task with `skip_steps`, with the exact gradient sum when
+    the instruction asks for gradients."""
+    device = client_device(context)
+
+    def train(arrays: dict, first_step: int, num_steps: int,
+              instruction: TrainInstruction) -> Trained:
+        settings = task_settings(instruction, device, first_step, num_steps)
+        return trained_from(run_task(context, arrays, settings))
+
+    return train
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Train from the received model and reply with weights, delta or gradient."""
-    config = msg.content[CONFIG]
-    settings = settings_from(config, device=client_device(context))
-    start = record_to_arrays(msg.content[ARRAYS])
-    outcome, seconds = run_task(context, config, start, settings)
-    return train_reply(msg, context, outcome.reply(start, settings.returns), {
-        NUM_EXAMPLES: outcome.num_examples,
-        TRAIN_LOSS: outcome.train_loss,
-        STEPS: outcome.steps,
-        MODEL_VERSION: int(config.get(MODEL_VERSION, 0)),
-        COMPUTE_TIME: seconds,
-    })
+def task_settings(instruction: TrainInstruction, device: str, first_step: int = 0,
+                  num_steps: int | None = None) -> TrainSettings:
+    """The task's training settings for an instruction (steps [first_step, first_step +
+    num_steps); num_steps None: the instruction's own)."""
+    if instruction.lr is None:
+        raise ValueError("asyncfl's ClientApp trains with the lr of the train config; "
+                         "the instruction has none")
+    return TrainSettings(
+        lr=instruction.lr, local_epochs=instruction.local_epochs,
+        local_steps=instruction.local_steps if num_steps is None else num_steps,
+        batch_size=instruction.batch_size, returns=instruction.returns, seed=instruction.seed,
+        skip_steps=first_step, threads=instruction.threads, device=device)
 
 
-@app.train("segment")
-def train_segment(msg: Message, context: Context) -> Message:
-    """Run iterations [segment-start, segment-start + segment-steps) of a task (APSB).
+def trained_from(outcome: TrainOutcome) -> Trained:
+    """A task's training outcome as the client helper's `Trained`."""
+    return Trained(outcome.weights, outcome.steps, outcome.train_loss, outcome.num_examples,
+                   outcome.gradient)
 
-    The local model comes with the message at the task's start or when the worker adopts a
-    broadcast; otherwise it is the one the previous segment left in `context.state`, and so
-    is the accumulated gradient. With `carry-state` (runs that write checkpoints) the server
-    holds that state instead: a segment's reply carries the local model, the gradient so far
-    and the loss sum, and the next segment brings them back. The last segment replies with
-    the accumulated gradient."""
-    config = msg.content[CONFIG]
-    state = context.state
-    first = int(config[SEGMENT_START]) == 0
-    carry = bool(config.get(CARRY_STATE, False))
-    if ARRAYS in msg.content:
-        local = record_to_arrays(msg.content[ARRAYS])
-    else:
-        local = record_to_arrays(state[SEGMENT_MODEL])
-    settings = settings_from(config, device=client_device(context),
-                             local_steps=int(config[SEGMENT_STEPS]),
-                             skip_steps=int(config[SEGMENT_START]), returns=GRADIENT)
-    outcome, seconds = run_task(context, config, local, settings)
-    gradient = outcome.gradient
-    losses = outcome.train_loss * outcome.steps
-    if not first:
-        earlier = record_to_arrays(msg.content[SEGMENT_GRADIENT] if carry
-                                   else state[SEGMENT_GRADIENT])
-        gradient = {k: earlier[k] + v for k, v in gradient.items()}
-        losses += float(config[LOSS_SUM] if carry else state[SEGMENT_STATS][LOSS_SUM])
-    steps = int(config[SEGMENT_START]) + outcome.steps
-    if not bool(config[FINAL]):
-        progress = {STEPS: outcome.steps, COMPUTE_TIME: seconds}
-        if carry:
-            return Message(RecordDict({
-                ARRAYS: arrays_to_record(outcome.weights),
-                SEGMENT_GRADIENT: arrays_to_record(gradient),
-                METRICS: MetricRecord({**progress, LOSS_SUM: losses}),
-            }), reply_to=msg)
-        state[SEGMENT_MODEL] = arrays_to_record(outcome.weights)
-        state[SEGMENT_GRADIENT] = arrays_to_record(gradient)
-        state[SEGMENT_STATS] = MetricRecord({LOSS_SUM: losses})
-        return train_reply(msg, context, None, progress)
-    for key in (SEGMENT_MODEL, SEGMENT_GRADIENT, SEGMENT_STATS):
-        if key in state:
-            del state[key]
-    return train_reply(msg, context, gradient, {
-        NUM_EXAMPLES: outcome.num_examples,
-        TRAIN_LOSS: losses / steps,
-        STEPS: steps,
-        MODEL_VERSION: int(config.get(MODEL_VERSION, 0)),
-        COMPUTE_TIME: seconds,
-    })
+
+def injected_corruption(update: dict, context: Context) -> dict:
+    """The update a client injected with `nan` or `shape` sends instead of its own."""
+    fault = injected_fault(run_config(context), partition_id(context))
+    return corrupt(update, fault) if fault in ("nan", "shape") else update
+
+
+register(app, task_training, transform=injected_corruption)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Federated evaluation (`fraction-evaluate`): the received model on this client's own
+    examples."""
+    task = load_task(run_config(context))
+    pid = partition_id(context)
+    arrays = record_to_arrays(next(iter(msg.content.array_records.values())))
+    metrics = task.evaluate_partition(arrays, pid, client_device(context))
+    return Message(RecordDict({METRICS: MetricRecord(
+        {**metrics, NUM_EXAMPLES: task.partition_size(pid)})}), reply_to=msg)
 
 
 @app.query()

@@ -331,6 +331,10 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds of the run's clock instead of every eval-every versions",
             check=lambda x: x == 0 or x >= EVAL_INTERVAL_MIN,
             allowed=f"0, or a number >= {EVAL_INTERVAL_MIN:g}"),
+    Setting("fraction-evaluate", float, 0.0, "federated evaluation: the fraction of the "
+            "clients with nothing in flight that evaluate each evaluated version on their own "
+            "data (evals.csv: clients-* columns; 0: the server's test set only)",
+            check=lambda x: 0 <= x <= 1, allowed="a number in [0, 1]"),
     Setting("eval-every", int, 1, "evaluate the newest model every this many versions",
             check=_positive, allowed="an integer >= 1"),
     Setting("target-accuracy", float, 0.9, "accuracy whose first reaching time is reported",

@@ -22,6 +22,9 @@ TRAIN = "train"
 #: part of a task: iterations [segment-start, segment-start + segment-steps) (APSB)
 SEGMENT = "train.segment"
 QUERY = "query"
+#: Flower's federated evaluation (MessageType.EVALUATE); its config carries SERVER_ROUND
+EVALUATE = "evaluate"
+SERVER_ROUND = "server-round"
 
 # records of a message
 ARRAYS = "arrays"
@@ -59,23 +62,67 @@ MODEL_VERSION = "model-version"
 COMPUTE_TIME = "compute-time"
 LOSS_SUM = "loss-sum"
 PARTITION_ID = "partition-id"
+#: what a reply's arrays are, as an index into RETURN_KINDS (0 weights, 1 delta, 2 gradient).
+#: A reply without it holds weights: what any ClientApp following Flower's FedAvg contract sends
+UPDATE_KIND = "update-kind"
+
+
+#: name endings of the float buffers torch's batch norm keeps (integer arrays always count)
+STATISTIC_NAMES = ("running_mean", "running_var")
+
+
+def is_statistic(key: str, value: np.ndarray) -> bool:
+    """Whether a model entry is untrained state: an integer array, or a running statistic.
+    A gradient or pseudo-gradient reply carries such an entry's change in its place (it has
+    no gradient), and strategies move it by the mean change, not by their step."""
+    return (not np.issubdtype(value.dtype, np.floating)
+            or key.rsplit(".", 1)[-1] in STATISTIC_NAMES)
+
+
+def pseudo_gradient(start: dict[str, np.ndarray], end: dict[str, np.ndarray],
+                    lr: float | None) -> dict[str, np.ndarray]:
+    """The pseudo-gradient of local training from `start` to `end`: (start - end) / lr for
+    the trained entries, the change end - start for untrained state (`is_statistic`). For
+    plain SGD that is the sum of the step gradients; otherwise the displacement in units of
+    the clients' lr. The client helper sends it; a server can derive it from weights."""
+    if not lr:
+        raise ValueError(f"a gradient reply needs the clients' learning rate: send {LR!r} in "
+                         f"the train config (strategy.start(..., train_config=...))")
+    return {k: v - start[k] if is_statistic(k, v) else (start[k] - v) / lr
+            for k, v in end.items()}
+
+
+def reply_kind(metrics: MetricRecord) -> str:
+    """What a reply's arrays are: `weights` unless its metrics say otherwise."""
+    code = metrics.get(UPDATE_KIND, 0)
+    if not isinstance(code, int) or not 0 <= code < len(RETURN_KINDS):
+        raise ValueError(f"metric {UPDATE_KIND!r} must be 0 (weights), 1 (delta) or 2 "
+                         f"(gradient), got {code!r}")
+    return RETURN_KINDS[code]
+
+
+def update_kind_metric(kind: str) -> dict[str, int]:
+    """The metric that marks a reply's arrays as `kind` (nothing for weights)."""
+    return {} if kind == WEIGHTS else {UPDATE_KIND: RETURN_KINDS.index(kind)}
 
 
 @dataclass(frozen=True)
 class TrainReply:
-    """A parsed train reply: its arrays by key and its metrics."""
+    """A parsed train reply: its arrays by key, its metrics, and what the arrays are."""
 
     arrays: dict[str, np.ndarray]
     metrics: MetricRecord
+    kind: str = WEIGHTS
 
 
 def train_instruction(
     arrays: ArrayRecord | None, config: ConfigRecord, node_id: int, group_id: str,
-    message_type: str = TRAIN,
+    message_type: str = TRAIN, arrays_key: str = ARRAYS, config_key: str = CONFIG,
 ) -> Message:
-    """A train message carrying its config and, unless None, a model."""
-    content = RecordDict({CONFIG: config} if arrays is None
-                         else {ARRAYS: arrays, CONFIG: config})
+    """A train message carrying its config and, unless None, a model (under the record
+    names a strategy's `arrayrecord_key` and `configrecord_key` choose)."""
+    content = RecordDict({config_key: config} if arrays is None
+                         else {arrays_key: arrays, config_key: config})
     return Message(content=content, dst_node_id=node_id, message_type=message_type,
                    group_id=group_id)
 
@@ -94,7 +141,7 @@ def parse_reply(reply: Message) -> TrainReply:
     """The arrays and metrics of a train reply (raises ValueError if it is malformed)."""
     try:
         arrays, metrics = reply_records(reply)
-        return TrainReply(record_to_arrays(arrays), metrics)
+        return TrainReply(record_to_arrays(arrays), metrics, reply_kind(metrics))
     except TypeError as err:
         raise ValueError(str(err)) from err
 

@@ -14,7 +14,6 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
-from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 from asyncfl.config import (
     BUFFERED_STRATEGIES,
@@ -35,6 +34,7 @@ from asyncfl.strategies import (
     staleness_function,
 )
 from asyncfl.strategies.checkpoint import CheckpointError, load_checkpoint
+from asyncfl.strategies.nodes import fixed_federation, wait_for_nodes
 from asyncfl.strategies.recorder import EVENT_COLUMNS
 from asyncfl.tasks import check_task, load_task
 from asyncfl.tasks.base import resolve_device
@@ -49,9 +49,6 @@ from asyncfl.timing import (
 from asyncfl.timing.delays import parse_profile, read_trace
 
 NODE_WAIT_SECONDS = 120.0
-#: Flower's simulation registers all its nodes as it starts: a node count that stays the
-#: same this long is the federation's size
-SIMULATION_SETTLE_SECONDS = 1.0
 
 app = ServerApp()
 
@@ -131,7 +128,7 @@ def strategy_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     name = config["strategy"]
     staleness = staleness_function(config["staleness"], config["staleness-a"],
                                    config["staleness-b"])
-    sync_common = {"round_timeout": config["round-timeout"]}
+    sync_common = {"round_timeout": config["round-timeout"], "min_train_nodes": 1}
     async_common = {"concurrency": config["concurrency"], "retry_backoff": config["retry-backoff"]}
     if name == "fedsgd":
         return {**sync_common, "fraction_train": config["fraction"], "lr": config["lr"]}
@@ -172,6 +169,7 @@ def make_strategy(
     return STRATEGIES[config["strategy"]](
         clock=clock, delays=delays, seed=config["seed"], time_budget=config["time-budget"],
         node_ids=node_ids, partition_sizes=partition_sizes, phases=phases,
+        fraction_evaluate=config["fraction-evaluate"], min_evaluate_nodes=1,
         guard=ReplyGuard(config["max-faults"], config["update-norm-bound"],
                          config["norm-action"]),
         evaluation=EvaluationSchedule(config["eval-every"], config["eval-interval"]),
@@ -192,42 +190,6 @@ def train_config(config: Mapping[str, Any]) -> ConfigRecord:
     return ConfigRecord({k: config[k] for k in keys})
 
 
-def wait_for_nodes(grid: Grid, num_clients: int, min_nodes: int,
-                   wait: float = NODE_WAIT_SECONDS) -> list[int]:
-    """The ids of the nodes the run uses, once they are there.
-
-    Flower's simulation (an InMemoryGrid) has every node from the start: once the count
-    settles, too few nodes for num-clients is an error at once, naming the flag that fixes it.
-    A deployment waits up to `wait` seconds for num-clients nodes, or with num-clients = 0 for
-    min_nodes, then takes every node connected at that moment.
-    """
-    simulated = isinstance(grid, InMemoryGrid)
-    wanted = num_clients or (1 if simulated else min_nodes)
-    deadline = time.monotonic() + wait
-    count, since = -1, time.monotonic()
-    while True:
-        nodes = sorted(grid.get_node_ids())
-        now = time.monotonic()
-        if len(nodes) != count:
-            count, since = len(nodes), now
-        if simulated and count and now - since >= SIMULATION_SETTLE_SECONDS:
-            if count < num_clients:
-                raise RuntimeError(
-                    f"num-clients = {num_clients} but the simulated federation has {count} "
-                    f"SuperNodes; pass --federation-config \"num-supernodes={num_clients}\" "
-                    "to flwr run (or num-clients=0 to use every node)")
-            break
-        if not simulated and count >= wanted:
-            break
-        if now > deadline:
-            setting = (f"num-clients = {num_clients}" if num_clients
-                       else f"min-available-nodes = {min_nodes}")
-            raise RuntimeError(f"{setting} but only {count} nodes connected after {wait:.0f} s"
-                               "; start more SuperNodes or lower the setting")
-        time.sleep(0.1)
-    return nodes[:num_clients] if num_clients else nodes
-
-
 def discover_clients(
     grid: Grid, num_clients: int, min_nodes: int = 1, wait: float = NODE_WAIT_SECONDS
 ) -> tuple[list[int], list[int] | None]:
@@ -238,7 +200,8 @@ def discover_clients(
     taken in node-id order and the sizes are unknown.
     """
     deadline = time.monotonic() + wait
-    nodes = wait_for_nodes(grid, num_clients, min_nodes, wait)
+    # min-available-nodes is for deployments: a simulation has all its nodes from the start
+    nodes = wait_for_nodes(grid, num_clients, 1 if fixed_federation(grid) else min_nodes, wait)
     num_clients = len(nodes)
     queries = [Message(RecordDict(), node, QUERY) for node in nodes]
     pending = set(grid.push_messages(queries))

@@ -7,11 +7,14 @@ straggler is dropped), where ESync keeps everyone and gives the fast workers mor
     python experiments/esync_experiment.py                    # digits, 1:2:4:8, offline
     python experiments/esync_experiment.py --dataset fashion-mnist --budget 3000
     python experiments/esync_experiment.py --profile "gpu-fast*2,gpu-slow,cpu"
+    python experiments/esync_experiment.py --seeds 5 --workers 2
 
 Workers have per-step times from --profile (default 1, 2, 4, 8 s), virtual clock, every run
-gets the same virtual time budget. Writes outputs/esync/: accuracy_vs_time.png and table.md /
-table.csv (time to the target accuracy, speed-up over SSGD, final accuracy, each worker's
-share of the time spent computing, traffic).
+gets the same virtual time budget, with each seed (a sweep: `asyncfl.sweep`). Writes
+outputs/esync/: accuracy_vs_time.png (mean across seeds, band +- 1 std), table.md / table.csv
+(as mean ± 95% interval across seeds: time to the target accuracy, speed-up over SSGD in the
+same seed, final accuracy, each worker's share of the time spent computing, traffic) and the
+sweep's files in sweep/ (a rerun skips finished runs).
 """
 
 from __future__ import annotations
@@ -19,24 +22,21 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-import asyncfl  # noqa: E402
-from asyncfl.results import write_table  # noqa: E402
+from asyncfl.sweep import Point, add_sweep_arguments, sweep_from_args, write_interval_table
 
 RUNS = {
-    "esync": dict(strategy="esync"),
-    "ssgd": dict(strategy="ssgd"),
-    "ssgd-deadline": dict(strategy="ssgd"),  # round_timeout from --deadline
-    "asgd": dict(strategy="asgd", server_lr=1.0),  # the ESync paper's ASGD steps with lr
-    "fedavg": dict(strategy="fedavg", local_steps=4),
-    "fedbuff": dict(strategy="fedbuff", buffer_size=2, local_steps=1, server_lr=1.0),
+    "esync": {"strategy": "esync"},
+    "ssgd": {"strategy": "ssgd"},
+    "ssgd-deadline": {"strategy": "ssgd"},  # round-timeout from --deadline
+    "asgd": {"strategy": "asgd", "server-lr": 1.0},  # the ESync paper's ASGD steps with lr
+    "fedavg": {"strategy": "fedavg", "local-steps": 4},
+    "fedbuff": {"strategy": "fedbuff", "buffer-size": 2, "local-steps": 1, "server-lr": 1.0},
 }
 COLUMNS = ("strategy", "time_to_target_s", "speedup_vs_ssgd", "final_accuracy", "versions",
            "compute_share_per_worker", "messages", "mb_moved")
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="digits", choices=("digits", "fashion-mnist",
                                                                 "cifar10"))
     parser.add_argument("--profile", default="1,2,4,8")
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=4, help="workers")
     parser.add_argument("--budget", type=float, default=1600.0, help="virtual seconds per run")
     parser.add_argument("--target", type=float, default=0.9)
     parser.add_argument("--lr", type=float, default=0.1)
@@ -66,51 +66,43 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=4.0,
                         help="ssgd-deadline's round timeout, virtual seconds (default 4: the "
                              "8-s worker of the default profile misses every round)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="outputs/esync")
+    add_sweep_arguments(parser)
     args = parser.parse_args()
     logging.getLogger("flwr").setLevel(logging.WARNING)
     out = Path(args.out)
-    rows, curves = [], {}
-    for name, settings in RUNS.items():
-        result = asyncfl.simulate(
-            task=args.dataset, num_clients=args.workers, delay_profile=args.profile,
-            time_budget=args.budget, num_server_rounds=1_000_000, lr=args.lr,
-            batch_size=args.batch_size, esync_eps=args.eps, target_accuracy=args.target,
-            concurrency=args.workers if name == "fedbuff" else 0, seed=args.seed,
-            eval_every=1 if name in ("esync", "ssgd", "fedavg") else 4,
-            round_timeout=args.deadline if name == "ssgd-deadline" else 0.0,
-            output_dir=str(out), run_name=name, **settings,
-        )
-        s = result.summary
-        with (result.output_dir / "evals.csv").open() as f:
-            curves[name] = [(float(r["virtual_time"]), float(r["accuracy"]))
-                            for r in csv.DictReader(f)]
-        shares = compute_shares(result.output_dir, args.workers, s["virtual_time"])
+    fixed = {"task": args.dataset, "num-clients": args.clients, "delay-profile": args.profile,
+             "time-budget": args.budget, "num-server-rounds": 1_000_000, "lr": args.lr,
+             "batch-size": args.batch_size, "esync-eps": args.eps,
+             "target-accuracy": args.target}
+    points = [Point(name, {
+        **settings, "concurrency": args.clients if name == "fedbuff" else 0,
+        "eval-every": 1 if name in ("esync", "ssgd", "fedavg") else 4,
+        "round-timeout": args.deadline if name == "ssgd-deadline" else 0.0,
+    }) for name, settings in RUNS.items()]
+    sweep = sweep_from_args(args, points, fixed, out / "sweep")
+    ssgd = [s["time_to_target_accuracy"] for s in sweep.summary_of("ssgd")]
+    rows = []
+    for name in RUNS:
+        summaries = sweep.summary_of(name)
+        hits = [np.nan if s["time_to_target_accuracy"] is None else s["time_to_target_accuracy"]
+                for s in summaries]
+        shares = np.mean([compute_shares(Path(r["results_dir"]), args.clients, s["virtual_time"])
+                          for r, s in zip(sweep.of(name), summaries, strict=True)], axis=0)
         rows.append({
-            "strategy": name, "time_to_target_s": s["time_to_target_accuracy"],
-            "final_accuracy": s["accuracy"], "versions": s["final_version"],
+            "strategy": name, "time_to_target_s": hits,
+            "speedup_vs_ssgd": [np.nan if base is None else base / hit
+                                for base, hit in zip(ssgd, hits, strict=True)],
+            "final_accuracy": [s["accuracy"] for s in summaries],
+            "versions": [s["final_version"] for s in summaries],
             "compute_share_per_worker": " / ".join(f"{x:.2f}" for x in shares),
-            "messages": s["comm_messages_down"] + s["comm_messages_up"],
-            "mb_moved": (s["comm_bytes_down"] + s["comm_bytes_up"]) / 1e6,
+            "messages": [s["comm_messages_down"] + s["comm_messages_up"] for s in summaries],
+            "mb_moved": [(s["comm_bytes_down"] + s["comm_bytes_up"]) / 1e6 for s in summaries],
         })
-    ssgd = next(r["time_to_target_s"] for r in rows if r["strategy"] == "ssgd")
-    for row in rows:
-        hit = row["time_to_target_s"]
-        row["speedup_vs_ssgd"] = (ssgd / hit if hit and ssgd else
-                                  f"> {args.budget / hit:.2f}" if hit else None)
     print(f"{args.dataset}, per-step times {args.profile}, {args.budget:g} s virtual budget, "
-          f"target {args.target:.0%}")
-    print(write_table(out / "table", rows, COLUMNS))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, curve in curves.items():
-        ax.plot(*zip(*curve, strict=True), label=name)
-    ax.axhline(args.target, color="gray", ls=":", label="target")
-    ax.set(xlabel="virtual time (s)", ylabel="test accuracy",
-           title=f"{args.dataset}, per-step times {args.profile}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_time.png", dpi=100)
+          f"target {args.target:.0%}, mean ± 95% interval over seeds {args.seeds}")
+    print(write_interval_table(out / "table", rows, COLUMNS))
+    shutil.copy(out / "sweep" / "accuracy_vs_time.png", out / "accuracy_vs_time.png")
 
 
 if __name__ == "__main__":

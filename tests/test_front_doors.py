@@ -17,6 +17,7 @@ import asyncfl
 import asyncfl.runtime.flower_run as flower_run
 import asyncfl.runtime.inline as inline
 import asyncfl.server_app as server_app
+import asyncfl.strategies.nodes as nodes
 from asyncfl.client_app import run_config as client_run_config
 from asyncfl.config import (
     DEFAULTS,
@@ -195,31 +196,32 @@ class JoiningGrid:
 @pytest.fixture
 def clock(monkeypatch):
     fake = FakeClock()
-    monkeypatch.setattr(server_app.time, "monotonic", fake.monotonic)
-    monkeypatch.setattr(server_app.time, "sleep", fake.sleep)
+    monkeypatch.setattr(nodes.time, "monotonic", fake.monotonic)
+    monkeypatch.setattr(nodes.time, "sleep", fake.sleep)
     return fake
 
 
 def test_too_few_simulated_nodes_fail_at_once_naming_the_flag(clock):
     with pytest.raises(RuntimeError) as err:
-        server_app.wait_for_nodes(SimulatedGrid([11, 12]), 10, 2, wait=120.0)
-    assert str(err.value).startswith("num-clients = 10 but the simulated federation has 2 ")
+        nodes.wait_for_nodes(SimulatedGrid([11, 12]), 10, 2, wait=120.0)
+    assert str(err.value).startswith(
+        "num-clients = 10 but the simulated federation has 2 SuperNodes;")
     assert '--federation-config "num-supernodes=10"' in str(err.value)
-    assert clock.now < server_app.SIMULATION_SETTLE_SECONDS + 0.5  # not the 120 s wait
+    assert clock.now < nodes.SIMULATION_SETTLE_SECONDS + 0.5  # not the 120 s wait
 
 
 def test_num_clients_zero_in_simulation_takes_every_node(clock):
-    assert server_app.wait_for_nodes(SimulatedGrid([12, 11, 13]), 0, 5) == [11, 12, 13]
-    assert server_app.wait_for_nodes(SimulatedGrid([12, 11, 13]), 2, 5) == [11, 12]
+    assert nodes.wait_for_nodes(SimulatedGrid([12, 11, 13]), 0, 1) == [11, 12, 13]
+    assert nodes.wait_for_nodes(SimulatedGrid([12, 11, 13]), 2, 5) == [11, 12]
 
 
 def test_a_deployment_waits_for_min_available_nodes_then_takes_every_node(clock):
     grid = JoiningGrid(clock, {0.0: 1, 5.0: 3})
-    assert server_app.wait_for_nodes(grid, 0, 2, wait=120.0) == [100, 101, 102]
+    assert nodes.wait_for_nodes(grid, 0, 2, wait=120.0) == [100, 101, 102]
     assert 5.0 <= clock.now < 5.5
     with pytest.raises(RuntimeError, match="min-available-nodes = 4 but only 3 nodes connected "
                                            "after 120 s"):
-        server_app.wait_for_nodes(grid, 0, 4, wait=120.0)
+        nodes.wait_for_nodes(grid, 0, 4, wait=120.0)
 
 
 def test_simulate_with_num_clients_zero_runs_ten_clients(out):
@@ -389,7 +391,7 @@ def test_the_main_job_compares_fedavg_and_fedbuff_on_the_same_clients(tmp_path, 
     FedAvg took (here inline in place of `flwr run`), and a figure and table of both."""
     launched = []
 
-    def inline_run(overrides, app_dir, cpus, gpus):
+    def inline_run(overrides, app_dir, cpus, gpus, ray_address=None):
         launched.append(overrides)
         kw = {k.replace("-", "_"): v for k, v in overrides.items()}
         return asyncfl.simulate(**kw).output_dir

@@ -12,7 +12,7 @@ import asyncfl
 from asyncfl.client_app import _faulty_clients
 from asyncfl.config import DEFAULTS, SETTINGS_BY_KEY, ConfigError, validate_run_config
 from asyncfl.runtime.inline import InlineGrid
-from asyncfl.strategies import FedAvg, ReplyGuard
+from asyncfl.strategies import FedAvg, NoClientLeftError, ReplyGuard
 from asyncfl.strategies.dispatch import MAX_BACKOFF, backoff_seconds
 from asyncfl.strategies.utils import check_reply, update_norm, weighted_average
 from asyncfl.timing import event_loop
@@ -229,12 +229,14 @@ class DeadGrid(FlakyGrid):
     failures = 5
 
 
-def test_a_run_whose_every_client_is_dropped_stops_cleanly(out):
-    result = asyncfl.simulate(grid_class=DeadGrid, strategy="fedasync", task="mean",
-                              num_clients=1, num_server_rounds=3, max_faults=2, local_steps=1,
-                              run_name="all-dropped", **out)
-    assert result.summary["dropped_clients"] == [0]
-    assert result.summary["updates"] == 0
+@pytest.mark.parametrize("strategy", ["fedasync", "fedavg"])
+def test_a_run_where_no_reply_can_succeed_stops_with_a_clear_error(out, strategy):
+    with pytest.raises(NoClientLeftError, match=r"every client was dropped after 2 faulty "
+                       r"replies in a row and no update was ever applied; replies failed "
+                       r"with: error reply \(2\)"):
+        asyncfl.simulate(grid_class=DeadGrid, strategy=strategy, task="mean", num_clients=1,
+                         num_server_rounds=3, max_faults=2, local_steps=1,
+                         run_name="all-dropped", **out)
 
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedbuff"])

@@ -24,7 +24,7 @@ def test_stored_model_versions_stay_bounded_by_clients_in_flight():
     clients, in_flight = 300, 6
     delays = DelayModel(np.random.default_rng(0).exponential(1.0, clients))
     strategy = FedBuff(buffer_size=3, concurrency=in_flight, client_returns="weights",
-                       clock=VirtualClock(), delays=delays)
+                       clock=VirtualClock(), delays=delays, fraction_evaluate=0.0)
     grid = CountingGrid(plain_app, {}, clients)
     strategy.start(grid, ArrayRecord([np.zeros(1000, dtype=np.float32)]), num_rounds=100)
     assert len(strategy.recorder.events) == 300
@@ -37,7 +37,7 @@ def test_stored_model_versions_stay_bounded_by_clients_in_flight():
 def test_running_mean_keeps_no_per_client_model_copies():
     clients = 2000
     strategy = RunningMean(concurrency=10, clock=VirtualClock(),
-                           delays=DelayModel(np.ones(clients)))
+                           delays=DelayModel(np.ones(clients)), fraction_evaluate=0.0)
     grid = CountingGrid(plain_app, {}, clients)
     strategy.start(grid, ArrayRecord([np.zeros(4)]), num_rounds=50)
     assert strategy.recorder.totals.versions_kept_peak == 0  # the rule needs no base models

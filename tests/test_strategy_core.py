@@ -129,7 +129,8 @@ def test_the_client_app_imports_no_strategy_or_timing_code():
 
 MESSAGE_KEYS = ("num-examples", "train-loss", "compute-time", "loss-sum", "model-version",
                 "task-seed", "step-delay", "comm-delay", "segment-start", "segment-steps",
-                "carry-state", "partition-id", "segment.gradient", "train.segment")
+                "carry-state", "partition-id", "segment.gradient", "train.segment",
+                "update-kind", "server-round")
 
 
 def test_every_message_key_is_written_once_in_protocol():

@@ -81,13 +81,18 @@ def flower_executable(name: str) -> str:
     return found
 
 
-def flower_env(home: Path) -> dict[str, str]:
+def flower_env(home: Path, ray_address: str = "") -> dict[str, str]:
     """The environment for Flower processes: their own FLWR_HOME, no update check or
     dependency installation, and the interpreter's folder first on PATH (the SuperLink starts
-    `flower-superexec` and `flwr-simulation` by name)."""
+    `flower-superexec` and `flwr-simulation` by name). RAY_ADDRESS is `ray_address` or unset:
+    the simulation engine's `ray.init` joins that cluster, else starts a Ray of its own."""
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    return {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PATH": path}
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PATH": path,
+           "RAY_ADDRESS": ray_address}
+    if not ray_address:
+        del env["RAY_ADDRESS"]
+    return env
 
 
 TOKEN = re.compile(r"""(\S+?)=('[^']*'|"[^"]*"|\S+)""")
@@ -176,11 +181,13 @@ def start_superlink(home: Path, app_dir: Path, env: dict) -> tuple[subprocess.Po
 
 
 @contextmanager
-def local_superlink(app_dir: Path) -> Iterator[tuple[subprocess.Popen, dict]]:
-    """A private simulation SuperLink with its own FLWR_HOME and `asyncfl-local` connection;
-    yields the process and the environment for `flwr`; stops it by PID on exit."""
+def local_superlink(app_dir: Path, ray_address: str = "",
+                    ) -> Iterator[tuple[subprocess.Popen, dict]]:
+    """A private simulation SuperLink with its own FLWR_HOME and `asyncfl-local` connection
+    (its simulations on the Ray cluster at `ray_address`, if given); yields the process and
+    the environment for `flwr`; stops it by PID on exit."""
     home = Path(tempfile.mkdtemp(prefix="asyncfl-flwr-"))
-    env = flower_env(home)
+    env = flower_env(home, ray_address)
     superlink = None
     try:
         superlink, api_port = start_superlink(home, app_dir, env)
@@ -314,17 +321,20 @@ def written_results(config: dict, hint: str = "") -> Path:
 
 
 def run_flower(overrides: dict, app_dir: Path, cpus_per_client: int = 1,
-               gpus_per_client: float = 0.0) -> Path:
+               gpus_per_client: float = 0.0, ray_address: str = "") -> Path:
     """Validate, run `flwr run` on a private SuperLink, stop it; return the results folder.
-    `gpus_per_client` is the share of a GPU Ray gives each ClientApp (0.25: four share one)."""
+    `gpus_per_client` is the share of a GPU Ray gives each ClientApp (0.25: four share one).
+    `ray_address`: the simulation runs on that existing Ray cluster (its ClientApps on every
+    node's CPUs), not on a Ray started for this machine's cores."""
     if validate_run_config(overrides)["num-clients"] == 0:
         overrides = {**overrides, "num-clients": SIMULATED_CLIENTS}
     overrides, config = resolve_run(overrides)
-    cpus = os.cpu_count() or 1
     federation = (f"num-supernodes={config['num-clients']} "
                   f"client-resources-num-cpus={cpus_per_client} "
-                  f"client-resources-num-gpus={gpus_per_client:g} init-args-num-cpus={cpus}")
-    with local_superlink(app_dir) as (_, env):
+                  f"client-resources-num-gpus={gpus_per_client:g}")
+    if not ray_address:  # joining a cluster, ray.init must not be given a CPU count
+        federation += f" init-args-num-cpus={os.cpu_count() or 1}"
+    with local_superlink(app_dir, ray_address) as (_, env):
         command = [flower_executable("flwr"), "run", str(app_dir), CONNECTION, "--stream",
                    "--run-config", format_run_config(overrides), "--federation-config", federation]
         flwr = subprocess.Popen(command, env=env, start_new_session=True, text=True,
@@ -390,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus-per-client", type=float, default=0.0,
                         help="share of a GPU per ClientApp, e.g. 0.25 (with torch-device "
                              "= 'cuda' or 'auto' in --run-config); default 0: CPU only")
+    parser.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS", ""),
+                        help="run the simulation on this existing Ray cluster (host:port of "
+                             "`ray start --head`; default: $RAY_ADDRESS, else a Ray of its own)")
     args = parser.parse_args(argv)
     if args.gpus_per_client < 0:
         parser.error(f"--gpus-per-client = {args.gpus_per_client} must be >= 0")
@@ -407,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             if outs:  # the same virtual time as the first run, up to twice its versions
                 run = {**run, **same_time_as(outs[0])}
             outs.append(run_flower(run, Path(args.app).resolve(), args.cpus_per_client,
-                                   args.gpus_per_client))
+                                   args.gpus_per_client, args.ray_address))
         for out in outs:
             print(f"asyncfl-flwr-run: results in {out}")
         if len(outs) > 1:

@@ -40,6 +40,9 @@ SERVER_NODE_ID = 1
 class InlineGrid(Grid):
     """A Grid whose nodes are ClientApp calls in this process, one Context per node."""
 
+    #: no node joins after the start (strategies neither wait for nor look for more)
+    fixed_nodes = True
+
     def __init__(
         self, client_app: ClientApp, run_config: Mapping[str, Any], num_nodes: int,
         run_id: int = 1,

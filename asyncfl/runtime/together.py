@@ -22,19 +22,10 @@ from typing import Any
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from asyncfl.client import read_instruction, task_reply
+from asyncfl.client_app import app, injected_corruption, task_settings, trained_from
 from asyncfl.config import ConfigError
-from asyncfl.protocol import (
-    ARRAYS,
-    COMPUTE_TIME,
-    CONFIG,
-    MODEL_VERSION,
-    NUM_EXAMPLES,
-    PARTITION_ID,
-    STEPS,
-    TRAIN,
-    TRAIN_LOSS,
-    record_to_arrays,
-)
+from asyncfl.protocol import ARRAYS, PARTITION_ID, TRAIN
 from asyncfl.tasks import load_task
 from asyncfl.tasks.base import resolve_device
 from asyncfl.tasks.batched import ClientJob, batching_problem, train_together
@@ -85,15 +76,13 @@ class TrainTogether:
 
     def _train(self, batch: list[str], pending: Mapping[str, Message],
                contexts: Mapping[int, Context]) -> None:
-        from asyncfl.client_app import settings_from, train_reply
-
         messages = [pending[i] for i in batch]
         nodes = [contexts[m.metadata.dst_node_id] for m in messages]
         try:
-            jobs = [ClientJob(record_to_arrays(m.content[ARRAYS]),
-                              int(node.node_config[PARTITION_ID]),
-                              settings_from(m.content[CONFIG], device=self._device(node)))
-                    for m, node in zip(messages, nodes, strict=True)]
+            instructions = [read_instruction(m) for m in messages]
+            jobs = [ClientJob(instruction.arrays, int(node.node_config[PARTITION_ID]),
+                              task_settings(instruction, self._device(node)))
+                    for instruction, node in zip(instructions, nodes, strict=True)]
             started = time.perf_counter()
             outcomes = train_together(self.task, jobs)
             seconds = time.perf_counter() - started
@@ -102,18 +91,12 @@ class TrainTogether:
             return
         self.batch_sizes.append(len(batch))
         total_steps = max(1, sum(o.steps for o in outcomes))
-        for message_id, message, node, job, outcome in zip(batch, messages, nodes, jobs,
-                                                          outcomes, strict=True):
-            config = message.content[CONFIG]
-            self._ready[message_id] = train_reply(
-                message, node, outcome.reply(job.arrays, job.settings.returns), {
-                    NUM_EXAMPLES: outcome.num_examples,
-                    TRAIN_LOSS: outcome.train_loss,
-                    STEPS: outcome.steps,
-                    MODEL_VERSION: int(config.get(MODEL_VERSION, 0)),
-                    # the task's share of the batch's time, by its steps
-                    COMPUTE_TIME: seconds * outcome.steps / total_steps,
-                })
+        for message_id, message, node, instruction, outcome in zip(
+                batch, messages, nodes, instructions, outcomes, strict=True):
+            # compute-time: the task's share of the batch's time, by its steps
+            self._ready[message_id] = task_reply(
+                message, node, instruction, trained_from(outcome),
+                seconds * outcome.steps / total_steps, injected_corruption)
 
     def _device(self, node: Context) -> str:
         return resolve_device(str(node.node_config.get("torch-device",
@@ -125,8 +108,6 @@ def together_for(client_app: ClientApp, config: Mapping[str, Any]) -> TrainToget
     parallel-clients is 1 (or not set) or the app is not asyncfl's own, whose training it
     reproduces. Raises ConfigError (naming parallel-clients) when the run's task or model
     cannot be trained together."""
-    from asyncfl.client_app import app
-
     size = int(config.get("parallel-clients", 1))
     if size <= 1 or client_app is not app:
         return None

@@ -25,7 +25,12 @@ from asyncfl.strategies.fedbuff import FedBuff
 from asyncfl.strategies.fedsgd import FedSGD
 from asyncfl.strategies.fedsgd_weights import FedSGDWeights
 from asyncfl.strategies.fedstaleweight import FedStaleWeight
-from asyncfl.strategies.guard import DivergenceError, ReplyGuard
+from asyncfl.strategies.guard import (
+    CapabilityError,
+    DivergenceError,
+    NoClientLeftError,
+    ReplyGuard,
+)
 from asyncfl.strategies.lsgd import LSGD
 from asyncfl.strategies.running_mean import RunningMean
 from asyncfl.strategies.server_optimizer import OPTIMIZERS, ServerOptimizer
@@ -52,9 +57,9 @@ STRATEGIES: dict[str, type[AsyncflStrategy]] = {
 }
 
 __all__ = [
-    "ALSGD", "APSB", "ASGD", "CA2FL", "DivergenceError", "ESync", "FADAS", "LSGD", "OPTIMIZERS",
-    "SSGD", "STRATEGIES", "AsyncStrategy", "AsyncflStrategy", "BufferedStrategy", "Checkpointer",
-    "EvaluationSchedule", "FedAsync", "FedAvg", "FedBuff", "FedSGD", "FedSGDWeights",
-    "FedStaleWeight", "ReplyGuard", "RunningMean", "ServerOptimizer", "SyncStrategy", "constant",
-    "hinge", "polynomial", "staleness_function",
+    "ALSGD", "APSB", "ASGD", "CA2FL", "CapabilityError", "DivergenceError", "ESync", "FADAS",
+    "LSGD", "OPTIMIZERS", "SSGD", "STRATEGIES", "AsyncStrategy", "AsyncflStrategy",
+    "BufferedStrategy", "Checkpointer", "EvaluationSchedule", "FedAsync", "FedAvg", "FedBuff",
+    "FedSGD", "FedSGDWeights", "FedStaleWeight", "NoClientLeftError", "ReplyGuard", "RunningMean",
+    "ServerOptimizer", "SyncStrategy", "constant", "hinge", "polynomial", "staleness_function",
 ]

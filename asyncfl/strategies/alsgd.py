@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from asyncfl.protocol import GRADIENT
+from asyncfl.strategies.async_runner import AsyncRunner
 from asyncfl.strategies.base import AsyncStrategy
-from asyncfl.strategies.runner import Arrays
-from asyncfl.strategies.utils import gradient_step
+from asyncfl.strategies.runner import Arrays, RunParts
+from asyncfl.strategies.utils import checked_lr, gradient_step
 
 
 class GradientStepRule:
@@ -20,9 +21,7 @@ class GradientStepRule:
     state_fields = ()
 
     def __init__(self, server_lr: float) -> None:
-        if not server_lr > 0:
-            raise ValueError(f"server_lr must be > 0, got {server_lr}")
-        self.server_lr = server_lr
+        self.server_lr = checked_lr(server_lr, "server_lr")
 
     def fold(self, global_arrays: Arrays, update: Arrays, num_examples: float,
              staleness: int, client: int) -> Arrays:
@@ -34,13 +33,24 @@ class ALSGD(AsyncStrategy):
     received and pushes its accumulated gradient; the server steps at once
     (`GradientStepRule`) and sends the new model back to that worker only.
 
-    With gamma equal to the workers' learning rate (the default in the app: `lr` x
-    `server-lr` with `server-lr` = 1) the server adds exactly the worker's own displacement.
+    With gamma equal to the workers' learning rate the server adds exactly the worker's own
+    displacement. Without a `server_lr`, gamma = lr x min(1, 1 / M) with train_config's `lr`
+    and M clients in flight, as the app's `server-lr` = 0 gives: M pushes then move the model
+    about as far as one synchronous average of them would.
     """
 
     reply_kind = GRADIENT
     step_setting = "server_lr (run config: server-lr, gamma = lr x server-lr)"
 
-    def __init__(self, server_lr: float, concurrency: int = 0, **options) -> None:
+    def __init__(self, server_lr: float | None = None, concurrency: int = 0,
+                 **options) -> None:
         super().__init__(concurrency, **options)
-        self.rule = GradientStepRule(server_lr)
+        self.server_lr = server_lr
+        self.rule = GradientStepRule(server_lr or 1.0)
+
+    def runner(self, parts: RunParts) -> AsyncRunner:
+        if self.server_lr is None:
+            lr = checked_lr(parts.client_lr,
+                            f"{type(self).__name__}'s server_lr (or train_config's 'lr')")
+            self.rule.server_lr = lr * min(1.0, 1 / self.in_flight(parts))
+        return super().runner(parts)

@@ -26,6 +26,8 @@ from asyncfl.protocol import (
 )
 from asyncfl.strategies.alsgd import ALSGD
 from asyncfl.strategies.dispatch import Dispatcher, WholeTasks
+from asyncfl.strategies.evaluation import NO_HANDLER
+from asyncfl.strategies.guard import CapabilityError
 from asyncfl.strategies.runner import RunParts
 from asyncfl.strategies.utils import task_seed
 from asyncfl.timing import Completion, TaskTiming, TrafficCounters
@@ -126,6 +128,12 @@ class SegmentedTasks(WholeTasks):
         task = self.tasks.get(completion.client)
         if task is None:
             return False
+        if NO_HANDLER in completion.failure_reason:
+            raise CapabilityError(
+                f"APSB sends its tasks in segments (message type {SEGMENT!r}) so that a worker "
+                "adopts every broadcast model mid-task, and the ClientApp has no handler for "
+                f"them ({completion.failure_reason}). Register one with asyncfl.client.register "
+                "(README: your own ClientApp), or use ALSGD, which is APSB without broadcasts")
         final = task.done + task.segment == task.timing.steps
         if final or not completion.ok:
             del self.tasks[completion.client]
@@ -198,7 +206,7 @@ class APSB(ALSGD):
     segments, or, in runs that write checkpoints, the server carries them (same results).
     """
 
-    def __init__(self, server_lr: float, concurrency: int = 0, *,
+    def __init__(self, server_lr: float | None = None, concurrency: int = 0, *,
                  broadcast_latency: float = 0.0, chunk: int = 1, **options) -> None:
         super().__init__(server_lr, concurrency, **options)
         if broadcast_latency < 0 or chunk < 1:

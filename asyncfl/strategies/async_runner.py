@@ -4,14 +4,12 @@ as it lands (virtual-finish order or arrival order), re-dispatch from the newest
 from __future__ import annotations
 
 import time
-from logging import WARNING
 from typing import Protocol
 
 from flwr.app import ArrayRecord
-from flwr.common.logger import log
 from flwr.serverapp.strategy import Result
 
-from asyncfl.protocol import NUM_EXAMPLES, WEIGHTS, arrays_to_record, record_to_arrays
+from asyncfl.protocol import WEIGHTS, TrainReply, arrays_to_record, record_to_arrays
 from asyncfl.strategies.dispatch import (
     IdlePool,
     RestingClients,
@@ -21,8 +19,13 @@ from asyncfl.strategies.dispatch import (
 )
 from asyncfl.strategies.evaluation import EvaluateFn
 from asyncfl.strategies.model_state import ModelState
-from asyncfl.strategies.runner import Arrays, Rule, RunParts, rule_update
+from asyncfl.strategies.runner import Arrays, Rule, RunParts, needs_start
 from asyncfl.timing import Completion
+
+
+def clients_in_flight(concurrency: int, num_clients: int) -> int:
+    """M: `concurrency` clients, 0 meaning every client, never more than there are."""
+    return min(concurrency or num_clients, num_clients)
 
 
 class AsyncRule(Rule, Protocol):
@@ -47,7 +50,7 @@ class AsyncRunner:
     def __init__(self, rule: AsyncRule, parts: RunParts, concurrency: int = 0,
                  retry_backoff: float = 0.0, tasks: WholeTasks | None = None) -> None:
         self.rule, self.parts = rule, parts
-        self.in_flight = min(concurrency or parts.num_clients, parts.num_clients)
+        self.concurrency = concurrency
         self.retry_backoff = retry_backoff
         self.tasks = tasks if tasks is not None else WholeTasks(parts.dispatcher)
         self.resting = RestingClients()
@@ -55,8 +58,10 @@ class AsyncRunner:
     def run(self, initial_arrays: ArrayRecord, num_rounds: int,
             evaluate_fn: EvaluateFn | None = None) -> Result:
         parts, loop, schedule = self.parts, self.parts.loop, self.parts.schedule
-        result = Result(arrays=initial_arrays)
-        schedule.bind(evaluate_fn, loop, parts.recorder, result)
+        result = self.result = Result(arrays=initial_arrays)
+        schedule.bind(evaluate_fn, loop, parts.recorder, result, parts.federated,
+                      lambda: self.idle.items()[-self.in_flight:], parts.evaluation_rng())
+        self.applied_since: list[TrainReply] = []  # this version's updates, for its metrics
         self.arrays, self.version = initial_arrays, 0
         self.global_arrays = record_to_arrays(initial_arrays)
         self.state = ModelState(self.global_arrays)
@@ -71,15 +76,15 @@ class AsyncRunner:
         else:
             schedule.evaluate(0, self.arrays)
             self.idle = IdlePool(range(parts.num_clients), parts.rng)
-            needs_base = parts.reply_kind == WEIGHTS and (
-                self.rule.update_kind != WEIGHTS or bool(self.state.statistics))
-            self.bases = VersionStore(needs_base)
+            # kept for the kind asked for, and for weights (what a ClientApp that does not
+            # know the protocol sends) until a reply shows the ClientApp follows it
+            self.bases = VersionStore(self._needs_start(parts.reply_kind)
+                                      or self._needs_start(WEIGHTS))
             self._refill()
         while self.version < num_rounds and not parts.out_of_time():
             if not loop.in_flight:
                 if not self.resting:
-                    log(WARNING, "no client left to train (%d dropped); stopping at version %d",
-                        len(parts.guard.dropped), self.version)
+                    parts.no_client_left(self.version)
                     break
                 time.sleep(max(0.0, self.resting.next_wake() - loop.clock.now))
                 self._refill()
@@ -106,10 +111,19 @@ class AsyncRunner:
         parts.finish(self.tasks.traffic(), self.bases.peak)
         return result
 
+    @property
+    def in_flight(self) -> int:
+        """M, over the run's clients now (nodes that joined count)."""
+        return clients_in_flight(self.concurrency, self.parts.num_clients)
+
+    def _needs_start(self, reply_kind: str) -> bool:
+        return needs_start(reply_kind, self.rule.update_kind, bool(self.state.statistics))
+
     def _refill(self) -> None:
-        """Send tasks from the newest model to idle clients until M are in flight."""
+        """Send tasks from the newest model to idle clients until M are in flight (nodes that
+        joined the run are idle clients)."""
         loop = self.parts.loop
-        for client in self.resting.wake(loop.clock.now):
+        for client in self.resting.wake(loop.clock.now) + self.parts.joined_clients():
             self.idle.add(client)
         sent = self.tasks.start(self.arrays, self.version,
                                 self.idle.take(self.in_flight - loop.in_flight))
@@ -131,15 +145,26 @@ class AsyncRunner:
         if reply is None:
             return False
         parts.loop.phases.enter("aggregate")
-        examples = float(reply.metrics[NUM_EXAMPLES])
-        self.state.add(reply.arrays, parts.reply_kind, start, examples)
-        update = rule_update(reply.arrays, parts.reply_kind, self.rule.update_kind, start)
+        if reply.kind == parts.reply_kind:  # the ClientApp follows the protocol
+            self.bases.enabled = self._needs_start(reply.kind)
+        if start is None and self._needs_start(reply.kind):
+            parts.recorder.rejected(completion, version, f"unusable reply: a {reply.kind} "
+                                    "reply after the ClientApp had sent what it was asked")
+            return False
+        examples = parts.weight(reply)
+        self.state.add(reply.arrays, reply.kind, start, examples)
+        update = parts.update(reply, self.rule, start)
         new = self.rule.fold(self.state.parameters(self.global_arrays),
                              self.state.parameters(update), examples,
                              version - completion.tag, completion.client)
+        self.applied_since.append(reply)
         if new is not None:
             self.global_arrays = self.state.new_version(self.global_arrays, new)
             self.version += 1
+            metrics = parts.train_metrics(self.applied_since)
+            if metrics is not None:
+                self.result.train_metrics_clientapp[self.version] = metrics
+            self.applied_since = []
             parts.new_model(self.version, self.global_arrays)
             self.arrays = arrays_to_record(self.global_arrays)
             self.tasks.new_version(self.version, self.arrays)

@@ -4,6 +4,7 @@ their collaborators."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from logging import INFO
 
@@ -12,13 +13,23 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
+from flwr.serverapp.strategy.strategy_utils import (
+    aggregate_metricrecords,
+    log_strategy_start_info,
+)
 
-from asyncfl.protocol import DELTA, RETURN, WEIGHTS
-from asyncfl.strategies.async_runner import AsyncRule, AsyncRunner
+from asyncfl.protocol import ARRAYS, CONFIG, DELTA, LR, NUM_EXAMPLES, RETURN, WEIGHTS
+from asyncfl.strategies.async_runner import AsyncRule, AsyncRunner, clients_in_flight
 from asyncfl.strategies.checkpoint import Checkpointer
 from asyncfl.strategies.dispatch import Dispatcher, WholeTasks
-from asyncfl.strategies.evaluation import EvaluateFn, EvaluationSchedule
-from asyncfl.strategies.guard import ReplyGuard
+from asyncfl.strategies.evaluation import (
+    EvaluateFn,
+    EvaluationSchedule,
+    FederatedEvaluation,
+    MetricsAggregationFn,
+)
+from asyncfl.strategies.guard import DEFAULT_MAX_FAULTS, ReplyGuard
+from asyncfl.strategies.nodes import NodeWatch, wait_for_nodes
 from asyncfl.strategies.recorder import RunRecorder
 from asyncfl.strategies.runner import RunParts
 from asyncfl.strategies.sync_runner import StepPlan, SyncRule, SyncRunner
@@ -29,17 +40,29 @@ class AsyncflStrategy(Strategy):
     """What every asyncfl strategy takes besides its algorithm's own settings.
 
     Plug-in use: construct it like Flower's FedAvg and call `start(grid, initial_arrays,
-    num_rounds)`. Without a `clock` the wall clock is used and replies are applied in arrival
-    order; pass `VirtualClock()` and a `DelayModel` to simulate heterogeneous speeds.
-    `node_ids` lists the nodes in client order (default: the Grid's nodes, sorted);
-    `partition_sizes` (examples per client, where known) bound each reply's example count and
-    fix epoch-based tasks' virtual duration at dispatch. `guard`, `evaluation` and
-    `checkpoints` are the reply guard, the evaluation schedule and the checkpointer (defaults:
-    no fault limit or norm bound, every version evaluated, no checkpoints). After `start`,
-    `recorder` holds what the run did (events, evaluations, skips, totals).
+    num_rounds, train_config=ConfigRecord({"lr": ...}), ...)`. Flower's FedAvg arguments keep
+    Flower's meaning and defaults: `fraction_evaluate` and `min_evaluate_nodes` (federated
+    evaluation of the newest model on the ClientApps' own `@app.evaluate`), `min_available_nodes`
+    (`start` waits for that many nodes, as Flower's sampling does), `weighted_by_key` (the reply
+    metric that weights updates and metric averages), `arrayrecord_key` and `configrecord_key`
+    (the record names of an instruction), `train_metrics_aggr_fn` and
+    `evaluate_metrics_aggr_fn` (default: every numeric metric averaged weighted by
+    `weighted_by_key`, Flower's `aggregate_metricrecords`).
+
+    Without a `clock` the wall clock is used and replies are applied in arrival order; pass
+    `VirtualClock()` and a `DelayModel` to simulate heterogeneous speeds. `node_ids` fixes the
+    nodes, in client order; without it the Grid's nodes are used, sorted, and a node that
+    connects during the run joins it (sync: sampled from the next round on; async: sent a
+    task like any idle client). `partition_sizes` (examples per client, where known) bound
+    each reply's example count and fix epoch-based tasks' virtual duration at dispatch.
+    `guard`, `evaluation` and `checkpoints` are the reply guard, the evaluation schedule and
+    the checkpointer (defaults: a client is dropped after `DEFAULT_MAX_FAULTS` faulty replies
+    in a row, every version evaluated, no checkpoints). After `start`, `recorder` holds what
+    the run did (events, evaluations, skips, totals).
     """
 
-    #: what the ClientApp returns: "weights", "delta" or "gradient"
+    #: what the ClientApp is asked to return: "weights", "delta" or "gradient" (a reply that
+    #: holds something else is converted, see `runner.rule_update`)
     reply_kind = WEIGHTS
     #: train settings the algorithm itself fixes (FedSGD: one step over the whole partition)
     fixed_train_config: dict = {}
@@ -51,6 +74,14 @@ class AsyncflStrategy(Strategy):
     def __init__(
         self,
         *,
+        fraction_evaluate: float = 1.0,
+        min_evaluate_nodes: int = 2,
+        min_available_nodes: int = 2,
+        weighted_by_key: str = NUM_EXAMPLES,
+        arrayrecord_key: str = ARRAYS,
+        configrecord_key: str = CONFIG,
+        train_metrics_aggr_fn: MetricsAggregationFn | None = None,
+        evaluate_metrics_aggr_fn: MetricsAggregationFn | None = None,
         clock: Clock | None = None,
         delays: DelayModel | None = None,
         seed: int = 0,
@@ -63,23 +94,51 @@ class AsyncflStrategy(Strategy):
         phases: PhaseTimer | None = None,
         poll_interval: float = 0.01,
     ) -> None:
+        if not 0 <= fraction_evaluate <= 1:
+            raise ValueError(f"fraction_evaluate must be in [0, 1], got {fraction_evaluate}")
+        if min(min_evaluate_nodes, min_available_nodes) < 0:
+            raise ValueError(f"min_evaluate_nodes and min_available_nodes must be >= 0, got "
+                             f"{min_evaluate_nodes}, {min_available_nodes}")
+        self.federated_evaluation = FederatedEvaluation(
+            fraction_evaluate, min_evaluate_nodes, weighted_by_key, evaluate_metrics_aggr_fn,
+            arrayrecord_key, configrecord_key)
+        self.min_available_nodes = min_available_nodes
+        self.weighted_by_key = weighted_by_key
+        self.arrayrecord_key = arrayrecord_key
+        self.configrecord_key = configrecord_key
+        self.train_metrics_aggr_fn = train_metrics_aggr_fn or aggregate_metricrecords
         self.clock = clock if clock is not None else WallClock()
         self.delays = delays
         self.seed = seed
         self.node_ids = list(node_ids) if node_ids is not None else None
         self.partition_sizes = partition_sizes
         self.time_budget = time_budget
-        self.guard = guard if guard is not None else ReplyGuard()
+        self.guard = guard if guard is not None else ReplyGuard(DEFAULT_MAX_FAULTS)
         self.evaluation = evaluation if evaluation is not None else EvaluationSchedule()
         self.checkpoints = checkpoints
         self.phases = phases if phases is not None else PhaseTimer()
         self.poll_interval = poll_interval
         self.recorder = RunRecorder(self.clock.kind)
 
-    def run_parts(self, grid: Grid, timeout: float | None,
-                  train_config: ConfigRecord | None) -> RunParts:
+    @property
+    def fraction_evaluate(self) -> float:
+        return self.federated_evaluation.fraction
+
+    @property
+    def min_evaluate_nodes(self) -> int:
+        return self.federated_evaluation.min_nodes
+
+    @property
+    def evaluate_metrics_aggr_fn(self) -> MetricsAggregationFn:
+        return self.federated_evaluation.aggregate
+
+    def run_parts(self, grid: Grid, timeout: float | None, train_config: ConfigRecord | None,
+                  evaluate_config: ConfigRecord | None = None) -> RunParts:
         """The collaborators of one run on `grid`."""
-        node_ids = self.node_ids if self.node_ids is not None else sorted(grid.get_node_ids())
+        fixed = self.node_ids is not None
+        node_ids = (self.node_ids if fixed
+                    else wait_for_nodes(grid, 0, self.min_available_nodes,
+                                        setting="min_available_nodes"))
         if not node_ids:
             raise RuntimeError("the Grid has no nodes to train on")
         delays = self.delays if self.delays is not None else zero_delays(len(node_ids))
@@ -90,13 +149,21 @@ class AsyncflStrategy(Strategy):
                          phases=self.phases)
         settings = {**(dict(train_config) if train_config is not None else {}),
                     **self.fixed_train_config, RETURN: self.reply_kind}
+        client_lr = float(settings[LR]) if LR in settings else None
+        dispatcher = Dispatcher(loop, node_ids, self.seed, settings, self.partition_sizes,
+                                self.arrayrecord_key, self.configrecord_key)
+        self.federated_evaluation.bind(dispatcher, evaluate_config)
         return RunParts(
             name=type(self).__name__, loop=loop,
-            dispatcher=Dispatcher(loop, node_ids, self.seed, settings, self.partition_sizes),
+            dispatcher=dispatcher,
             guard=self.guard, schedule=self.evaluation, checkpointer=self.checkpoints,
             recorder=self.recorder, rng=np.random.default_rng([self.seed, self.rng_stream]),
             reply_kind=self.reply_kind, time_budget=self.time_budget,
-            step_setting=self.step_setting)
+            step_setting=self.step_setting, client_lr=client_lr,
+            weighted_by_key=self.weighted_by_key,
+            train_metrics_aggr_fn=self.train_metrics_aggr_fn,
+            nodes=NodeWatch(grid, node_ids, follow=not fixed),
+            federated=self.federated_evaluation)
 
     def runner(self, parts: RunParts) -> SyncRunner | AsyncRunner:
         """The loop that drives this strategy's rule (sync rounds or the async loop)."""
@@ -115,18 +182,27 @@ class AsyncflStrategy(Strategy):
         """Run `num_rounds` rounds (sync) or until `num_rounds` global versions exist (async);
         Flower's signature and result. `timeout`: wall seconds without any reply before the
         oldest task in flight is given up; None (the default) follows the tasks' expected
-        time (`EventLoop.reply_timeout`), so a silent node never stalls a run for hours."""
-        runner = self.runner(self.run_parts(grid, timeout, train_config))
-        log(INFO, "Starting %s for %d %s", type(self).__name__, num_rounds,
-            "rounds" if isinstance(runner, SyncRunner) else "versions")
+        time (`EventLoop.reply_timeout`), so a silent node never stalls a run for hours.
+        `evaluate_config` goes with every federated evaluation (see `fraction_evaluate`)."""
+        began = time.monotonic()
+        parts = self.run_parts(grid, timeout, train_config, evaluate_config)
+        runner = self.runner(parts)
+        unit = "rounds" if isinstance(runner, SyncRunner) else "versions"
+        log(INFO, "Starting %s for %d %s", type(self).__name__, num_rounds, unit)
+        log_strategy_start_info(num_rounds, initial_arrays, train_config, evaluate_config)
         self.summary()
-        return runner.run(initial_arrays, num_rounds, evaluate_fn)
+        result = runner.run(initial_arrays, num_rounds, evaluate_fn)
+        self.recorder.log_summary(type(self).__name__, unit, time.monotonic() - began, result)
+        return result
 
     def summary(self) -> None:
         """Log the strategy and its rule's settings (Flower calls this at the start)."""
         settings = {k: v for k, v in vars(self.rule).items() if isinstance(v, (int, float))}
         log(INFO, "\t%s (%s clock): %s", type(self).__name__, self.clock.kind,
             ", ".join(f"{k}={v}" for k, v in settings.items()) or "no settings")
+        if self.fraction_evaluate > 0:
+            log(INFO, "\tfederated evaluation: fraction_evaluate=%g, min_evaluate_nodes=%d",
+                self.fraction_evaluate, self.min_evaluate_nodes)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -140,38 +216,45 @@ class AsyncflStrategy(Strategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        """asyncfl evaluates the newest model on the server; no federated evaluation."""
-        return []
+        """Flower's evaluate instructions: the model to a sample of `fraction_evaluate` of the
+        Grid's nodes (at least `min_evaluate_nodes`). asyncfl's runners send them themselves,
+        to idle nodes only (see `FederatedEvaluation`)."""
+        return self.federated_evaluation.instructions(
+            server_round, arrays, config, list(grid.get_node_ids()))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
-        """No federated evaluation (see configure_evaluate)."""
-        return None
+        """The evaluate replies' metrics, aggregated by `evaluate_metrics_aggr_fn`."""
+        return self.federated_evaluation.aggregate_replies(server_round, replies)
 
 
 class SyncStrategy(AsyncflStrategy):
     """A round-synchronous strategy: its `rule` combines each round's checked updates.
-    `fraction_train` (C) of the clients is sampled per round; `round_timeout` > 0 ends a
-    round that many seconds after it was sent (see `SyncRunner`)."""
+    Per round max(int(`fraction_train` x N), `min_train_nodes`) of the N clients are sampled
+    (at most N; Flower's FedAvg sizes its sample so, but draws it with the run's seed);
+    `round_timeout` > 0 ends a round that many seconds after it was sent (see `SyncRunner`)."""
 
     rng_stream = 3
     rule: SyncRule
     #: a hook that chooses each client's local steps per round (ESync)
     step_plan: StepPlan | None = None
 
-    def __init__(self, fraction_train: float = 1.0, round_timeout: float = 0.0,
-                 **options) -> None:
+    def __init__(self, fraction_train: float = 1.0, round_timeout: float = 0.0, *,
+                 min_train_nodes: int = 2, **options) -> None:
         super().__init__(**options)
         if not 0 < fraction_train <= 1:
             raise ValueError(f"fraction_train must be in (0, 1], got {fraction_train}")
         if round_timeout < 0:
             raise ValueError(f"round_timeout must be >= 0 (0: none), got {round_timeout}")
+        if min_train_nodes < 1:
+            raise ValueError(f"min_train_nodes must be >= 1, got {min_train_nodes}")
         self.fraction_train = fraction_train
         self.round_timeout = round_timeout
+        self.min_train_nodes = min_train_nodes
 
     def runner(self, parts: RunParts) -> SyncRunner:
         return SyncRunner(self.rule, parts, self.fraction_train, self.round_timeout,
-                          self.step_plan)
+                          self.step_plan, self.min_train_nodes)
 
 
 class AsyncStrategy(AsyncflStrategy):
@@ -191,6 +274,10 @@ class AsyncStrategy(AsyncflStrategy):
         self.concurrency = concurrency
         self.retry_backoff = retry_backoff
 
+    def in_flight(self, parts: RunParts) -> int:
+        """M: the clients in flight at once."""
+        return clients_in_flight(self.concurrency, parts.num_clients)
+
     def tasks(self, parts: RunParts) -> WholeTasks:
         """How tasks are sent: one message each (APSB sends segments)."""
         return WholeTasks(parts.dispatcher)
@@ -204,9 +291,16 @@ class BufferedStrategy(AsyncStrategy):
     """An asynchronous strategy whose rule takes client deltas in a buffer of K and steps
     through a `ServerOptimizer` (FedBuff, CA2FL, FedStaleWeight, FADAS). `client_returns`:
     `delta`, or `weights` from any ClientApp that follows Flower's FedAvg contract (the server
-    then computes each delta from the version the client started from)."""
+    then computes each delta from the version the client started from).
+
+    Without a server step of the user's (no `server_lr`, no `server_optimizer`), a plain sgd
+    step takes gamma = min(1, K / M) for M clients in flight, as the app's `server-lr` = 0
+    does: staleness is about M / K, and M / K steps of K / M move the model as one
+    synchronous average of the same updates would."""
 
     step_setting = "server_lr (run config: server-lr)"
+    #: whether the user chose no server step (see the class docstring); set by the faces
+    default_step = False
 
     def __init__(self, concurrency: int = 0, *, client_returns: str = WEIGHTS,
                  **options) -> None:
@@ -215,3 +309,9 @@ class BufferedStrategy(AsyncStrategy):
             raise ValueError(f"client_returns must be 'weights' or 'delta', got "
                              f"{client_returns!r}")
         self.reply_kind = client_returns
+
+    def runner(self, parts: RunParts) -> AsyncRunner:
+        optimizer = self.rule.optimizer
+        if self.default_step and optimizer.name == "sgd":
+            optimizer.lr = min(1.0, self.rule.buffer_size / self.in_flight(parts))
+        return super().runner(parts)

@@ -84,6 +84,7 @@ class CA2FL(BufferedStrategy):
                  client_returns: str = WEIGHTS,
                  server_optimizer: ServerOptimizer | None = None, **options) -> None:
         super().__init__(concurrency, client_returns=client_returns, **options)
+        self.default_step = server_optimizer is None
         self.rule = CA2FLRule(buffer_size, server_optimizer)
 
     def runner(self, parts: RunParts) -> AsyncRunner:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message
 
 from asyncfl.protocol import (
+    ARRAYS,
     BATCH_SIZE,
     COMM_DELAY,
+    CONFIG,
     LOCAL_EPOCHS,
     LOCAL_STEPS,
     MODEL_VERSION,
@@ -35,12 +38,30 @@ class Dispatcher:
     """
 
     def __init__(self, loop: EventLoop, node_ids: Sequence[int], seed: int, settings: dict,
-                 partition_sizes: Sequence[int] | None = None) -> None:
+                 partition_sizes: Sequence[int] | None = None,
+                 arrayrecord_key: str = ARRAYS, configrecord_key: str = CONFIG) -> None:
         self.loop = loop
         self.node_ids = list(node_ids)
         self.seed = seed
         self.settings = settings
         self.partition_sizes = list(partition_sizes) if partition_sizes is not None else None
+        self.keys = (arrayrecord_key, configrecord_key)
+
+    def add_nodes(self, node_ids: Iterable[int]) -> list[int]:
+        """Clients for nodes that joined the run; returns their indices. A joined client's
+        speed in the delay model is that of client (index mod the clients it covers), as a
+        trace or profile cycles over clients."""
+        first = len(self.node_ids)
+        self.node_ids.extend(node_ids)
+        delays = self.loop.delays
+        covered = len(delays.step_times)
+        if covered < len(self.node_ids):
+            cycle = [i % covered for i in range(covered, len(self.node_ids))]
+            self.loop.delays = replace(
+                delays, step_times=np.concatenate([delays.step_times, delays.step_times[cycle]]),
+                trace=delays.trace + tuple(delays.trace[i] for i in cycle) if delays.trace
+                else ())
+        return list(range(first, len(self.node_ids)))
 
     def instruction(
         self, arrays: ArrayRecord | None, version: int, client: int, model_bytes: int,
@@ -54,7 +75,7 @@ class Dispatcher:
             config[STEP_DELAY] = float(self.loop.delays.step_times[client])
             config[COMM_DELAY] = float(self.loop.delays.comm_time(2 * model_bytes))
         return train_instruction(arrays, ConfigRecord(config), self.node_ids[client],
-                                 str(version), message_type)
+                                 str(version), message_type, *self.keys)
 
     def expected_steps(self, client: int, config: Mapping) -> int | None:
         """Local steps a task will run, if the server can tell before the reply."""
@@ -193,9 +214,11 @@ class VersionStore:
             self.peak = max(self.peak, len(self._models))
 
     def returned(self, version: int) -> dict[str, np.ndarray] | None:
-        if not self.enabled:
+        """The model a returning task started from, if it was kept (it may have been
+        dispatched before the store was enabled)."""
+        model = self._models.get(version)
+        if model is None:
             return None
-        model = self._models[version]
         self._users[version] -= 1
         if self._users[version] == 0:
             del self._models[version], self._users[version]

@@ -12,6 +12,7 @@ from flwr.app import MetricRecord
 
 from asyncfl.protocol import COMPUTE_TIME, DELTA, STEPS
 from asyncfl.strategies.base import SyncStrategy
+from asyncfl.strategies.guard import CapabilityError
 from asyncfl.strategies.recorder import RunRecorder
 from asyncfl.strategies.runner import Arrays
 from asyncfl.strategies.utils import weighted_average
@@ -112,6 +113,8 @@ class StateServer:
         self.eps = eps
         self.recorder = recorder
         self.measured: dict[int, float] = {}
+        self.assigned: dict[int, int] = {}
+        self.wall = False
 
     def steps(self, server_round: int, clients: list[int], loop: EventLoop) -> dict[int, int]:
         if loop.virtual:
@@ -122,6 +125,7 @@ class StateServer:
             steps = allocate_steps([WorkerState(self.measured[c]) for c in clients], self.eps)
         else:  # probe round: one step each
             steps = [1] * len(clients)
+        self.assigned, self.wall = dict(zip(clients, steps, strict=True)), not loop.virtual
         self.recorder.tables.setdefault("esync_state", []).extend(
             {"round": server_round, "client": c, "steps": k,
              "step_time": float(loop.delays.step_times[c]) if loop.virtual
@@ -130,9 +134,23 @@ class StateServer:
         return dict(zip(clients, steps, strict=True))
 
     def observe(self, client: int, metrics: MetricRecord) -> None:
-        """Remember the worker's measured per-step time (for the wall-clock rule)."""
-        steps = max(1, int(metrics.get(STEPS, 1)))
-        self.measured[client] = float(metrics.get(COMPUTE_TIME, 0.0)) / steps
+        """Check that the worker ran the steps it was given (and, with a wall clock, said how
+        long they took), then remember its measured per-step time (for the wall-clock
+        rule). A ClientApp that cannot is stopped at its first reply: ESync without step
+        counts is a plain average that waits for the slowest worker, not ESync."""
+        ran, seconds = metrics.get(STEPS), metrics.get(COMPUTE_TIME)
+        missing = []
+        if ran is None or int(ran) != self.assigned.get(client, ran):
+            missing.append(f"run the {STEPS} it is sent ({self.assigned.get(client)}) and "
+                           f"report them as metric {STEPS!r} (got {ran!r})")
+        if self.wall and not (isinstance(seconds, (int, float)) and seconds > 0):
+            missing.append(f"report the seconds its steps took as metric {COMPUTE_TIME!r} "
+                           f"(got {seconds!r})")
+        if missing:
+            raise CapabilityError(
+                "ESync needs the ClientApp to " + " and ".join(missing) + "; wrap its per-step "
+                "train function with asyncfl.client.register (README: your own ClientApp)")
+        self.measured[client] = float(seconds or 0.0) / max(1, int(ran))
 
     def snapshot(self) -> dict:
         return {"measured": dict(self.measured)}
@@ -162,7 +180,8 @@ class ESync(SyncStrategy):
     reply_kind = DELTA
     step_setting = "global_lr (run config: server-lr)"
 
-    def __init__(self, *, global_lr: float = 1.0, eps: float = 0.0, **options) -> None:
-        super().__init__(1.0, **options)
+    def __init__(self, fraction_train: float = 1.0, *, global_lr: float = 1.0,
+                 eps: float = 0.0, **options) -> None:
+        super().__init__(fraction_train, **options)
         self.rule = ESyncRule(global_lr)
         self.step_plan = StateServer(eps, self.recorder)

@@ -49,8 +49,8 @@ class FedBuff(BufferedStrategy):
     (any ClientApp that follows Flower's FedAvg contract) the server computes each delta from
     the version the client started from, kept while that client is in flight.
 
-    The server step is `server_optimizer` (default: sgd with `server_lr` gamma and
-    `server_momentum` beta, FedAvgM when beta > 0); pass e.g.
+    The server step is `server_optimizer` (default: sgd with `server_lr` gamma, by default
+    min(1, K / M), and `server_momentum` beta, FedAvgM when beta > 0); pass e.g.
     `ServerOptimizer("adam", lr=0.01)` for FedAdam's step, and leave `server_lr` and
     `server_momentum` at their defaults then.
     """
@@ -61,7 +61,7 @@ class FedBuff(BufferedStrategy):
         concurrency: int = 0,
         *,
         client_returns: str = WEIGHTS,
-        server_lr: float = 1.0,
+        server_lr: float | None = None,
         server_momentum: float = 0.0,
         server_optimizer: ServerOptimizer | None = None,
         staleness: StalenessFn | None = None,
@@ -69,8 +69,9 @@ class FedBuff(BufferedStrategy):
     ) -> None:
         super().__init__(concurrency, client_returns=client_returns, **options)
         if server_optimizer is None:
-            server_optimizer = ServerOptimizer("sgd", server_lr, server_momentum)
-        elif (server_lr, server_momentum) != (1.0, 0.0):
+            self.default_step = server_lr is None
+            server_optimizer = ServerOptimizer("sgd", server_lr or 1.0, server_momentum)
+        elif server_lr is not None or server_momentum != 0.0:
             raise ValueError("give server_lr and server_momentum to the ServerOptimizer "
                              "passed as server_optimizer, not to FedBuff")
         self.rule = FedBuffRule(buffer_size, server_optimizer,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from asyncfl.protocol import BATCH_SIZE, GRADIENT, LOCAL_STEPS
 from asyncfl.strategies.base import SyncStrategy
-from asyncfl.strategies.runner import Arrays
-from asyncfl.strategies.utils import gradient_step, weighted_average
+from asyncfl.strategies.runner import Arrays, RunParts
+from asyncfl.strategies.sync_runner import SyncRunner
+from asyncfl.strategies.utils import checked_lr, gradient_step, weighted_average
 
 
 class FedSGDRule:
@@ -20,9 +21,7 @@ class FedSGDRule:
     state_fields = ()
 
     def __init__(self, lr: float) -> None:
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        self.lr = lr
+        self.lr = checked_lr(lr, "lr")
 
     def combine(self, global_arrays: Arrays, updates: list[Arrays],
                 num_examples: list[float]) -> Arrays:
@@ -37,6 +36,13 @@ class FedSGD(SyncStrategy):
     step_setting = "lr (FedSGD's server step)"
     fixed_train_config = {LOCAL_STEPS: 1, BATCH_SIZE: 0}
 
-    def __init__(self, fraction_train: float = 1.0, *, lr: float, **options) -> None:
+    def __init__(self, fraction_train: float = 1.0, *, lr: float | None = None,
+                 **options) -> None:
         super().__init__(fraction_train, **options)
-        self.rule = FedSGDRule(lr)
+        self.lr = lr
+        self.rule = FedSGDRule(lr or 1.0)
+
+    def runner(self, parts: RunParts) -> SyncRunner:
+        if self.lr is None:
+            self.rule.lr = checked_lr(parts.client_lr, "FedSGD's lr (or train_config's 'lr')")
+        return super().runner(parts)

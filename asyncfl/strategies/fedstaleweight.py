@@ -61,4 +61,5 @@ class FedStaleWeight(BufferedStrategy):
                  client_returns: str = WEIGHTS,
                  server_optimizer: ServerOptimizer | None = None, **options) -> None:
         super().__init__(concurrency, client_returns=client_returns, **options)
+        self.default_step = server_optimizer is None
         self.rule = FedStaleWeightRule(buffer_size, server_optimizer)

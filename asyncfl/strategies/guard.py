@@ -7,15 +7,26 @@ import math
 
 import numpy as np
 
-from asyncfl.protocol import WEIGHTS, TrainReply, parse_reply
+from asyncfl.protocol import NUM_EXAMPLES, WEIGHTS, TrainReply, parse_reply
 from asyncfl.strategies.utils import MAX_EXAMPLES, check_reply, update_norm
 from asyncfl.timing import Completion
 
 NORM_ACTIONS = ("clip", "reject")
+#: faulty replies in a row after which a plug-in strategy stops sending a client tasks
+DEFAULT_MAX_FAULTS = 3
 
 
 class DivergenceError(RuntimeError):
     """The server's steps made the global model non-finite or explode."""
+
+
+class CapabilityError(RuntimeError):
+    """The ClientApp cannot do what the algorithm needs (the message names what is missing and
+    the `asyncfl.client` helper that adds it)."""
+
+
+class NoClientLeftError(RuntimeError):
+    """Every client was dropped before any update could be applied: no reply can succeed."""
 
 
 class ReplyGuard:
@@ -34,7 +45,7 @@ class ReplyGuard:
     only return NaN from and then blamed for it.
     """
 
-    def __init__(self, max_faults: int = 0, norm_bound: float = 0.0,
+    def __init__(self, max_faults: int = DEFAULT_MAX_FAULTS, norm_bound: float = 0.0,
                  norm_action: str = "clip", divergence_factor: float = 1e3) -> None:
         if (max_faults < 0 or norm_bound < 0 or norm_action not in NORM_ACTIONS
                 or not divergence_factor > 1):
@@ -49,25 +60,27 @@ class ReplyGuard:
         self.faults: dict[int, int] = {}
         self.dropped: set[int] = set()
 
-    def check(self, completion: Completion, reference: dict[str, np.ndarray], reply_kind: str,
-              start: dict[str, np.ndarray] | None = None,
-              max_examples: int = MAX_EXAMPLES) -> TrainReply | str:
+    def check(self, completion: Completion, reference: dict[str, np.ndarray],
+              start: dict[str, np.ndarray] | None = None, max_examples: int = MAX_EXAMPLES,
+              weighted_by_key: str = NUM_EXAMPLES) -> TrainReply | str:
         """The parsed reply if it may touch the global model, else why not (and the fault is
         counted). `start` is the model the client started from where kept, else `reference`
-        (the global model) stands in for it."""
+        (the global model) stands in for it; `weighted_by_key` is the metric holding the
+        reply's weight (its example count)."""
         reason = completion.failure_reason
         if not reason:
             try:
                 reply = parse_reply(completion.reply)
                 reason = check_reply(reply.arrays, reply.metrics, reference,
                                      max_examples=max_examples,
-                                     version_sent=int(completion.tag))
+                                     version_sent=int(completion.tag),
+                                     weighted_by_key=weighted_by_key)
             except ValueError as err:
                 reason = f"malformed reply: {err}"
         if not reason and self.norm_bound > 0:
-            arrays, reason = self._bound(reply.arrays, reply_kind,
+            arrays, reason = self._bound(reply.arrays, reply.kind,
                                          start if start is not None else reference)
-            reply = TrainReply(arrays, reply.metrics)
+            reply = TrainReply(arrays, reply.metrics, reply.kind)
         if reason:
             self._fault(completion.client)
             return reason

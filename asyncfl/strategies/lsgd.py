@@ -27,6 +27,6 @@ class LSGD(SyncStrategy):
     """Synchronous local SGD: every round all workers run K local SGD iterations from the
     global model (K = `local-steps`) and the server averages them (`LSGDRule`)."""
 
-    def __init__(self, **options) -> None:
-        super().__init__(1.0, **options)
+    def __init__(self, fraction_train: float = 1.0, **options) -> None:
+        super().__init__(fraction_train, **options)
         self.rule = LSGDRule()

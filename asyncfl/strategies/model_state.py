@@ -25,16 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from asyncfl.protocol import WEIGHTS
-
-#: name endings of the float buffers torch's batch norm keeps (integer arrays always count)
-STATISTIC_NAMES = ("running_mean", "running_var")
-
-
-def is_statistic(key: str, value: np.ndarray) -> bool:
-    """Whether a model entry is untrained state: an integer array, or a running statistic."""
-    return (not np.issubdtype(value.dtype, np.floating)
-            or key.rsplit(".", 1)[-1] in STATISTIC_NAMES)
+from asyncfl.protocol import WEIGHTS, is_statistic
 
 
 class ModelState:

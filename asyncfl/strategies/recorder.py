@@ -11,6 +11,7 @@ from logging import INFO, WARNING
 
 from flwr.app import MetricRecord
 from flwr.common.logger import log
+from flwr.serverapp.strategy import Result
 
 from asyncfl.protocol import NUM_EXAMPLES, TRAIN_LOSS
 from asyncfl.timing import Completion, TrafficCounters
@@ -51,6 +52,7 @@ class RunRecorder:
     tables: dict[str, list[dict]] = field(default_factory=dict)
     totals: RunTotals | None = None
     _last_progress: float = field(default_factory=time.monotonic)
+    _began: float = field(default_factory=time.monotonic)
 
     def restore(self, saved: RunRecorder) -> None:
         """Take back a checkpointed recorder's rows and counts."""
@@ -110,7 +112,13 @@ class RunRecorder:
         self.evals.append(row)
         shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                          if isinstance(v, float) and "class" not in k)
-        log(INFO, "version %d | virtual %.2f s | wall %.2f s | %s", version, virtual, wall, shown)
+        log(INFO, "version %d | %s | %s", version, self._clocks(virtual, wall), shown)
+
+    def _clocks(self, virtual: float, wall: float | None = None) -> str:
+        """The run's times for a log line: a wall-clock run shows wall time only."""
+        if self.clock_kind != "virtual":
+            return f"wall {wall if wall is not None else time.monotonic() - self._began:.2f} s"
+        return f"virtual {virtual:.2f} s" + (f" | wall {wall:.2f} s" if wall is not None else "")
 
     def progress(self, version: int, total: int, virtual_now: float) -> None:
         """A progress line every few seconds on long runs."""
@@ -120,5 +128,23 @@ class RunRecorder:
         self._last_progress = now
         newest = self.evals[-1] if self.evals else {}
         shown = " ".join(f"{k}={newest[k]:.4f}" for k in ("accuracy", "loss") if k in newest)
-        log(INFO, "progress: version %d/%d | virtual %.2f s | %d updates | newest eval: %s",
-            version, total, virtual_now, len(self.events), shown or "none yet")
+        applied = len(self.applied())
+        log(INFO, "progress: version %d/%d | %s | %d updates applied, %d skipped | newest "
+            "eval: %s", version, total, self._clocks(virtual_now), applied,
+            len(self.events) - applied, shown or "none yet")
+
+    def log_summary(self, strategy: str, unit: str, seconds: float, result: Result) -> None:
+        """The end of a run, as Flower's strategies log it: what was done, then the Result."""
+        applied = len(self.applied())
+        versions = max((row["version_apply"] for row in self.applied()), default=0)
+        totals = self.totals
+        virtual = (f", {totals.virtual_time:.2f} s of virtual time"
+                   if totals is not None and self.clock_kind == "virtual" else "")
+        log(INFO, "")
+        log(INFO, "%s finished in %.2f s%s: %d %s, %d updates applied, %d replies skipped%s",
+            strategy, seconds, virtual, versions, unit, applied, sum(self.failures.values()),
+            f", clients dropped: {totals.dropped}" if totals is not None and totals.dropped
+            else "")
+        log(INFO, "Final results:")
+        for line in str(result).splitlines():
+            log(INFO, "\t%s", line)

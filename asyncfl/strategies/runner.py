@@ -8,14 +8,21 @@ from logging import INFO, WARNING
 from typing import Any, Protocol
 
 import numpy as np
+from flwr.app import MetricRecord, RecordDict
 from flwr.common.logger import log
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from asyncfl.protocol import DELTA, WEIGHTS
+from asyncfl.protocol import DELTA, GRADIENT, METRICS, NUM_EXAMPLES, WEIGHTS, TrainReply
 from asyncfl.strategies.checkpoint import Checkpointer
 from asyncfl.strategies.dispatch import Dispatcher
-from asyncfl.strategies.evaluation import EvaluationSchedule
-from asyncfl.strategies.guard import ReplyGuard
+from asyncfl.strategies.evaluation import (
+    EvaluationSchedule,
+    FederatedEvaluation,
+    MetricsAggregationFn,
+)
+from asyncfl.strategies.guard import NoClientLeftError, ReplyGuard
 from asyncfl.strategies.model_state import ModelState
+from asyncfl.strategies.nodes import NodeWatch
 from asyncfl.strategies.recorder import RunRecorder, RunTotals
 from asyncfl.strategies.utils import MAX_EXAMPLES
 from asyncfl.timing import Completion, EventLoop, TrafficCounters
@@ -31,14 +38,46 @@ class Rule(Protocol):
     state_fields: tuple[str, ...]
 
 
-def rule_update(update: Arrays, reply_kind: str, rule_kind: str, start: Arrays | None) -> Arrays:
-    """A reply's arrays as the update the rule takes: as they are, or a weights reply made a
-    delta from the model the client started from."""
+def needs_start(reply_kind: str, rule_kind: str, statistics: bool = False) -> bool:
+    """Whether turning a `reply_kind` reply into a `rule_kind` update needs the model the
+    client started from (a weights reply also needs it for the model's statistics)."""
+    if reply_kind == rule_kind:
+        return reply_kind == WEIGHTS and statistics
+    return WEIGHTS in (reply_kind, rule_kind)
+
+
+def rule_update(update: Arrays, reply_kind: str, rule_kind: str, start: Arrays | None,
+                lr: float | None = None) -> Arrays:
+    r"""A reply's arrays as the update the rule takes, from the model the client started
+    from (`start`) and the client's learning rate `lr`:
+
+    .. math::
+        \Delta = w_{end} - w_{start}, \qquad g = -\Delta / \eta
+
+    A gradient from weights or a delta is the pseudo-gradient: exactly the gradient for one
+    plain SGD step, the usual pseudo-gradient for anything else (local epochs, momentum).
+    """
     if reply_kind == rule_kind:
         return update
-    if reply_kind == WEIGHTS and rule_kind == DELTA and start is not None:
-        return {k: v.astype(np.float64) - start[k] for k, v in update.items()}
-    raise ValueError(f"a rule that takes {rule_kind!r} cannot use {reply_kind!r} replies")
+    if WEIGHTS in (reply_kind, rule_kind) and start is None:
+        raise ValueError(f"a {reply_kind!r} reply became a {rule_kind!r} update without the "
+                         "model the client started from")
+    if GRADIENT in (reply_kind, rule_kind) and not lr:
+        raise ValueError(
+            f"the rule takes {rule_kind!r} but the ClientApp returned {reply_kind!r}: the "
+            "server needs the clients' learning rate to convert it; put it in train_config "
+            "as 'lr'")
+    if reply_kind == WEIGHTS:
+        delta = {k: v.astype(np.float64) - start[k] for k, v in update.items()}
+    elif reply_kind == GRADIENT:
+        delta = {k: -lr * v.astype(np.float64) for k, v in update.items()}
+    else:
+        delta = update
+    if rule_kind == DELTA:
+        return delta
+    if rule_kind == GRADIENT:
+        return {k: (-v / lr).astype(update[k].dtype) for k, v in delta.items()}
+    return {k: (start[k] + v).astype(start[k].dtype) for k, v in delta.items()}
 
 
 @dataclass
@@ -57,6 +96,12 @@ class RunParts:
     reply_kind: str
     time_budget: float = 0.0
     step_setting: str = "lr"  # what to lower when the global model diverges
+    client_lr: float | None = None  # train_config's lr: turns weights into pseudo-gradients
+    weighted_by_key: str = NUM_EXAMPLES
+    train_metrics_aggr_fn: MetricsAggregationFn = aggregate_metricrecords
+    nodes: NodeWatch | None = None
+    federated: FederatedEvaluation | None = None
+    _warned_kind: bool = False
 
     @property
     def num_clients(self) -> int:
@@ -72,8 +117,10 @@ class RunParts:
         None."""
         self.loop.phases.enter("deserialize")
         sizes = self.dispatcher.partition_sizes
-        verdict = self.guard.check(completion, reference, self.reply_kind, start,
-                                   sizes[completion.client] if sizes else MAX_EXAMPLES)
+        known = sizes is not None and completion.client < len(sizes)
+        verdict = self.guard.check(completion, reference, start,
+                                   sizes[completion.client] if known else MAX_EXAMPLES,
+                                   self.weighted_by_key)
         if isinstance(verdict, str):
             self.recorder.rejected(completion, version, verdict)
             if completion.client in self.guard.dropped:
@@ -81,6 +128,62 @@ class RunParts:
                     self.guard.faults[completion.client])
             return None
         return verdict
+
+    def update(self, reply: TrainReply, rule: Rule, start: Arrays | None) -> Arrays:
+        """A checked reply as the update `rule` takes (see `rule_update`). The first reply
+        that is not what the ClientApp was asked for is logged: the rule then runs on
+        pseudo-gradients or deltas derived from weights, as the README states."""
+        if reply.kind != self.reply_kind and not self._warned_kind:
+            self._warned_kind = True
+            log(WARNING, "%s asked the ClientApp for %s and got %s (a ClientApp that does not "
+                "use asyncfl.client): the server derives the %s from the model the client "
+                "started from%s", self.name, self.reply_kind, reply.kind, rule.update_kind,
+                " and lr, (w_start - w_end) / lr: exact for one plain SGD step, the usual "
+                "pseudo-gradient otherwise" if GRADIENT in (reply.kind, rule.update_kind)
+                else "")
+        return rule_update(reply.arrays, reply.kind, rule.update_kind, start, self.client_lr)
+
+    def weight(self, reply: TrainReply) -> float:
+        """A checked reply's weight: its `weighted_by_key` metric (examples, by default)."""
+        return float(reply.metrics[self.weighted_by_key])
+
+    def train_metrics(self, replies: list[TrainReply]) -> MetricRecord | None:
+        """The replies' metrics aggregated by `train_metrics_aggr_fn` (None, logged, if it
+        fails: a user's aggregation never stops training)."""
+        if not replies:
+            return None
+        try:
+            return self.train_metrics_aggr_fn(
+                [RecordDict({METRICS: r.metrics}) for r in replies], self.weighted_by_key)
+        except Exception as err:  # noqa: BLE001 - a metric function is user code
+            log(WARNING, "train_metrics_aggr_fn failed (%s: %s); metrics of this version "
+                "skipped", type(err).__name__, err)
+            return None
+
+    def evaluation_rng(self) -> np.random.Generator:
+        """The generator that samples clients for federated evaluation: its own stream, so
+        evaluating never changes which clients train."""
+        return np.random.default_rng([self.dispatcher.seed, 7])
+
+    def no_client_left(self, version: int) -> None:
+        """Every client was dropped: stop. With no update applied at all nothing can
+        succeed, which is an error naming what went wrong; otherwise the run ends early."""
+        reasons = ", ".join(f"{reason} ({count})"
+                            for reason, count in self.recorder.failures.most_common(3))
+        if not self.recorder.applied():
+            raise NoClientLeftError(
+                f"{self.name}: every client was dropped after {self.guard.max_faults} faulty "
+                f"replies in a row and no update was ever applied; replies failed with: "
+                f"{reasons}")
+        log(WARNING, "no client left to train (%d dropped; %s); stopping at version %d",
+            len(self.guard.dropped), reasons, version)
+
+    def joined_clients(self) -> list[int]:
+        """Client indices of nodes that connected since the last look (plug-in runs)."""
+        if self.nodes is None:
+            return []
+        new = self.nodes.joined()
+        return self.dispatcher.add_nodes(new) if new else []
 
     def new_model(self, version: int, arrays: Arrays) -> None:
         """A new global model: the guard stops the run here if the server's steps diverged."""

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import numpy as np
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp.strategy import Result
 
-from asyncfl.protocol import (
-    NUM_EXAMPLES,
-    TRAIN_LOSS,
-    TrainReply,
-    arrays_to_record,
-    record_to_arrays,
-)
+from asyncfl.protocol import TrainReply, arrays_to_record, record_to_arrays
 from asyncfl.strategies.evaluation import EvaluateFn
 from asyncfl.strategies.model_state import ModelState
-from asyncfl.strategies.runner import Arrays, Rule, RunParts, rule_update
+from asyncfl.strategies.runner import Arrays, Rule, RunParts
 from asyncfl.strategies.utils import sample_clients
 from asyncfl.timing import Completion, EventLoop
 
@@ -53,16 +46,20 @@ class SyncRunner:
     missed it are logged and count as faulty, like a task without a reply."""
 
     def __init__(self, rule: SyncRule, parts: RunParts, fraction: float = 1.0,
-                 round_timeout: float = 0.0, step_plan: StepPlan | None = None) -> None:
+                 round_timeout: float = 0.0, step_plan: StepPlan | None = None,
+                 min_nodes: int = 1) -> None:
         self.rule, self.parts = rule, parts
         self.fraction, self.round_timeout = fraction, round_timeout
         self.step_plan = step_plan
+        self.min_nodes = min_nodes
 
     def run(self, initial_arrays: ArrayRecord, num_rounds: int,
             evaluate_fn: EvaluateFn | None = None) -> Result:
         parts, loop, schedule = self.parts, self.parts.loop, self.parts.schedule
         result = Result(arrays=initial_arrays)
-        schedule.bind(evaluate_fn, loop, parts.recorder, result)
+        schedule.bind(evaluate_fn, loop, parts.recorder, result, parts.federated,
+                      lambda: [c for c in range(parts.num_clients) if c not in parts.guard.dropped],
+                      parts.evaluation_rng())
         arrays, global_arrays = initial_arrays, record_to_arrays(initial_arrays)
         state = ModelState(global_arrays)
         parts.guard.expect_model(global_arrays)
@@ -76,8 +73,13 @@ class SyncRunner:
         else:
             schedule.evaluate(0, arrays)
         for server_round in range(first, num_rounds + 1):
-            clients = [c for c in sample_clients(parts.rng, parts.num_clients, self.fraction)
+            parts.joined_clients()  # sampled from this round on
+            clients = [c for c in sample_clients(parts.rng, parts.num_clients, self.fraction,
+                                                 self.min_nodes)
                        if c not in parts.guard.dropped]
+            if len(parts.guard.dropped) == parts.num_clients:
+                parts.no_client_left(server_round - 1)
+                break
             steps = (self.step_plan.steps(server_round, clients, loop)
                      if self.step_plan is not None else None)
             parts.dispatcher.send(arrays, server_round - 1, clients, steps)
@@ -86,12 +88,16 @@ class SyncRunner:
             schedule.until(server_round - 1, arrays, loop.clock.now)
             accepted = [(c, reply) for c in completions
                         if (reply := parts.check(c, global_arrays, server_round))]
+            if self.step_plan is not None:  # (it checks the replies before they count)
+                for completion, reply in accepted:
+                    self.step_plan.observe(completion.client, reply.metrics)
             if accepted:
                 global_arrays = self._combine(global_arrays, [r for _, r in accepted], state)
                 parts.new_model(server_round, global_arrays)
                 arrays = result.arrays = arrays_to_record(global_arrays)
-                result.train_metrics_clientapp[server_round] = train_metrics(
-                    [r for _, r in accepted])
+                metrics = parts.train_metrics([r for _, r in accepted])
+                if metrics is not None:
+                    result.train_metrics_clientapp[server_round] = metrics
             self._record(accepted, server_round)
             last = server_round == num_rounds or parts.out_of_time()
             parts.recorder.progress(server_round, num_rounds, loop.virtual_clock.now)
@@ -109,13 +115,11 @@ class SyncRunner:
                  state: ModelState) -> Arrays:
         """The rule's new parameters and the statistics moved by the one rule for them."""
         self.parts.loop.phases.enter("aggregate")
-        weights = [float(r.metrics[NUM_EXAMPLES]) for r in replies]
+        weights = [self.parts.weight(r) for r in replies]
         updates = []
         for reply, weight in zip(replies, weights, strict=True):
-            state.add(reply.arrays, self.parts.reply_kind, global_arrays, weight)
-            update = rule_update(reply.arrays, self.parts.reply_kind, self.rule.update_kind,
-                                 global_arrays)
-            updates.append(state.parameters(update))
+            state.add(reply.arrays, reply.kind, global_arrays, weight)
+            updates.append(state.parameters(self.parts.update(reply, self.rule, global_arrays)))
         parameters = self.rule.combine(state.parameters(global_arrays), updates, weights)
         return state.new_version(global_arrays, parameters)
 
@@ -124,13 +128,4 @@ class SyncRunner:
         for completion, reply in accepted:
             self.parts.recorder.applied_update(completion, reply.metrics, server_round - 1,
                                                server_round, self.parts.loop.traffic)
-            if self.step_plan is not None:
-                self.step_plan.observe(completion.client, reply.metrics)
 
-
-def train_metrics(replies: list[TrainReply]) -> MetricRecord:
-    """The round's train loss, weighted by examples, and its examples."""
-    weights = [float(r.metrics[NUM_EXAMPLES]) for r in replies]
-    losses = [r.metrics.get(TRAIN_LOSS, np.nan) for r in replies]
-    return MetricRecord({TRAIN_LOSS: float(np.dot(weights, losses) / sum(weights)),
-                         NUM_EXAMPLES: int(sum(weights))})

@@ -16,15 +16,25 @@ from asyncfl.protocol import MODEL_VERSION, NUM_EXAMPLES
 MAX_EXAMPLES = 10**9
 
 
-def sample_size(fraction: float, num_clients: int) -> int:
-    """Clients sampled per round for fraction C of N: round(C * N), at least one."""
-    return max(1, min(num_clients, math.floor(fraction * num_clients + 0.5)))
+def sample_size(fraction: float, num_clients: int, min_nodes: int = 1) -> int:
+    """Clients sampled per round for fraction C of N: max(int(C * N), min_nodes), at most N
+    (Flower's FedAvg rule)."""
+    return max(1, min(num_clients, max(int(fraction * num_clients), min_nodes)))
 
 
-def sample_clients(rng: np.random.Generator, num_clients: int, fraction: float) -> list[int]:
+def sample_clients(rng: np.random.Generator, num_clients: int, fraction: float,
+                   min_nodes: int = 1) -> list[int]:
     """A seeded sample of client indices without replacement, in ascending order."""
-    chosen = rng.choice(num_clients, size=sample_size(fraction, num_clients), replace=False)
+    chosen = rng.choice(num_clients, size=sample_size(fraction, num_clients, min_nodes),
+                        replace=False)
     return sorted(int(c) for c in chosen)
+
+
+def checked_lr(lr: float | None, name: str) -> float:
+    """A learning rate that is a positive finite number, else a ValueError naming `name`."""
+    if lr is None or not 0 < lr < math.inf:
+        raise ValueError(f"{name} must be a number > 0, got {lr!r}")
+    return float(lr)
 
 
 def task_seed(seed: int, version: int, client: int) -> int:
@@ -60,15 +70,17 @@ def gradient_step(
 def check_reply(
     arrays: dict[str, np.ndarray], metrics: MetricRecord, reference: dict[str, np.ndarray],
     *, version_sent: int | None = None, max_examples: int = MAX_EXAMPLES,
+    weighted_by_key: str = NUM_EXAMPLES,
 ) -> str:
     """Why a parsed train reply must not touch the global model, or '' if it is usable:
     bad or absurd example counts, a model version that was not the one sent, arrays whose
     keys, shapes or dtypes differ from the model's, NaN or Inf."""
-    examples = metrics.get(NUM_EXAMPLES)
+    examples = metrics.get(weighted_by_key)
     if not isinstance(examples, (int, float)) or not examples > 0 or not math.isfinite(examples):
-        return f"bad {NUM_EXAMPLES}: {examples!r}"
+        return f"bad {weighted_by_key}: {examples!r}"
     if examples > max_examples:
-        return f"bad {NUM_EXAMPLES}: {examples!r} is more than the client holds ({max_examples})"
+        return (f"bad {weighted_by_key}: {examples!r} is more than the client holds "
+                f"({max_examples})")
     version = metrics.get(MODEL_VERSION)
     if version_sent is not None and version is not None and int(version) != version_sent:
         return f"wrong model version: {version} was never sent to this client ({version_sent} was)"

@@ -64,15 +64,6 @@ class TrainOutcome:
     train_loss: float
     steps: int
 
-    def reply(self, start: dict[str, np.ndarray], returns: str) -> dict[str, np.ndarray]:
-        """What the client sends back: weights, delta from `start`, or the gradient sum."""
-        if returns == "weights":
-            return self.weights
-        if returns == "delta":
-            return {k: v - start[k] for k, v in self.weights.items()}
-        assert self.gradient is not None
-        return self.gradient
-
 
 class Task(ABC):
     """A model with partitioned training data and a held-out test set."""
@@ -97,3 +88,8 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, arrays: dict[str, np.ndarray], device: str = "cpu") -> dict[str, float]:
         """Metrics of a model on the test set; `loss` always, `accuracy` where it applies."""
+
+    @abstractmethod
+    def evaluate_partition(self, arrays: dict[str, np.ndarray], partition_id: int,
+                           device: str = "cpu") -> dict[str, float]:
+        """Metrics of a model on one client's own examples (federated evaluation)."""

@@ -112,22 +112,32 @@ class ClassificationTask(Task):
                         for k, v in weights.items()}
         return TrainOutcome(weights, gradient, len(index), float(np.mean(losses)), len(losses))
 
-    @torch.no_grad()
     def evaluate(self, arrays: dict[str, np.ndarray], device: str = "cpu") -> dict[str, float]:
-        model = self.model().to(device)
-        load_arrays(model, arrays)
-        model.eval()
-        loss_sum, predicted = 0.0, []
-        for start in range(0, len(self.y_test), self.eval_batch):
-            x = self.x_test[start:start + self.eval_batch].to(device)
-            y = self.y_test[start:start + self.eval_batch].to(device)
-            logits = model(x)
-            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-            predicted.append(logits.argmax(1).cpu())
-        correct = torch.cat(predicted) == self.y_test
-        metrics = {"loss": loss_sum / len(self.y_test),
-                   "accuracy": float(correct.float().mean().item())}
+        metrics, correct = self._evaluate(arrays, self.x_test, self.y_test, device)
         for label in torch.unique(self.y_test).tolist():
             mask = self.y_test == label
             metrics[f"accuracy-class-{label}"] = float(correct[mask].float().mean().item())
         return metrics
+
+    def evaluate_partition(self, arrays: dict[str, np.ndarray], partition_id: int,
+                           device: str = "cpu") -> dict[str, float]:
+        index = self.partitions[partition_id]
+        return self._evaluate(arrays, self.x_train[index], self.y_train[index], device)[0]
+
+    @torch.no_grad()
+    def _evaluate(self, arrays: dict[str, np.ndarray], x_all: torch.Tensor,
+                  y_all: torch.Tensor, device: str) -> tuple[dict[str, float], torch.Tensor]:
+        """Loss and accuracy on (x_all, y_all), and which examples the model got right."""
+        model = self.model().to(device)
+        load_arrays(model, arrays)
+        model.eval()
+        loss_sum, predicted = 0.0, []
+        for start in range(0, len(y_all), self.eval_batch):
+            x = x_all[start:start + self.eval_batch].to(device)
+            y = y_all[start:start + self.eval_batch].to(device)
+            logits = model(x)
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+            predicted.append(logits.argmax(1).cpu())
+        correct = torch.cat(predicted) == y_all
+        return ({"loss": loss_sum / len(y_all),
+                 "accuracy": float(correct.float().mean().item())}, correct)

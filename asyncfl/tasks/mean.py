@@ -40,6 +40,11 @@ class MeanTask(Task):
         steps = settings.local_steps or settings.local_epochs
         return TrainOutcome({"estimate": value}, gradient, 1, loss, steps)
 
+    def evaluate_partition(self, arrays: dict[str, np.ndarray], partition_id: int,
+                           device: str = "cpu") -> dict[str, float]:
+        value = float(self.values[partition_id])
+        return {"loss": abs(float(arrays["estimate"][0]) - value)}
+
     def evaluate(self, arrays: dict[str, np.ndarray], device: str = "cpu") -> dict[str, float]:
         error = abs(float(arrays["estimate"][0]) - self.true_mean)
         return {"loss": error, "abs-error": error, "estimate": float(arrays["estimate"][0]),

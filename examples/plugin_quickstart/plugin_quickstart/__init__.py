@@ -1,0 +1,1 @@
+"""A quickstart-style Flower app that knows nothing of asyncfl on the client side."""
