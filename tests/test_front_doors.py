@@ -427,11 +427,26 @@ def test_the_main_job_compares_fedavg_and_fedbuff_on_the_same_clients(tmp_path, 
 
 def test_flwr_output_passes_through_and_progress_lines_become_a_bar(capsys):
     lines = ["INFO :      asyncfl: fedbuff on digits\n",
+             "INFO :      Starting FedBuff for 10 versions\n",
              "INFO :      progress: version 3/10 | virtual 2.00 s | 30 updates | ...\n",
              "INFO :      progress: version 7/10 | virtual 4.00 s | 70 updates | ...\n",
              "INFO :      run finished\n"]
     follow_output(lines, "fedbuff")
     captured = capsys.readouterr()
     assert captured.out.splitlines() == ["INFO :      asyncfl: fedbuff on digits",
+                                         "INFO :      Starting FedBuff for 10 versions",
                                          "INFO :      run finished"]
     assert "fedbuff" in captured.err and "7/10" in captured.err
+
+
+def test_a_short_run_without_progress_lines_still_fills_the_bar(capsys):
+    """A run shorter than the progress interval logs no progress line: the start line sets
+    the total, evaluations move the bar and the summary completes it."""
+    lines = ["INFO :      Starting FedAvg for 10 rounds\n",
+             "INFO :      version 4 | virtual 670.32 s | wall 2.90 s | loss=0.35 accuracy=0.90\n",
+             "INFO :      FedAvg finished in 4.72 s, 1675.79 s of virtual time: 10 rounds, "
+             "100 updates applied, 0 replies skipped\n"]
+    follow_output(lines, "fedavg")
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 3  # every line passes through
+    assert "10/10" in captured.err and "4/10" in captured.err and "round" in captured.err

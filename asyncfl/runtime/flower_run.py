@@ -63,7 +63,12 @@ from asyncfl.results import (
 
 CONNECTION = "asyncfl-local"
 DEFAULT_COMPARISON = "fedavg,fedbuff"  # the main job: synchronous against asynchronous
+#: the ServerApp's log lines that move the bar: the start (how many versions or rounds), the
+#: periodic progress line, each evaluation and the closing summary
+STARTED_LINE = re.compile(r"Starting \w+ for (\d+) (round|version)s")
 PROGRESS_LINE = re.compile(r"progress: version (\d+)/(\d+)")
+EVALUATED_LINE = re.compile(r"\bversion (\d+) \| (?:virtual|wall) ")
+FINISHED_LINE = re.compile(r" finished in [\d.]+ s[^:]*: (\d+) (?:round|version)s")
 STARTUP_SECONDS = 30.0
 STOP_SECONDS = 15.0
 
@@ -348,15 +353,22 @@ def run_flower(overrides: dict, app_dir: Path, cpus_per_client: int = 1,
 
 
 def follow_output(lines: Iterable[str], label: str) -> None:
-    """Pass `flwr run`'s output through, drawing the ServerApp's progress lines as a bar."""
+    """Pass `flwr run`'s output through, drawing the ServerApp's progress as a bar: its
+    start line sets the total, progress and evaluation lines move it, the summary ends it.
+    Progress lines are the bar's alone; every other line is printed."""
     with tqdm(desc=label, unit="version", file=sys.stderr, dynamic_ncols=True) as bar:
         for line in lines:
             progress = PROGRESS_LINE.search(line)
-            if progress is None:
-                bar.write(line.rstrip("\n"), file=sys.stdout)
+            if progress is not None:
+                bar.total = int(progress.group(2))
+                bar.update(int(progress.group(1)) - bar.n)
                 continue
-            bar.total = int(progress.group(2))
-            bar.update(int(progress.group(1)) - bar.n)
+            bar.write(line.rstrip("\n"), file=sys.stdout)
+            if started := STARTED_LINE.search(line):
+                bar.reset(total=int(started.group(1)))
+                bar.unit = started.group(2)
+            elif done := (EVALUATED_LINE.search(line) or FINISHED_LINE.search(line)):
+                bar.update(max(0, int(done.group(1)) - bar.n))
 
 
 def same_time_as(out: Path) -> dict:
