@@ -65,8 +65,11 @@ def main(grid: Grid, context: Context) -> None:
         log(WARNING, "%s", note)
     if config["parallel-clients"] > 1 and getattr(grid, "together", None) is None:
         log(WARNING, "run-config 'parallel-clients' = %d has no effect here: only the inline "
-            "runtime running asyncfl's ClientApp trains clients together",
+            "runtime running asyncfl's ClientApp (asyncfl.simulate) trains clients together",
             config["parallel-clients"])
+    elif config["parallel-clients"] > 1:
+        log(INFO, "parallel-clients = %d: pending client tasks are trained up to %d at a time "
+            "as one computation", config["parallel-clients"], config["parallel-clients"])
     if not config["profile"]:
         run_server(grid, config)
         return

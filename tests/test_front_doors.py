@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -450,3 +451,12 @@ def test_a_short_run_without_progress_lines_still_fills_the_bar(capsys):
     captured = capsys.readouterr()
     assert len(captured.out.splitlines()) == 3  # every line passes through
     assert "10/10" in captured.err and "4/10" in captured.err and "round" in captured.err
+
+
+def test_an_app_folder_without_pyproject_is_refused_naming_asyncfls_own(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["--app", str(tmp_path), "--run-config", "strategy='fedavg'"])
+    assert stopped.value.code == 2
+    shown = capsys.readouterr().err
+    assert f"{tmp_path} has no pyproject.toml" in shown
+    assert f"asyncfl's own app is {Path(__file__).resolve().parents[1]}" in shown

@@ -108,6 +108,32 @@ def test_unequal_steps_batches_and_returns_match_task_train(digits, model):
         assert_close(reply_of(start, want, job.settings), reply_of(start, got, job.settings))
 
 
+def test_the_lone_client_left_finishes_through_task_train(digits, monkeypatch):
+    """ESync's shape: one client runs far more steps than the rest. Once it is alone it
+    resumes through task.train (skip_steps), and every outcome is still task.train's."""
+    task = digits("small-cnn")
+    start = task.initial_arrays(2)
+    jobs = [ClientJob(start, c, TrainSettings(lr=0.1, local_steps=steps, batch_size=5, seed=c,
+                                              returns=kind))
+            for c, (steps, kind) in enumerate([(2, "weights"), (25, "gradient"), (4, "delta")])]
+    resumed = []
+    plain_train = type(task).train
+
+    def train(self, arrays, partition_id, settings):
+        resumed.append((partition_id, settings.skip_steps, settings.local_steps))
+        return plain_train(self, arrays, partition_id, settings)
+
+    monkeypatch.setattr(type(task), "train", train)
+    outcomes = train_together(task, jobs)
+    assert resumed == [(1, 4, 21)]  # client 1, alone after the others' 4 steps
+    monkeypatch.undo()
+    for job, got in zip(jobs, outcomes, strict=True):
+        want = task.train(start, job.partition_id, job.settings)
+        assert (got.steps, got.num_examples) == (want.steps, want.num_examples)
+        assert got.train_loss == pytest.approx(want.train_loss, rel=RTOL, abs=ATOL)
+        assert_close(reply_of(start, want, job.settings), reply_of(start, got, job.settings))
+
+
 def test_a_linear_model_matches_too():
     task = load_task(validate_run_config({"task": "synthetic", "num-clients": 6}))
     start = task.initial_arrays(0)
@@ -132,6 +158,9 @@ def test_a_batched_reply_is_the_client_apps_reply():
 
     together = list(grid.pull_messages(grid.push_messages(messages())))
     assert grid.together.batch_sizes == [4, 2]
+    assert grid.together.report() == ("parallel-clients = 4: 6 tasks trained in 2 batches "
+                                      "(3.0 tasks a batch); 0 computed ahead were never "
+                                      "applied (in flight when the run ended)")
     for sent, got in zip(messages(), together, strict=True):
         want = app(sent, grid.contexts[sent.metadata.dst_node_id])
         assert got.content.keys() == want.content.keys()

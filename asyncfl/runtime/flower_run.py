@@ -418,6 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.gpus_per_client < 0:
         parser.error(f"--gpus-per-client = {args.gpus_per_client} must be >= 0")
+    app = Path(args.app).resolve()
+    if not (app / "pyproject.toml").is_file():
+        own = Path(__file__).resolve().parents[2]
+        hint = (f" (asyncfl's own app is {own})" if (own / "pyproject.toml").is_file()
+                else "")
+        parser.error(f"--app {args.app}: {app} has no pyproject.toml, so it is not a Flower "
+                     f"app; run from the app's folder or pass --app <folder>{hint}")
     previous = {sig: signal.signal(sig, stop_on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         overrides = parse_run_config(args.run_config)
@@ -431,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         for run in runs:
             if outs:  # the same virtual time as the first run, up to twice its versions
                 run = {**run, **same_time_as(outs[0])}
-            outs.append(run_flower(run, Path(args.app).resolve(), args.cpus_per_client,
+            outs.append(run_flower(run, app, args.cpus_per_client,
                                    args.gpus_per_client, args.ray_address))
         for out in outs:
             print(f"asyncfl-flwr-run: results in {out}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from logging import WARNING
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -194,6 +194,8 @@ def simulate(
     context = Context(run_id=1, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(),
                       run_config=config)
     server_app(grid, context)
+    if grid.together is not None:
+        log(INFO, "%s", grid.together.report())
     out = find_launched_run(config)
     if out is None:
         raise RuntimeError(f"the run wrote no results to {run_dir(config)}")

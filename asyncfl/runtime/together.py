@@ -69,6 +69,14 @@ class TrainTogether:
         """Replies computed ahead and not asked for yet (when the run ends: wasted work)."""
         return len(self._ready)
 
+    def report(self) -> str:
+        """What training together did, for the end of a run."""
+        batches = self.batch_sizes
+        mean = sum(batches) / len(batches) if batches else 0.0
+        return (f"parallel-clients = {self.size}: {sum(batches)} tasks trained in "
+                f"{len(batches)} batches ({mean:.1f} tasks a batch); {self.held} computed "
+                "ahead were never applied (in flight when the run ended)")
+
     def take(self, message_id: str) -> Message | None:
         """The computed reply to a message, if there is one (handed out once)."""
         self._alone.discard(message_id)

@@ -18,7 +18,7 @@ sum in another order).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -68,6 +68,33 @@ class _Plan:
         return self.index[active, t, :width], self.weight[active, t, :width]
 
 
+def _rows(active: torch.Tensor, device: str) -> slice | torch.Tensor:
+    """The active clients' rows: a slice when they are contiguous (indexing gives views),
+    else an index tensor (indexing gives copies)."""
+    rows = active.nonzero().flatten()
+    first, last = int(rows[0]), int(rows[-1])
+    if last - first + 1 == len(rows):
+        return slice(first, last + 1)
+    return rows.to(device)
+
+
+def _finish_alone(task: ClassificationTask, jobs: Sequence[ClientJob], client: int, step: int,
+                  params: dict[str, torch.Tensor], grad_sum: dict[str, torch.Tensor] | None,
+                  losses: torch.Tensor, steps: int) -> None:
+    """Run the last client's remaining steps [step, steps) through `task.train` (the same
+    minibatch sequence, resumed with skip_steps), in place in the stacked state: one client
+    under vmap costs about 1.7x a plain step (ESync's fastest workers run thousands)."""
+    job = jobs[client]
+    settings = replace(job.settings, local_steps=steps - step, skip_steps=step)
+    arrays = {k: v[client].detach().cpu().numpy() for k, v in params.items()}
+    rest = task.train(arrays, job.partition_id, settings)
+    for k, v in params.items():
+        v[client] = torch.as_tensor(rest.weights[k], device=v.device)
+        if grad_sum is not None and rest.gradient is not None:
+            grad_sum[k][client] += torch.as_tensor(rest.gradient[k], device=v.device)
+    losses[client, step:steps] = rest.train_loss  # the mean over all steps stays exact
+
+
 def train_together(task: ClassificationTask, jobs: Sequence[ClientJob]) -> list[TrainOutcome]:
     """Train every job's client at once; the outcomes are those `task.train` gives one by one
     (to float rounding). All jobs train on the first job's device and thread count."""
@@ -92,14 +119,18 @@ def train_together(task: ClassificationTask, jobs: Sequence[ClientJob]) -> list[
     plan = _Plan(task, jobs)
     losses = torch.zeros(plan.index.shape[:2], device=device)
     forward = vmap(lambda p, x: functional_call(model, p, (x,)))
+    lone = None
     for t in range(plan.index.shape[1]):
         active = plan.steps > t
-        everyone = bool(active.all())
-        pick = slice(None) if everyone else active.nonzero().flatten().to(device)
+        pick = _rows(active, device)
+        if isinstance(pick, slice) and pick.stop - pick.start == 1:
+            lone = (pick.start, t)  # the long tail of uneven step counts: see _finish_alone
+            break
         index, weight = plan.step(t, active)
-        # all clients: views of the stacked parameters, updated in place; else copies
-        sub = {k: (v.detach() if everyone else v[pick]).requires_grad_()
-               for k, v in params.items()}
+        # contiguous clients (all, or the lone one left): views of the stacked parameters,
+        # updated in place; else copies, written back
+        copies = not isinstance(pick, slice)
+        sub = {k: v[pick].detach().requires_grad_() for k, v in params.items()}
         logits = forward(sub, task.x_train[index].to(device))
         y = task.y_train[index].to(device)
         loss = (nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
@@ -109,11 +140,13 @@ def train_together(task: ClassificationTask, jobs: Sequence[ClientJob]) -> list[
         with torch.no_grad():
             for (k, p), g in zip(sub.items(), grads, strict=True):
                 p.detach().addcmul_(lr[pick].view(-1, *[1] * (g.dim() - 1)), g, value=-1)
-                if not everyone:
+                if copies:
                     params[k][pick] = p
                 if grad_sum is not None:
                     grad_sum[k][pick] += g
             losses[pick, t] = loss
+    if lone is not None:
+        _finish_alone(task, jobs, *lone, params, grad_sum, losses, int(plan.steps[lone[0]]))
     weights = {k: v.detach().cpu().numpy() for k, v in params.items()}
     sums = ({k: v.cpu().numpy() for k, v in grad_sum.items()} if grad_sum is not None
             else None)
