@@ -40,7 +40,10 @@ class ClientJob:
 
 class _Plan:
     """Every client's minibatches as one padded table of example indices (into the task's
-    training set), clients x steps x widest batch, with weights 1 / batch size (0: padding).
+    training set), clients x shared steps x widest batch, with weights 1 / batch size (0:
+    padding). `shared` counts the steps two or more clients still run; the one client left
+    after them runs its own through `task.train` (see `_finish_alone`), so they are not
+    tabled.
     """
 
     def __init__(self, task: ClassificationTask, jobs: Sequence[ClientJob]) -> None:
@@ -50,13 +53,16 @@ class _Plan:
             generator = torch.Generator().manual_seed(job.settings.seed)
             batches.append([index[b] for b in minibatches(len(index), job.settings,
                                                            generator)])
-        self.steps = torch.tensor([len(b) for b in batches])
-        width = max(len(batch) for client in batches for batch in client)
-        self.index = torch.zeros(len(jobs), int(self.steps.max()), width, dtype=torch.long)
+        counts = [len(b) for b in batches]
+        self.steps = torch.tensor(counts)
+        self.shared = sorted(counts)[-2] if len(counts) > 1 else 0
+        width = max((len(batch) for client in batches for batch in client[:self.shared]),
+                    default=1)
+        self.index = torch.zeros(len(jobs), self.shared, width, dtype=torch.long)
         self.weight = torch.zeros(self.index.shape)
         self.width = torch.zeros(self.index.shape[:2], dtype=torch.long)
         for c, client in enumerate(batches):
-            for t, batch in enumerate(client):
+            for t, batch in enumerate(client[:self.shared]):
                 self.index[c, t, :len(batch)] = batch
                 self.weight[c, t, :len(batch)] = 1.0 / len(batch)
                 self.width[c, t] = len(batch)
@@ -117,18 +123,14 @@ def train_together(task: ClassificationTask, jobs: Sequence[ClientJob]) -> list[
     track = [job.settings.returns == "gradient" for job in jobs]
     grad_sum = {k: torch.zeros_like(v) for k, v in params.items()} if any(track) else None
     plan = _Plan(task, jobs)
-    losses = torch.zeros(plan.index.shape[:2], device=device)
+    losses = torch.zeros(len(jobs), int(plan.steps.max()), device=device)
     forward = vmap(lambda p, x: functional_call(model, p, (x,)))
-    lone = None
-    for t in range(plan.index.shape[1]):
+    for t in range(plan.shared):
         active = plan.steps > t
         pick = _rows(active, device)
-        if isinstance(pick, slice) and pick.stop - pick.start == 1:
-            lone = (pick.start, t)  # the long tail of uneven step counts: see _finish_alone
-            break
         index, weight = plan.step(t, active)
-        # contiguous clients (all, or the lone one left): views of the stacked parameters,
-        # updated in place; else copies, written back
+        # contiguous clients (all of them, say): views of the stacked parameters, updated in
+        # place; else copies, written back
         copies = not isinstance(pick, slice)
         sub = {k: v[pick].detach().requires_grad_() for k, v in params.items()}
         logits = forward(sub, task.x_train[index].to(device))
@@ -145,8 +147,10 @@ def train_together(task: ClassificationTask, jobs: Sequence[ClientJob]) -> list[
                 if grad_sum is not None:
                     grad_sum[k][pick] += g
             losses[pick, t] = loss
-    if lone is not None:
-        _finish_alone(task, jobs, *lone, params, grad_sum, losses, int(plan.steps[lone[0]]))
+    longest = int(plan.steps.argmax())
+    if plan.steps[longest] > plan.shared:  # the long tail of uneven step counts
+        _finish_alone(task, jobs, longest, plan.shared, params, grad_sum, losses,
+                      int(plan.steps[longest]))
     weights = {k: v.detach().cpu().numpy() for k, v in params.items()}
     sums = ({k: v.cpu().numpy() for k, v in grad_sum.items()} if grad_sum is not None
             else None)
