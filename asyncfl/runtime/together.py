@@ -23,7 +23,13 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from asyncfl.client import read_instruction, task_reply
-from asyncfl.client_app import app, injected_corruption, task_settings, trained_from
+from asyncfl.client_app import (
+    app,
+    client_device,
+    injected_corruption,
+    task_settings,
+    trained_from,
+)
 from asyncfl.config import ConfigError
 from asyncfl.protocol import ARRAYS, PARTITION_ID, TRAIN
 from asyncfl.tasks import load_task
@@ -37,7 +43,6 @@ class TrainTogether:
     of tasks still in flight."""
 
     def __init__(self, config: Mapping[str, Any], size: int) -> None:
-        self.config = config
         self.size = size
         self.task = load_task(config)
         self._ready: dict[str, Message] = {}
@@ -89,7 +94,7 @@ class TrainTogether:
         try:
             instructions = [read_instruction(m) for m in messages]
             jobs = [ClientJob(instruction.arrays, int(node.node_config[PARTITION_ID]),
-                              task_settings(instruction, self._device(node)))
+                              task_settings(instruction, client_device(node)))
                     for instruction, node in zip(instructions, nodes, strict=True)]
             started = time.perf_counter()
             outcomes = train_together(self.task, jobs)
@@ -105,10 +110,6 @@ class TrainTogether:
             self._ready[message_id] = task_reply(
                 message, node, instruction, trained_from(outcome),
                 seconds * outcome.steps / total_steps, injected_corruption)
-
-    def _device(self, node: Context) -> str:
-        return resolve_device(str(node.node_config.get("torch-device",
-                                                        self.config["torch-device"])))
 
 
 def together_for(client_app: ClientApp, config: Mapping[str, Any]) -> TrainTogether | None:
