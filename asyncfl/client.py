@@ -82,7 +82,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LocalTraining", "TorchTraining", "TrainInstruction", "Trained", "TrainingFactory",
            "UpdateTransform", "handle_train", "pseudo_gradient", "read_instruction", "register",
-           "task_update"]
+           "task_reply", "task_update"]
 
 Arrays = dict[str, np.ndarray]
 R = TypeVar("R", ArrayRecord, ConfigRecord)
@@ -251,11 +251,20 @@ def task_reply(message: Message, context: Context, instruction: TrainInstruction
     runtime's `parallel-clients`, use it too)."""
     assert instruction.arrays is not None
     update = task_update(instruction.arrays, trained, instruction.returns, instruction.lr)
+    return _finished(message, context, instruction, update, trained, trained.loss,
+                     trained.steps, seconds, transform)
+
+
+def _finished(message: Message, context: Context, instruction: TrainInstruction,
+              update: Arrays, trained: Trained, loss: float, steps: int, seconds: float,
+              transform: UpdateTransform | None) -> Message:
+    """A finished task's reply (whole, or its final segment): the update, of the kind the
+    instruction asked for, and the metrics strategies read."""
     return _reply(message, context, update, {
         **trained.metrics,
         NUM_EXAMPLES: trained.num_examples,
-        TRAIN_LOSS: trained.loss,
-        STEPS: trained.steps,
+        TRAIN_LOSS: loss,
+        STEPS: steps,
         MODEL_VERSION: instruction.model_version,
         COMPUTE_TIME: seconds,
         **update_kind_metric(instruction.returns),
@@ -302,15 +311,8 @@ def _segment(message: Message, context: Context, instruction: TrainInstruction,
         if key in state:
             del state[key]
     steps = instruction.segment_start + trained.steps
-    return _reply(message, context, gradient, {
-        **trained.metrics,
-        NUM_EXAMPLES: trained.num_examples,
-        TRAIN_LOSS: losses / steps,
-        STEPS: steps,
-        MODEL_VERSION: instruction.model_version,
-        COMPUTE_TIME: seconds,
-        **update_kind_metric(GRADIENT),
-    }, transform)
+    return _finished(message, context, instruction, gradient, trained, losses / steps, steps,
+                     seconds, transform)  # a segment's instruction returns the gradient
 
 
 def handle_train(message: Message, context: Context, training: LocalTraining, *,
