@@ -100,11 +100,13 @@ class InlineGrid(Grid):
         return self.pull_messages(self.push_messages(messages))
 
     def _reply(self, message_id: str, message: Message) -> Message | None:
-        """The reply computed together with others, else the ClientApp's."""
+        """The reply computed together with others, else the ClientApp's, with an id of its
+        own."""
         reply = self.together.take(message_id) if self.together is not None else None
         if reply is None:
-            return self._execute(message)
-        reply.metadata.__dict__["_message_id"] = str(uuid4())
+            reply = self._execute(message)
+        if reply is not None:
+            reply.metadata.__dict__["_message_id"] = str(uuid4())
         return reply
 
     def _execute(self, message: Message) -> Message | None:
@@ -126,7 +128,6 @@ class InlineGrid(Grid):
         except Exception as err:  # a failing client must not stop the run: it is an error reply
             reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                                   f"{type(err).__name__}: {err}"), reply_to=message)
-        reply.metadata.__dict__["_message_id"] = str(uuid4())
         return reply
 
 

@@ -39,6 +39,7 @@ def wait_for_nodes(grid: Grid, num_clients: int, min_nodes: int, wait: float = m
     fixed = fixed_federation(grid)
     settle = SIMULATION_SETTLE_SECONDS if isinstance(grid, InMemoryGrid) else 0.0
     wanted = num_clients or max(1, min_nodes)
+    named = f"num-clients = {num_clients}" if num_clients else f"{setting} = {min_nodes}"
     started = time.monotonic()
     logged = started
     count, since = -1, started
@@ -49,8 +50,6 @@ def wait_for_nodes(grid: Grid, num_clients: int, min_nodes: int, wait: float = m
             count, since = len(nodes), now
         if fixed and count and now - since >= settle:
             if count < wanted:
-                named = (f"num-clients = {num_clients}" if num_clients
-                         else f"{setting} = {min_nodes}")
                 kind = "SuperNodes" if isinstance(grid, InMemoryGrid) else "nodes"
                 raise RuntimeError(
                     f"{named} but the simulated federation has {count} {kind}; pass "
@@ -60,7 +59,6 @@ def wait_for_nodes(grid: Grid, num_clients: int, min_nodes: int, wait: float = m
         if not fixed and count >= wanted:
             break
         if now - started > wait:
-            named = f"num-clients = {num_clients}" if num_clients else f"{setting} = {min_nodes}"
             raise RuntimeError(f"{named} but only {count} nodes connected after {wait:.0f} s"
                                "; start more SuperNodes or lower the setting")
         if now - logged >= WAIT_LOG_SECONDS:
