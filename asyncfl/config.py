@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from asyncfl.engine.delays import SPEED_CLASSES, parse_profile
+from asyncfl.strategies.registry import REGISTRY
 from asyncfl.tasks import (
     BUILTIN_MODEL_NAMES,
     IMAGE_TASKS,
@@ -23,7 +25,6 @@ from asyncfl.tasks import (
     TASK_NAMES,
 )
 from asyncfl.tasks.base import DEVICES
-from asyncfl.timing.delays import SPEED_CLASSES, parse_profile
 
 ConfigValue = bool | int | float | str
 
@@ -146,14 +147,10 @@ MAX_CLIENTS = 100_000
 SIMULATED_CLIENTS = 10
 #: largest delay-trace file read
 TRACE_MAX_BYTES = 64 * 2**20
-#: train settings a strategy fixes whatever the run config says (the strategies'
-#: `fixed_train_config`, tested to agree)
+#: train settings a strategy fixes whatever the run config says (its `fixed_train_config`)
 FIXED_BY_STRATEGY: dict[str, dict[str, int]] = {
-    "fedsgd": {"local-steps": 1, "batch-size": 0},
-    "fedsgd-weights": {"local-steps": 1, "batch-size": 0},
-    "ssgd": {"local-steps": 1},
-    "asgd": {"local-steps": 1},
-}
+    name: dict(r.cls.fixed_train_config) for name, r in REGISTRY.items()
+    if r.cls.fixed_train_config}
 
 
 _POSITIVE = "a number > 0"
@@ -170,15 +167,13 @@ def _model(text: str) -> bool:
 
 
 #: strategies that run in rounds (the rest apply updates as they come)
-SYNC_STRATEGIES = ("fedsgd", "fedsgd-weights", "fedavg", "lsgd", "ssgd", "esync")
+SYNC_STRATEGIES = tuple(name for name, r in REGISTRY.items() if r.sync)
 #: strategies that buffer K updates per server step and take a server optimizer
-BUFFERED_STRATEGIES = ("fedbuff", "ca2fl", "fedstaleweight", "fadas")
+BUFFERED_STRATEGIES = tuple(name for name, r in REGISTRY.items() if r.server_optimizer)
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("strategy", str, "fedavg", "federated algorithm",
-            choices=("fedsgd", "fedsgd-weights", "fedavg", "fedbuff", "fedasync", "ca2fl",
-                     "fedstaleweight", "fadas", "running-mean", "lsgd", "ssgd", "alsgd", "asgd",
-                     "apsb", "esync")),
+            choices=tuple(REGISTRY)),
     Setting("task", str, "digits", "data set; images: the one `dataset` names (mnist, "
             "fashion-mnist, cifar10 are presets of it: hub, cached)", choices=TASK_NAMES),
     Setting("dataset", str, "", f"task = images: {DATASET_ALLOWED}", check=_path,
@@ -237,11 +232,13 @@ SETTINGS: tuple[Setting, ...] = (
             "to float rounding; 1 = one at a time)", check=_positive,
             allowed="an integer >= 1"),
     Setting("lr", float, 0.2, "client learning rate eta", check=_positive, allowed=_POSITIVE),
-    Setting("server-lr", float, 0.0, "gamma (eta): the server step of the buffered strategies "
-            f"({', '.join(BUFFERED_STRATEGIES)}) and esync's global lr; alsgd/asgd/apsb step "
-            "with gamma = lr x server-lr. 0 = the default: min(1, B/M) for sgd and alsgd/asgd/"
-            "apsb (B updates per server step: buffer-size, else 1; M in flight), adam 0.01, "
-            "yogi 0.01, adagrad 0.1, amsgrad 0.01 (server-optimizer), 1 for esync",
+    Setting("server-lr", float, 0.0, "the server step, in the same units as the strategies' "
+            "server_lr: the multiple of the clients' move (a delta x server-lr for the "
+            f"buffered strategies ({', '.join(BUFFERED_STRATEGIES)}) and esync; gamma = lr x "
+            "server-lr for fedsgd, alsgd, asgd, apsb); for adam / yogi / adagrad / amsgrad their "
+            "eta. 0 = the algorithm's default: min(1, B/M) for sgd steps (B updates per step: "
+            "buffer-size, else 1; M in flight), adam 0.01, yogi 0.01, adagrad 0.1, amsgrad 0.01, "
+            "1 for esync and fedsgd",
             check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("server-optimizer", str, "auto", "server step of the buffered strategies: sgd "
             "(FedAvgM with server-momentum), adam / yogi / adagrad (Reddi et al. 2021), amsgrad; "

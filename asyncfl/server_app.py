@@ -16,29 +16,11 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from asyncfl.config import (
-    BUFFERED_STRATEGIES,
     check_local_files,
     config_warnings,
-    server_optimizer_name,
     validate_run_config,
 )
-from asyncfl.protocol import NUM_EXAMPLES, PARTITION_ID, QUERY, arrays_to_record, record_to_arrays
-from asyncfl.results import claim_run_dir, run_dir, write_results
-from asyncfl.strategies import (
-    STRATEGIES,
-    AsyncflStrategy,
-    Checkpointer,
-    EvaluationSchedule,
-    ReplyGuard,
-    ServerOptimizer,
-    staleness_function,
-)
-from asyncfl.strategies.checkpoint import CheckpointError, load_checkpoint
-from asyncfl.strategies.nodes import fixed_federation, wait_for_nodes
-from asyncfl.strategies.recorder import EVENT_COLUMNS
-from asyncfl.tasks import check_task, load_task
-from asyncfl.tasks.base import resolve_device
-from asyncfl.timing import (
+from asyncfl.engine import (
     DelayModel,
     PhaseTimer,
     VirtualClock,
@@ -46,7 +28,21 @@ from asyncfl.timing import (
     draw_step_times,
     profile_step_times,
 )
-from asyncfl.timing.delays import parse_profile, read_trace
+from asyncfl.engine.checkpoint import CheckpointError, load_checkpoint
+from asyncfl.engine.delays import parse_profile, read_trace
+from asyncfl.engine.nodes import fixed_federation, wait_for_nodes
+from asyncfl.engine.recorder import EVENT_COLUMNS
+from asyncfl.protocol import NUM_EXAMPLES, PARTITION_ID, QUERY, arrays_to_record, record_to_arrays
+from asyncfl.results import claim_run_dir, run_dir, write_results
+from asyncfl.strategies import (
+    REGISTRY,
+    AsyncflStrategy,
+    Checkpointer,
+    EvaluationSchedule,
+    ReplyGuard,
+)
+from asyncfl.tasks import check_task, load_task
+from asyncfl.tasks.base import resolve_device
 
 NODE_WAIT_SECONDS = 120.0
 
@@ -97,70 +93,6 @@ def make_delays(config: Mapping[str, Any]) -> DelayModel:
     return DelayModel(steps, **common)
 
 
-def server_lr(config: Mapping[str, Any]) -> float | None:
-    """`server-lr` as set, or by default (0) the step that keeps every K and M stable:
-    min(1, B/M) for the asynchronous strategies that take plain (sgd) steps on B updates
-    (buffer-size for the buffered strategies; 1 for alsgd, asgd and apsb, which step on every
-    push) with M clients in flight; 1 for esync (a synchronous average); None for an adaptive
-    server optimizer, which brings its own default.
-
-    With M in flight an update is about M/B versions stale, and delayed SGD is stable with a
-    step of order 1/staleness; with gamma = B/M, M pushes move the model as far as one
-    synchronous average of M updates does. (The APSB poster uses gamma = lr, server-lr 1:
-    A-LSGD then collapses at K = 8, as the poster reports.)"""
-    name = config["strategy"]
-    if config["server-lr"] > 0 or name == "esync":
-        return config["server-lr"] or 1.0
-    if name in BUFFERED_STRATEGIES and server_optimizer_name(config) != "sgd":
-        return None
-    in_flight = config["concurrency"] or config["num-clients"]
-    per_step = config["buffer-size"] if name in BUFFERED_STRATEGIES else 1
-    return min(1.0, per_step / in_flight)
-
-
-def server_optimizer(config: Mapping[str, Any]) -> ServerOptimizer:
-    """The server step of a buffered strategy (lr: `server_lr`)."""
-    return ServerOptimizer(server_optimizer_name(config), server_lr(config),
-                           config["server-momentum"],
-                           (config["server-beta1"], config["server-beta2"]),
-                           config["server-epsilon"])
-
-
-def strategy_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The constructor arguments the named strategy takes from the run config."""
-    name = config["strategy"]
-    staleness = staleness_function(config["staleness"], config["staleness-a"],
-                                   config["staleness-b"])
-    sync_common = {"round_timeout": config["round-timeout"], "min_train_nodes": 1}
-    async_common = {"concurrency": config["concurrency"], "retry_backoff": config["retry-backoff"]}
-    if name == "fedsgd":
-        return {**sync_common, "fraction_train": config["fraction"], "lr": config["lr"]}
-    if name in ("fedavg", "fedsgd-weights"):
-        return {**sync_common, "fraction_train": config["fraction"]}
-    if name in BUFFERED_STRATEGIES:
-        settings = {**async_common, "buffer_size": config["buffer-size"],
-                    "client_returns": "delta", "server_optimizer": server_optimizer(config)}
-        if name == "fedbuff":
-            settings["staleness"] = staleness
-        if name == "fadas":
-            settings["delay_threshold"] = config["fadas-threshold"]
-        return settings
-    if name == "fedasync":
-        return {**async_common, "mixing": config["mixing"], "staleness": staleness}
-    if name == "running-mean":
-        return async_common
-    if name in ("lsgd", "ssgd"):
-        return sync_common
-    if name in ("alsgd", "asgd"):
-        return {**async_common, "server_lr": config["lr"] * server_lr(config)}
-    if name == "esync":
-        return {**sync_common, "global_lr": server_lr(config), "eps": config["esync-eps"]}
-    if name == "apsb":
-        return {**async_common, "server_lr": config["lr"] * server_lr(config),
-                "broadcast_latency": config["broadcast-latency"], "chunk": config["apsb-chunk"]}
-    raise ValueError(f"no settings for strategy {name!r}")
-
-
 def make_strategy(
     config: Mapping[str, Any], delays: DelayModel, node_ids: list[int],
     partition_sizes: list[int] | None = None, resume: dict | None = None,
@@ -169,7 +101,8 @@ def make_strategy(
     """The strategy named in the run config, with the run's clock, delay model, reply guard,
     evaluation schedule and checkpoints."""
     clock = VirtualClock() if config["clock"] == "virtual" else WallClock()
-    return STRATEGIES[config["strategy"]](
+    registered = REGISTRY[config["strategy"]]
+    return registered.cls(
         clock=clock, delays=delays, seed=config["seed"], time_budget=config["time-budget"],
         node_ids=node_ids, partition_sizes=partition_sizes, phases=phases,
         fraction_evaluate=config["fraction-evaluate"], min_evaluate_nodes=1,
@@ -178,7 +111,7 @@ def make_strategy(
         evaluation=EvaluationSchedule(config["eval-every"], config["eval-interval"]),
         checkpoints=Checkpointer(run_dir(config) / CHECKPOINT, config["checkpoint-every"],
                                  resume, meta={"config": dict(config)}),
-        **strategy_settings(config),
+        **registered.settings(config),
     )
 
 

@@ -16,11 +16,11 @@ from asyncfl.strategies import (
     ServerOptimizer,
     constant,
 )
+from asyncfl.strategies.blocks import DEFAULT_LR
 from asyncfl.strategies.ca2fl import CA2FLRule
 from asyncfl.strategies.fadas import FADASRule
 from asyncfl.strategies.fedbuff import FedBuffRule
 from asyncfl.strategies.fedstaleweight import FedStaleWeightRule
-from asyncfl.strategies.server_optimizer import DEFAULT_LR
 
 
 def model(*values: float) -> dict[str, np.ndarray]:

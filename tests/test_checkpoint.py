@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 
 import asyncfl
-from asyncfl.strategies import STRATEGIES, checkpoint
-from asyncfl.strategies.checkpoint import (
+from asyncfl.engine import checkpoint
+from asyncfl.engine.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
 )
+from asyncfl.strategies import STRATEGIES
 from tests.helpers import Crash, crashing_grid, read_rows
 
 

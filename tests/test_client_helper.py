@@ -24,6 +24,7 @@ from asyncfl.client import (
     read_instruction,
     register,
 )
+from asyncfl.engine import DelayModel, VirtualClock
 from asyncfl.protocol import (
     BATCH_SIZE,
     CARRY_STATE,
@@ -52,7 +53,6 @@ from asyncfl.protocol import (
 )
 from asyncfl.runtime.inline import InlineGrid
 from asyncfl.strategies import ALSGD, APSB, ASGD, Checkpointer, ESync, FedBuff
-from asyncfl.timing import DelayModel, VirtualClock
 from tests.test_strategy_core import imported_modules
 
 # ---- the user's side: data, model, a quickstart-style training with the helper -----------
@@ -187,7 +187,7 @@ def learned(result) -> float:
 # ---- strategies through the helper ---------------------------------------------------------
 
 def test_apsb_trains_with_segments_and_mid_task_adoption():
-    grid, result = run(APSB(server_lr=CLIENT_LR, concurrency=NUM_NODES, **virtual()), versions=30,
+    grid, result = run(APSB(server_lr=1.0, concurrency=NUM_NODES, **virtual()), versions=30,
                        **{LOCAL_STEPS: 4})
     segments = [(m, r) for m, r in grid.exchanges if m.metadata.message_type == SEGMENT]
     assert len(segments) == len(grid.exchanges)
@@ -204,7 +204,7 @@ def test_apsb_carrying_its_state_in_the_messages_gives_the_same_model(tmp_path):
     """Runs that checkpoint keep a segmented task's state in the messages, not in the node."""
     finals = []
     for checkpoints in (None, Checkpointer(tmp_path / "ckpt", every=5)):
-        grid, result = run(APSB(server_lr=CLIENT_LR, concurrency=NUM_NODES,
+        grid, result = run(APSB(server_lr=1.0, concurrency=NUM_NODES,
                                 checkpoints=checkpoints, **virtual()),
                            versions=8, **{LOCAL_STEPS: 4})
         finals.append(result.arrays.to_numpy_ndarrays())
@@ -213,7 +213,7 @@ def test_apsb_carrying_its_state_in_the_messages_gives_the_same_model(tmp_path):
 
 
 def test_esync_replies_run_the_steps_the_state_server_assigned():
-    strategy = ESync(global_lr=1.0, **virtual())
+    strategy = ESync(server_lr=1.0, **virtual())
     grid, result = run(strategy, versions=5, **{LOCAL_STEPS: 1})
     assigned = [row["steps"] for row in strategy.recorder.tables["esync_state"]]
     sent = [m.content["config"][LOCAL_STEPS] for m, _ in grid.exchanges]
@@ -233,7 +233,7 @@ def test_fedbuff_with_delta_replies_trains():
 
 @pytest.mark.parametrize("strategy", [ALSGD, ASGD])
 def test_gradient_strategies_train_on_pseudo_gradients(strategy):
-    grid, result = run(strategy(server_lr=CLIENT_LR, concurrency=NUM_NODES, **virtual()),
+    grid, result = run(strategy(server_lr=1.0, concurrency=NUM_NODES, **virtual()),
                        versions=40, **{LOCAL_STEPS: 3})
     assert {reply_kind(r.content["metrics"]) for _, r in grid.exchanges} == {GRADIENT}
     learned(result)
@@ -360,7 +360,7 @@ def test_segments_keep_the_gradient_and_adopt_a_new_model():
 def test_the_helper_imports_no_strategy_timing_or_runtime_code():
     modules = imported_modules(Path(asyncfl.client.__file__))
     assert not {m for m in modules
-                if m.startswith(("asyncfl.strategies", "asyncfl.timing", "asyncfl.runtime"))}
+                if m.startswith(("asyncfl.strategies", "asyncfl.engine", "asyncfl.runtime"))}
 
 
 def readme_blocks() -> list[str]:
@@ -378,7 +378,7 @@ def test_the_readme_client_app_trains_with_apsb_and_esync(strategy):
     line = server_code.split("\n")[0]
     server_code = server_code.replace(line, f"strategy = {strategy}(**options)").replace(
         "num_rounds=200", "num_rounds=20")
-    options = virtual(server_lr=0.05, concurrency=NUM_NODES) if strategy == "APSB" else virtual()
+    options = virtual(server_lr=1.0, concurrency=NUM_NODES) if strategy == "APSB" else virtual()
     namespace = {**user, "grid": InlineGrid(user["app"], {}, NUM_NODES), "APSB": APSB,
                  "ESync": ESync, "ArrayRecord": ArrayRecord, "ConfigRecord": ConfigRecord,
                  "options": options}

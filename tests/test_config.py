@@ -13,13 +13,13 @@ from asyncfl.config import (
     ConfigError,
     validate_run_config,
 )
+from asyncfl.engine.base import SyncStrategy
+from asyncfl.engine.delays import DISTRIBUTIONS
 from asyncfl.server_app import main as server_main
 from asyncfl.strategies import STRATEGIES
-from asyncfl.strategies.base import SyncStrategy
 from asyncfl.tasks import PRESET_NAMES, TASK_NAMES
 from asyncfl.tasks.base import resolve_device
 from asyncfl.tasks.images import PRESETS
-from asyncfl.timing.delays import DISTRIBUTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from asyncfl.timing.delays import (
+from asyncfl.engine.delays import (
     NORMAL_FLOOR,
     DelayModel,
     draw_step_times,

@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 
 import asyncfl
 from asyncfl.config import validate_run_config
+from asyncfl.engine.model_state import ModelState
 from asyncfl.protocol import DELTA
 from asyncfl.server_app import make_delays
 from asyncfl.strategies.esync import ESyncRule, WorkerState, allocate_steps, step_allowed
-from asyncfl.strategies.model_state import ModelState
 from tests.helpers import read_rows
 
 
@@ -66,7 +66,7 @@ def test_constant_step_times_follow_the_closed_form(step_times, eps):
 
 
 def test_parameters_are_stepped_and_statistics_follow_the_one_rule():
-    rule = ESyncRule(global_lr=0.5)
+    rule = ESyncRule(server_lr=0.5)
     global_arrays = {"w": np.zeros(2, np.float32), "bn.running_mean": np.ones(2, np.float32),
                      "bn.num_batches_tracked": np.array(10)}
     deltas = [{"w": np.full(2, 2.0, np.float32), "bn.running_mean": np.full(2, 1.0, np.float32),

@@ -14,7 +14,8 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 import asyncfl
-import asyncfl.strategies.nodes as nodes
+import asyncfl.engine.nodes as nodes
+from asyncfl.engine import DelayModel, VirtualClock
 from asyncfl.protocol import (
     EVALUATE,
     TRAIN,
@@ -33,8 +34,7 @@ from asyncfl.strategies import (
     FedBuff,
     FedSGD,
 )
-from asyncfl.strategies.utils import weighted_average
-from asyncfl.timing import DelayModel, VirtualClock
+from asyncfl.strategies.blocks import weighted_average
 from tests.helpers import read_rows
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,6 +7,7 @@ import math
 import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,10 +16,10 @@ from flwr.common.config import parse_config_args
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 import asyncfl
+import asyncfl.engine.nodes as nodes
 import asyncfl.runtime.flower_run as flower_run
 import asyncfl.runtime.inline as inline
 import asyncfl.server_app as server_app
-import asyncfl.strategies.nodes as nodes
 from asyncfl.client_app import run_config as client_run_config
 from asyncfl.config import (
     DEFAULTS,
@@ -34,7 +35,7 @@ from asyncfl.config import (
 )
 from asyncfl.results import claim_run_dir, find_launched_run
 from asyncfl.runtime.flower_run import flower_executable, follow_output, main, parse_run_config
-from asyncfl.strategies import STRATEGIES, DivergenceError
+from asyncfl.strategies import REGISTRY, STRATEGIES, DivergenceError
 from asyncfl.tasks import load_task
 from tests.helpers import read_rows
 
@@ -350,8 +351,17 @@ def test_flower_executables_are_found_next_to_the_interpreter(monkeypatch):
     ({"strategy": "alsgd", "num-clients": 20, "server-lr": 1.0, "local-steps": 8}, 1.0),
 ])
 def test_the_default_server_step_is_one_over_the_staleness(settings, gamma):
-    """server-lr = 0 (default): min(1, B/M), B updates per server step, M in flight."""
-    assert server_app.server_lr(validate_run_config(settings)) == pytest.approx(gamma)
+    """server-lr = 0 (default): min(1, B/M), B updates per server step, M in flight: the
+    step of the rule each strategy builds for a run (in units of the clients' move)."""
+    config = validate_run_config(settings)
+    registered = REGISTRY[config["strategy"]]
+    strategy = registered.cls(**registered.settings(config))
+    lr = config["lr"]
+    run = SimpleNamespace(num_clients=config["num-clients"], client_lr=lr)
+    rule = strategy.new_rule(run)
+    step = (rule.optimizer.lr if hasattr(rule, "optimizer")
+            else rule.server_lr / (lr if config["strategy"] != "esync" else 1.0))
+    assert step == pytest.approx(gamma)
 
 
 class ReplyCountingGrid(inline.InlineGrid):
@@ -372,7 +382,7 @@ class ReplyCountingGrid(inline.InlineGrid):
     ("fedbuff", "server_lr (run config: server-lr)"),
     ("alsgd", "server_lr (run config: server-lr"),
     ("apsb", "server_lr (run config: server-lr"),
-    ("esync", "global_lr (run config: server-lr)"),
+    ("esync", "server_lr (run config: server-lr)"),
 ])
 def test_a_diverging_server_stops_naming_its_setting_and_blames_no_client(out, strategy, names):
     ReplyCountingGrid.replies = ReplyCountingGrid.not_finite = 0

@@ -1,12 +1,14 @@
 """LSGD / SSGD / A-LSGD / ASGD / APSB: equivalences, the broadcast, communication."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 import asyncfl
 from asyncfl.config import ConfigError
 from asyncfl.protocol import record_to_arrays
-from asyncfl.strategies import APSB, STRATEGIES
+from asyncfl.strategies import APSB, REGISTRY
 from asyncfl.tasks import TrainSettings, load_task
 from tests.helpers import read_rows
 
@@ -86,7 +88,7 @@ def test_a_broadcast_resets_the_worker_mid_task(out, monkeypatch):
         created.append(RecordingAPSB(*args, **kwargs))
         return created[-1]
 
-    monkeypatch.setitem(STRATEGIES, "apsb", recording)
+    monkeypatch.setitem(REGISTRY, "apsb", dataclasses.replace(REGISTRY["apsb"], cls=recording))
     result = asyncfl.simulate(strategy="apsb", num_clients=3, num_server_rounds=9,
                               delay_profile="1,1.3,3.1", local_steps=4, batch_size=8, lr=0.1,
                               seed=2, run_name="apsb-reset", **out)

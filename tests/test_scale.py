@@ -3,9 +3,9 @@
 import numpy as np
 from flwr.app import ArrayRecord
 
+from asyncfl.engine import DelayModel, VirtualClock
 from asyncfl.runtime.inline import InlineGrid
 from asyncfl.strategies import FedBuff, RunningMean
-from asyncfl.timing import DelayModel, VirtualClock
 from tests.test_async_strategies import plain_app
 
 

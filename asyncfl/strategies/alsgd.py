@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from asyncfl.engine import arguments
+from asyncfl.engine.base import AsyncStrategy
+from asyncfl.engine.runner import Arrays, RunParts
 from asyncfl.protocol import GRADIENT
-from asyncfl.strategies.async_runner import AsyncRunner
-from asyncfl.strategies.base import AsyncStrategy
-from asyncfl.strategies.runner import Arrays, RunParts
-from asyncfl.strategies.utils import checked_lr, gradient_step
+from asyncfl.strategies.blocks import checked_lr, default_server_lr, gradient_step
+from asyncfl.strategies.registry import async_settings, register, server_lr
 
 
 class GradientStepRule:
@@ -15,6 +19,11 @@ class GradientStepRule:
 
     .. math::
         w_{t+1} = w_t - \gamma G_i
+
+    Example:
+        >>> import numpy as np
+        >>> GradientStepRule(0.1).fold({"x": np.array([1.0])}, {"x": np.array([2.0])}, 5, 0, 0)
+        {'x': array([0.8])}
     """
 
     update_kind = GRADIENT
@@ -33,10 +42,21 @@ class ALSGD(AsyncStrategy):
     received and pushes its accumulated gradient; the server steps at once
     (`GradientStepRule`) and sends the new model back to that worker only.
 
-    With gamma equal to the workers' learning rate the server adds exactly the worker's own
-    displacement. Without a `server_lr`, gamma = lr x min(1, 1 / M) with train_config's `lr`
-    and M clients in flight, as the app's `server-lr` = 0 gives: M pushes then move the model
-    about as far as one synchronous average of them would.
+    The server step is gamma = `server_lr` x the clients' lr (train_config's "lr"), so
+    `server_lr` = 1 adds exactly the worker's own displacement, as in FedBuff, where
+    `server_lr` = 1 applies a delta as it is.
+
+    Args:
+        server_lr: gamma / lr; None means min(1, 1 / M) for M clients in flight
+            (`blocks.default_server_lr`): M pushes then move the model about as far as one
+            synchronous average of them would. Default: None.
+        concurrency: M, the clients in flight at once; 0 means every client. Default: 0.
+        **options: what every asyncfl strategy takes (`AsyncflStrategy`: Flower's FedAvg
+            arguments, clock, delays, guard, ...) and `retry_backoff` (`AsyncStrategy`).
+
+    Example:
+        >>> ALSGD(server_lr=0.5, concurrency=4).server_lr
+        0.5
     """
 
     reply_kind = GRADIENT
@@ -45,12 +65,20 @@ class ALSGD(AsyncStrategy):
     def __init__(self, server_lr: float | None = None, concurrency: int = 0,
                  **options) -> None:
         super().__init__(concurrency, **options)
-        self.server_lr = server_lr
-        self.rule = GradientStepRule(server_lr or 1.0)
+        self.server_lr = arguments.optional_positive("server_lr", server_lr)
+        self.rule = self.new_rule()
 
-    def runner(self, parts: RunParts) -> AsyncRunner:
-        if self.server_lr is None:
-            lr = checked_lr(parts.client_lr,
-                            f"{type(self).__name__}'s server_lr (or train_config's 'lr')")
-            self.rule.server_lr = lr * min(1.0, 1 / self.in_flight(parts))
-        return super().runner(parts)
+    def new_rule(self, parts: RunParts | None = None) -> GradientStepRule:
+        if parts is None:
+            return GradientStepRule(self.server_lr or 1.0)
+        lr = checked_lr(parts.client_lr, f"train_config's 'lr' ({type(self).__name__}'s "
+                        "server step is server_lr x the clients' lr)")
+        multiplier = (self.server_lr if self.server_lr is not None
+                      else default_server_lr(1, self.in_flight(parts)))
+        return GradientStepRule(multiplier * lr)
+
+
+@register("alsgd", ALSGD)
+def alsgd_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A-LSGD's constructor arguments from a validated run config."""
+    return {**async_settings(config), "server_lr": server_lr(config)}

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord
 
+from asyncfl.engine import Completion, TaskTiming, TrafficCounters, arguments
+from asyncfl.engine.checkpoint import state_class
+from asyncfl.engine.dispatch import Dispatcher, WholeTasks
+from asyncfl.engine.evaluation import NO_HANDLER
+from asyncfl.engine.guard import CapabilityError
+from asyncfl.engine.runner import RunParts
+from asyncfl.engine.utils import task_seed
 from asyncfl.protocol import (
     ARRAYS,
     CARRY_STATE,
@@ -24,15 +32,11 @@ from asyncfl.protocol import (
     TASK_SEED,
     array_bytes,
 )
-from asyncfl.strategies.alsgd import ALSGD
-from asyncfl.strategies.dispatch import Dispatcher, WholeTasks
-from asyncfl.strategies.evaluation import NO_HANDLER
-from asyncfl.strategies.guard import CapabilityError
-from asyncfl.strategies.runner import RunParts
-from asyncfl.strategies.utils import task_seed
-from asyncfl.timing import Completion, TaskTiming, TrafficCounters
+from asyncfl.strategies.alsgd import ALSGD, alsgd_settings
+from asyncfl.strategies.registry import register
 
 
+@state_class
 @dataclass
 class WorkerTask:
     """A worker's task of K iterations in progress: its timing, the newest model it has
@@ -198,23 +202,43 @@ class APSB(ALSGD):
     r"""Asynchronous parallel SGD with broadcast.
 
     As :class:`ALSGD`, every worker runs K local iterations and pushes its accumulated gradient
-    G_i, and the server steps :math:`w \leftarrow w - \gamma G_i` (`GradientStepRule`). In
-    addition every new w is broadcast to all workers; a worker that receives one adopts it at
-    its next iteration boundary (its local model becomes w) while G_i keeps accumulating.
-    `SegmentedTasks` sends the work so; with K = 1 there are no boundaries inside a task, and
-    APSB is A-LSGD exactly. The worker keeps its local model and G in `context.state` between
-    segments, or, in runs that write checkpoints, the server carries them (same results).
+    G_i, and the server steps :math:`w \leftarrow w - \gamma G_i` (`GradientStepRule`,
+    gamma = `server_lr` x lr). In addition every new w is broadcast to all workers; a worker
+    that receives one adopts it at its next iteration boundary (its local model becomes w)
+    while G_i keeps accumulating. `SegmentedTasks` (above) is the server half that sends the
+    work so; the worker half, which keeps the local model and G between segments in
+    `context.state` (or, in runs that write checkpoints, takes them from the server), is
+    `asyncfl.client._segment` (`asyncfl.client.register` adds it to any ClientApp). With K = 1
+    there are no boundaries inside a task, and APSB is A-LSGD exactly.
+
+    Args:
+        server_lr: gamma / lr; None means min(1, 1 / M) (see `ALSGD`). Default: None.
+        concurrency: M, the clients in flight at once; 0 means every client. Default: 0.
+        broadcast_latency: virtual seconds until a broadcast model reaches the workers
+            (virtual clock). Default: 0.0.
+        chunk: with a wall clock, the iterations between a worker's check-ins for a newer
+            model. Default: 1.
+        **options: as for `ALSGD`.
+
+    Example:
+        >>> APSB(broadcast_latency=0.5, chunk=2).broadcast_latency
+        0.5
     """
 
     def __init__(self, server_lr: float | None = None, concurrency: int = 0, *,
                  broadcast_latency: float = 0.0, chunk: int = 1, **options) -> None:
         super().__init__(server_lr, concurrency, **options)
-        if broadcast_latency < 0 or chunk < 1:
-            raise ValueError("broadcast_latency must be >= 0 and chunk >= 1")
-        self.broadcast_latency = broadcast_latency
-        self.chunk = chunk
+        self.broadcast_latency = arguments.non_negative("broadcast_latency", broadcast_latency)
+        self.chunk = arguments.integer("chunk", chunk, 1)
 
     def tasks(self, parts: RunParts) -> SegmentedTasks:
         carry = self.checkpoints is not None and self.checkpoints.every > 0
         return SegmentedTasks(parts.dispatcher, self.seed, self.broadcast_latency, self.chunk,
                               carry)
+
+
+@register("apsb", APSB)
+def apsb_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """APSB's constructor arguments from a validated run config."""
+    return {**alsgd_settings(config), "broadcast_latency": config["broadcast-latency"],
+            "chunk": config["apsb-chunk"]}

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
+from asyncfl.engine.base import AsyncStrategy
+from asyncfl.engine.runner import Arrays, RunParts
 from asyncfl.protocol import DELTA, WEIGHTS
-from asyncfl.strategies.async_runner import AsyncRunner
-from asyncfl.strategies.base import BufferedStrategy
-from asyncfl.strategies.buffer import DeltaBuffer, checked_size
-from asyncfl.strategies.runner import Arrays, RunParts
-from asyncfl.strategies.server_optimizer import ServerOptimizer
+from asyncfl.strategies.blocks import (
+    DeltaBuffer,
+    ServerOptimizer,
+    ServerStep,
+    checked_size,
+    client_returns_arg,
+)
+from asyncfl.strategies.registry import buffered_settings, register
 
 
 class CA2FLRule:
@@ -74,20 +82,57 @@ class CA2FLRule:
         return new
 
 
-class CA2FL(BufferedStrategy):
+
+class CA2FL(AsyncStrategy):
     """CA2FL: FedBuff's buffer of K client deltas, calibrated by a server cache of every
     client's latest delta (`CA2FLRule`), so that slow clients' directions are in every
-    step. `server_optimizer` is the step (default: sgd, eta = 1); `client_returns` as in
-    FedBuff."""
+    step.
 
-    def __init__(self, buffer_size: int = 10, concurrency: int = 0, *,
-                 client_returns: str = WEIGHTS,
-                 server_optimizer: ServerOptimizer | None = None, **options) -> None:
-        super().__init__(concurrency, client_returns=client_returns, **options)
-        self.default_step = server_optimizer is None
-        self.rule = CA2FLRule(buffer_size, server_optimizer)
+    Args:
+        buffer_size: K, the updates per server step. Default: 10.
+        concurrency: M, the clients in flight at once; 0 means every client. Default: 0.
+        client_returns: "weights" (any ClientApp that follows Flower's FedAvg contract) or
+            "delta", as in `FedBuff`. Default: "weights".
+        server_lr: the server step's eta; None means min(1, K / M) for sgd (see `FedBuff`),
+            the optimizer's own default otherwise. Default: None.
+        server_momentum: sgd's server momentum (FedAvgM when > 0). Default: 0.0.
+        server_optimizer: None (sgd), a name of `blocks.OPTIMIZERS` or a
+            `ServerOptimizer`; each run starts from fresh moments. Default: None.
+        **options: what every asyncfl strategy takes (`AsyncflStrategy`) and
+            `retry_backoff` (`AsyncStrategy`).
 
-    def runner(self, parts: RunParts) -> AsyncRunner:
-        self.rule.num_clients = parts.num_clients
-        return super().runner(parts)
+    Example:
+        >>> CA2FL(buffer_size=5).rule.buffer_size
+        5
+    """
 
+    step_setting = "server_lr (run config: server-lr)"
+
+    def __init__(
+        self,
+        buffer_size: int = 10,
+        concurrency: int = 0,
+        *,
+        client_returns: str = WEIGHTS,
+        server_lr: float | None = None,
+        server_momentum: float = 0.0,
+        server_optimizer: ServerOptimizer | str | None = None,
+        **options,
+    ) -> None:
+        super().__init__(concurrency, **options)
+        self.reply_kind = client_returns_arg(client_returns)
+        self.buffer_size = checked_size(buffer_size)
+        self.server_step = ServerStep(server_optimizer, server_lr, server_momentum)
+        self.rule = self.new_rule()
+
+    def new_rule(self, parts: RunParts | None = None) -> CA2FLRule:
+        in_flight = self.in_flight(parts) if parts is not None else None
+        optimizer = self.server_step.new(self.buffer_size, in_flight)
+        return CA2FLRule(self.buffer_size, optimizer,
+                         parts.num_clients if parts is not None else None)
+
+
+@register("ca2fl", CA2FL, server_optimizer=True)
+def ca2fl_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """CA2FL's constructor arguments from a validated run config."""
+    return buffered_settings(config)

@@ -4,19 +4,22 @@ Centers")."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from flwr.app import MetricRecord
 
+from asyncfl.engine import EventLoop, arguments
+from asyncfl.engine.base import SyncStrategy
+from asyncfl.engine.guard import CapabilityError
+from asyncfl.engine.recorder import RunRecorder
+from asyncfl.engine.runner import Arrays, RunParts
+from asyncfl.engine.sync_runner import StepPlan
 from asyncfl.protocol import COMPUTE_TIME, DELTA, STEPS
-from asyncfl.strategies.base import SyncStrategy
-from asyncfl.strategies.guard import CapabilityError
-from asyncfl.strategies.recorder import RunRecorder
-from asyncfl.strategies.runner import Arrays
-from asyncfl.strategies.utils import weighted_average
-from asyncfl.timing import EventLoop
+from asyncfl.strategies.blocks import weighted_average
+from asyncfl.strategies.registry import register, server_lr, sync_settings
 
 # relative slack when comparing sums of step times, so 1 + 1 + 1 + 1 <= 4 holds in floats
 _TIE = 1e-9
@@ -73,19 +76,23 @@ def allocate_steps(
 
 class ESyncRule:
     r"""The parameter server's step: the workers' deltas averaged, unweighted, and scaled by
-    the global learning rate gamma_g,
+    the global learning rate gamma_g (`server_lr`),
 
     .. math::
         w \leftarrow w + \gamma_g \frac{1}{n} \sum_i \Delta_i
+
+    Example:
+        >>> import numpy as np
+        >>> ESyncRule(0.5).combine({"x": np.array([1.0])},
+        ...                        [{"x": np.array([2.0])}, {"x": np.array([4.0])}], [1, 9])
+        {'x': array([2.5])}
     """
 
     update_kind = DELTA
     state_fields = ()
 
-    def __init__(self, global_lr: float = 1.0) -> None:
-        if not global_lr > 0:
-            raise ValueError(f"global_lr must be > 0, got {global_lr}")
-        self.global_lr = global_lr
+    def __init__(self, server_lr: float = 1.0) -> None:
+        self.server_lr = arguments.positive("server_lr", server_lr)
 
     def combine(self, global_arrays: Arrays, updates: list[Arrays],
                 num_examples: list[float]) -> Arrays:
@@ -93,7 +100,7 @@ class ESyncRule:
             [{k: v.astype(np.float64) for k, v in d.items()} for d in updates],
             [1.0] * len(updates),
         )
-        return {key: (value + self.global_lr * mean_delta[key]).astype(value.dtype)
+        return {key: (value + self.server_lr * mean_delta[key]).astype(value.dtype)
                 for key, value in global_arrays.items()}
 
 
@@ -108,9 +115,7 @@ class StateServer:
     """
 
     def __init__(self, eps: float, recorder: RunRecorder) -> None:
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        self.eps = eps
+        self.eps = arguments.non_negative("eps", eps)
         self.recorder = recorder
         self.measured: dict[int, float] = {}
         self.assigned: dict[int, int] = {}
@@ -175,13 +180,42 @@ class ESync(SyncStrategy):
     """ESync: synchronous rounds with straggler-aware local step counts. Every round all
     workers start from w; the state server (`StateServer`, `allocate_steps`) gives worker i
     k_i local steps so that all arrive at about the slowest worker's time, and the parameter
-    server applies `ESyncRule`."""
+    server applies `ESyncRule`. The worker half (run the assigned steps, report them and
+    their seconds) is `asyncfl.client`'s train handler (`asyncfl.client.register`).
+
+    Args:
+        fraction_train: C, the fraction of the clients sampled per round. Default: 1.0.
+        server_lr: gamma_g, the scale of the mean delta; None means 1 (a plain average).
+            Default: None.
+        eps: the state server's tolerance: a worker may end up to eps seconds after the
+            slowest worker's single step. Default: 0.0.
+        **options: what every asyncfl strategy takes (`AsyncflStrategy`: Flower's FedAvg
+            arguments, clock, delays, guard, ...) and `round_timeout`, `min_train_nodes`
+            (`SyncStrategy`).
+
+    Example:
+        >>> ESync(server_lr=0.8, eps=0.1).rule.server_lr
+        0.8
+    """
 
     reply_kind = DELTA
-    step_setting = "global_lr (run config: server-lr)"
+    step_setting = "server_lr (run config: server-lr)"
 
-    def __init__(self, fraction_train: float = 1.0, *, global_lr: float = 1.0,
+    def __init__(self, fraction_train: float = 1.0, *, server_lr: float | None = None,
                  eps: float = 0.0, **options) -> None:
         super().__init__(fraction_train, **options)
-        self.rule = ESyncRule(global_lr)
-        self.step_plan = StateServer(eps, self.recorder)
+        self.server_lr = arguments.optional_positive("server_lr", server_lr)
+        self.eps = arguments.non_negative("eps", eps)
+        self.rule = self.new_rule()
+
+    def new_rule(self, parts: RunParts | None = None) -> ESyncRule:
+        return ESyncRule(self.server_lr if self.server_lr is not None else 1.0)
+
+    def step_plan(self, parts: RunParts) -> StepPlan:
+        return StateServer(self.eps, parts.recorder)
+
+
+@register("esync", ESync)
+def esync_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """ESync's constructor arguments from a validated run config."""
+    return {**sync_settings(config), "server_lr": server_lr(config), "eps": config["esync-eps"]}

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from asyncfl.engine import arguments
+from asyncfl.engine.base import AsyncStrategy
+from asyncfl.engine.runner import Arrays, RunParts
 from asyncfl.protocol import DELTA, WEIGHTS
-from asyncfl.strategies.base import BufferedStrategy
-from asyncfl.strategies.buffer import DeltaBuffer, checked_size
-from asyncfl.strategies.runner import Arrays
-from asyncfl.strategies.server_optimizer import ServerOptimizer
+from asyncfl.strategies.blocks import (
+    DeltaBuffer,
+    ServerOptimizer,
+    ServerStep,
+    checked_size,
+    client_returns_arg,
+)
+from asyncfl.strategies.registry import buffered_settings, register
 
 
 class FADASRule:
@@ -56,14 +66,60 @@ class FADASRule:
         return new
 
 
-class FADAS(BufferedStrategy):
-    """FADAS: FedBuff's buffer of K client deltas, an AMSGrad server step and a
-    delay-adaptive server learning rate (`FADASRule`; `delay_threshold` is tau_c).
-    `server_optimizer` defaults to `ServerOptimizer("amsgrad")` (eta = 0.01);
-    `client_returns` as in FedBuff."""
 
-    def __init__(self, buffer_size: int = 10, concurrency: int = 0, *,
-                 delay_threshold: int = 5, client_returns: str = WEIGHTS,
-                 server_optimizer: ServerOptimizer | None = None, **options) -> None:
-        super().__init__(concurrency, client_returns=client_returns, **options)
-        self.rule = FADASRule(buffer_size, server_optimizer, delay_threshold)
+class FADAS(AsyncStrategy):
+    """FADAS: FedBuff's buffer of K client deltas, an AMSGrad server step and a
+    delay-adaptive server learning rate (`FADASRule`).
+
+    Args:
+        buffer_size: K, the updates per server step. Default: 10.
+        concurrency: M, the clients in flight at once; 0 means every client. Default: 0.
+        client_returns: "weights" (any ClientApp that follows Flower's FedAvg contract) or
+            "delta", as in `FedBuff`. Default: "weights".
+        server_lr: the server step's eta; None means the optimizer's default (amsgrad: 0.01;
+            sgd: min(1, K / M)). Default: None.
+        server_momentum: sgd's server momentum (FedAvgM when > 0). Default: 0.0.
+        server_optimizer: None (AMSGrad, eta = 0.01), a name of `blocks.OPTIMIZERS` or a
+            `ServerOptimizer`; each run starts from fresh moments. Default: None.
+        delay_threshold: tau_c, the staleness above which the server step shrinks to
+            min(eta, 1 / tau_max). Default: 5.
+        **options: what every asyncfl strategy takes (`AsyncflStrategy`) and
+            `retry_backoff` (`AsyncStrategy`).
+
+    Example:
+        >>> FADAS(delay_threshold=2).rule.optimizer.name
+        'amsgrad'
+    """
+
+    step_setting = "server_lr (run config: server-lr)"
+
+    def __init__(
+        self,
+        buffer_size: int = 10,
+        concurrency: int = 0,
+        *,
+        delay_threshold: int = 5,
+        client_returns: str = WEIGHTS,
+        server_lr: float | None = None,
+        server_momentum: float = 0.0,
+        server_optimizer: ServerOptimizer | str | None = None,
+        **options,
+    ) -> None:
+        super().__init__(concurrency, **options)
+        self.reply_kind = client_returns_arg(client_returns)
+        self.buffer_size = checked_size(buffer_size)
+        self.server_step = ServerStep(server_optimizer, server_lr, server_momentum, "amsgrad")
+        self.delay_threshold = arguments.integer("delay_threshold", delay_threshold)
+        self.rule = self.new_rule()
+
+    def new_rule(self, parts: RunParts | None = None) -> FADASRule:
+        in_flight = self.in_flight(parts) if parts is not None else None
+        optimizer = self.server_step.new(self.buffer_size, in_flight)
+        return FADASRule(self.buffer_size, optimizer, self.delay_threshold)
+
+
+@register("fadas", FADAS, server_optimizer=True)
+def fadas_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """FADAS's constructor arguments from a validated run config."""
+    return {**buffered_settings(config, "amsgrad"),
+            "delay_threshold": config["fadas-threshold"]}

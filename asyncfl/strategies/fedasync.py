@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from asyncfl.engine import arguments
+from asyncfl.engine.base import AsyncStrategy
+from asyncfl.engine.runner import Arrays, RunParts
 from asyncfl.protocol import WEIGHTS
-from asyncfl.strategies.base import AsyncStrategy
-from asyncfl.strategies.runner import Arrays
-from asyncfl.strategies.staleness import StalenessFn, polynomial_default
+from asyncfl.strategies.blocks import StalenessFn, staleness_arg, staleness_function
+from asyncfl.strategies.registry import async_settings, register
 
 
 class FedAsyncRule:
@@ -16,15 +21,20 @@ class FedAsyncRule:
         \alpha_t = a \, s(t - \tau), \qquad w \leftarrow (1 - \alpha_t) w + \alpha_t w_i
 
     a is the same for every update (it is not decayed or compounded over time).
+
+    Example:
+        >>> import numpy as np
+        >>> rule = FedAsyncRule(0.5, staleness=lambda tau: 1 / (1 + tau))
+        >>> rule.fold({"x": np.array([0.0])}, {"x": np.array([4.0])}, 10, 1, 0)  # a s = 1/4
+        {'x': array([1.])}
     """
 
     update_kind = WEIGHTS
     state_fields = ()
 
     def __init__(self, mixing: float, staleness: StalenessFn) -> None:
-        if not 0 < mixing <= 1:
-            raise ValueError(f"mixing must be in (0, 1], got {mixing}")
-        self.mixing = mixing
+        self.mixing = arguments.number("mixing", mixing, "a number in (0, 1]",
+                                       lambda a: 0 < a <= 1)
         self.staleness = staleness
 
     def fold(self, global_arrays: Arrays, update: Arrays, num_examples: float,
@@ -38,12 +48,38 @@ class FedAsyncRule:
 
 class FedAsync(AsyncStrategy):
     """FedAsync: clients train from the newest model and return weights, mixed in at once
-    (`FedAsyncRule`, mixing a = `mixing`, staleness function s)."""
+    (`FedAsyncRule`).
+
+    Args:
+        mixing: a, the mixing weight of a fresh update, in (0, 1]. Default: 0.5.
+        concurrency: M, the clients in flight at once; 0 means every client. Default: 0.
+        staleness: s(tau), a name ("constant", "polynomial", "hinge", with a = 0.5, b = 4)
+            or a function of the staleness; None means polynomial with a = 0.5.
+            Default: None.
+        **options: what every asyncfl strategy takes (`AsyncflStrategy`: Flower's FedAvg
+            arguments, clock, delays, guard, ...) and `retry_backoff` (`AsyncStrategy`).
+
+    Example:
+        >>> FedAsync(mixing=0.6, staleness="constant").rule.mixing
+        0.6
+    """
 
     reply_kind = WEIGHTS
 
     def __init__(self, mixing: float = 0.5, concurrency: int = 0, *,
-                 staleness: StalenessFn | None = None, **options) -> None:
+                 staleness: str | StalenessFn | None = None, **options) -> None:
         super().__init__(concurrency, **options)
-        self.rule = FedAsyncRule(mixing, staleness if staleness is not None
-                                 else polynomial_default)
+        self.mixing = mixing
+        self.staleness = staleness_arg(staleness)
+        self.rule = self.new_rule()
+
+    def new_rule(self, parts: RunParts | None = None) -> FedAsyncRule:
+        return FedAsyncRule(self.mixing, self.staleness)
+
+
+@register("fedasync", FedAsync)
+def fedasync_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """FedAsync's constructor arguments from a validated run config."""
+    return {**async_settings(config), "mixing": config["mixing"],
+            "staleness": staleness_function(config["staleness"], config["staleness-a"],
+                                            config["staleness-b"])}

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from asyncfl.engine.base import AsyncStrategy
+from asyncfl.engine.runner import Arrays, RunParts
 from asyncfl.protocol import DELTA, WEIGHTS
-from asyncfl.strategies.base import BufferedStrategy
-from asyncfl.strategies.buffer import DeltaBuffer, checked_size
-from asyncfl.strategies.runner import Arrays
-from asyncfl.strategies.server_optimizer import ServerOptimizer
-from asyncfl.strategies.staleness import StalenessFn, polynomial_default
+from asyncfl.strategies.blocks import (
+    DeltaBuffer,
+    ServerOptimizer,
+    ServerStep,
+    StalenessFn,
+    checked_size,
+    client_returns_arg,
+    polynomial_default,
+    staleness_arg,
+    staleness_function,
+)
+from asyncfl.strategies.registry import buffered_settings, register
 
 
 class FedBuffRule:
@@ -20,7 +32,16 @@ class FedBuffRule:
         w \leftarrow \mathrm{opt}(w, \bar\Delta)
 
     With the default optimizer (sgd, server learning rate gamma, momentum beta) that is
-    m <- beta m + Delta-bar, w <- w + gamma m (see `server_optimizer`).
+    m <- beta m + Delta-bar, w <- w + gamma m (see `blocks.ServerOptimizer`).
+
+    Example:
+        >>> import numpy as np
+        >>> rule = FedBuffRule(2, ServerOptimizer("sgd", lr=0.5), staleness=lambda tau: 1.0)
+        >>> w = {"x": np.array([1.0])}
+        >>> rule.fold(w, {"x": np.array([2.0])}, 10, 0, client=0) is None  # buffer 1 of 2
+        True
+        >>> rule.fold(w, {"x": np.array([4.0])}, 10, 3, client=1)  # 1 + 0.5 * (2 + 4) / 2
+        {'x': array([2.5])}
     """
 
     update_kind = DELTA
@@ -43,17 +64,38 @@ class FedBuffRule:
         return new
 
 
-class FedBuff(BufferedStrategy):
+class FedBuff(AsyncStrategy):
     """FedBuff: M clients train at once, each Q local steps from the version it received;
-    the server folds their deltas in with `FedBuffRule`. With `client_returns="weights"`
-    (any ClientApp that follows Flower's FedAvg contract) the server computes each delta from
-    the version the client started from, kept while that client is in flight.
+    the server folds their deltas in with `FedBuffRule`.
 
-    The server step is `server_optimizer` (default: sgd with `server_lr` gamma, by default
-    min(1, K / M), and `server_momentum` beta, FedAvgM when beta > 0); pass e.g.
-    `ServerOptimizer("adam", lr=0.01)` for FedAdam's step, and leave `server_lr` and
-    `server_momentum` at their defaults then.
+    Args:
+        buffer_size: K, the updates per server step. Default: 10.
+        concurrency: M, the clients in flight at once; 0 means every client. Default: 0.
+        client_returns: what the ClientApp is asked for, "weights" (any ClientApp that
+            follows Flower's FedAvg contract: the server computes each delta from the
+            version the client started from) or "delta". Default: "weights".
+        server_lr: the sgd server step gamma; None means min(1, K / M)
+            (`blocks.default_server_lr`): staleness is about M / K, and M / K steps of K / M
+            move the model as one synchronous average of the same updates would; for a
+            named adaptive `server_optimizer`, None means its own default eta. Default: None.
+        server_momentum: sgd's server momentum beta (FedAvgM when > 0). Default: 0.0.
+        server_optimizer: None (sgd with `server_lr` and `server_momentum`), a name of
+            `blocks.OPTIMIZERS` ("adam" for FedAdam's step, ...) or a `ServerOptimizer`
+            (then leave `server_lr` and `server_momentum` at their defaults). Each run
+            starts from fresh moments. Default: None.
+        staleness: s(tau), a name ("constant", "polynomial", "hinge", with a = 0.5, b = 4)
+            or a function of the staleness; None means polynomial with a = 0.5.
+            Default: None.
+        **options: what every asyncfl strategy takes (`AsyncflStrategy`: Flower's FedAvg
+            arguments, clock, delays, guard, ...) and `retry_backoff` (`AsyncStrategy`).
+
+    Example:
+        >>> strategy = FedBuff(buffer_size=3, concurrency=6, staleness="hinge")
+        >>> strategy.rule.buffer_size, strategy.concurrency
+        (3, 6)
     """
+
+    step_setting = "server_lr (run config: server-lr)"
 
     def __init__(
         self,
@@ -63,16 +105,26 @@ class FedBuff(BufferedStrategy):
         client_returns: str = WEIGHTS,
         server_lr: float | None = None,
         server_momentum: float = 0.0,
-        server_optimizer: ServerOptimizer | None = None,
-        staleness: StalenessFn | None = None,
+        server_optimizer: ServerOptimizer | str | None = None,
+        staleness: str | StalenessFn | None = None,
         **options,
     ) -> None:
-        super().__init__(concurrency, client_returns=client_returns, **options)
-        if server_optimizer is None:
-            self.default_step = server_lr is None
-            server_optimizer = ServerOptimizer("sgd", server_lr or 1.0, server_momentum)
-        elif server_lr is not None or server_momentum != 0.0:
-            raise ValueError("give server_lr and server_momentum to the ServerOptimizer "
-                             "passed as server_optimizer, not to FedBuff")
-        self.rule = FedBuffRule(buffer_size, server_optimizer,
-                                staleness if staleness is not None else polynomial_default)
+        super().__init__(concurrency, **options)
+        self.reply_kind = client_returns_arg(client_returns)
+        self.buffer_size = checked_size(buffer_size)
+        self.server_step = ServerStep(server_optimizer, server_lr, server_momentum)
+        self.staleness = staleness_arg(staleness)
+        self.rule = self.new_rule()
+
+    def new_rule(self, parts: RunParts | None = None) -> FedBuffRule:
+        in_flight = self.in_flight(parts) if parts is not None else None
+        return FedBuffRule(self.buffer_size, self.server_step.new(self.buffer_size, in_flight),
+                           self.staleness)
+
+
+@register("fedbuff", FedBuff, server_optimizer=True)
+def fedbuff_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """FedBuff's constructor arguments from a validated run config."""
+    return {**buffered_settings(config),
+            "staleness": staleness_function(config["staleness"], config["staleness-a"],
+                                            config["staleness-b"])}

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from asyncfl.protocol import BATCH_SIZE, LOCAL_STEPS
-from asyncfl.strategies.fedavg import FedAvg
+from asyncfl.strategies.fedavg import FedAvg, fedavg_settings
+from asyncfl.strategies.registry import register
 
 
 class FedSGDWeights(FedAvg):
@@ -17,6 +18,17 @@ class FedSGDWeights(FedAvg):
 
     which equals :class:`FedSGD` up to float rounding (plain SGD, no momentum or weight decay,
     the same sampled clients).
+
+    Args:
+        fraction_train: C, the fraction of the clients sampled per round. Default: 1.0.
+        **options: as for `FedAvg`.
+
+    Example:
+        >>> FedSGDWeights().fixed_train_config
+        {'local-steps': 1, 'batch-size': 0}
     """
 
     fixed_train_config = {LOCAL_STEPS: 1, BATCH_SIZE: 0}
+
+
+register("fedsgd-weights", FedSGDWeights)(fedavg_settings)

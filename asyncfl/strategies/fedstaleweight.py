@@ -3,11 +3,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from asyncfl.engine.base import AsyncStrategy
+from asyncfl.engine.runner import Arrays, RunParts
 from asyncfl.protocol import DELTA, WEIGHTS
-from asyncfl.strategies.base import BufferedStrategy
-from asyncfl.strategies.buffer import DeltaBuffer, checked_size
-from asyncfl.strategies.runner import Arrays
-from asyncfl.strategies.server_optimizer import ServerOptimizer
+from asyncfl.strategies.blocks import (
+    DeltaBuffer,
+    ServerOptimizer,
+    ServerStep,
+    checked_size,
+    client_returns_arg,
+)
+from asyncfl.strategies.registry import buffered_settings, register
 
 
 class FedStaleWeightRule:
@@ -51,15 +60,56 @@ class FedStaleWeightRule:
         return new
 
 
-class FedStaleWeight(BufferedStrategy):
+
+class FedStaleWeight(AsyncStrategy):
     """FedStaleWeight: FedBuff's buffer of K client deltas averaged with weights that grow
     with each client's average staleness (`FedStaleWeightRule`), so slow clients are not
-    drowned by fast ones. `server_optimizer` is the step (default: sgd, eta = 1);
-    `client_returns` as in FedBuff."""
+    drowned by fast ones.
 
-    def __init__(self, buffer_size: int = 10, concurrency: int = 0, *,
-                 client_returns: str = WEIGHTS,
-                 server_optimizer: ServerOptimizer | None = None, **options) -> None:
-        super().__init__(concurrency, client_returns=client_returns, **options)
-        self.default_step = server_optimizer is None
-        self.rule = FedStaleWeightRule(buffer_size, server_optimizer)
+    Args:
+        buffer_size: K, the updates per server step. Default: 10.
+        concurrency: M, the clients in flight at once; 0 means every client. Default: 0.
+        client_returns: "weights" (any ClientApp that follows Flower's FedAvg contract) or
+            "delta", as in `FedBuff`. Default: "weights".
+        server_lr: the server step's eta; None means min(1, K / M) for sgd (see `FedBuff`),
+            the optimizer's own default otherwise. Default: None.
+        server_momentum: sgd's server momentum (FedAvgM when > 0). Default: 0.0.
+        server_optimizer: None (sgd), a name of `blocks.OPTIMIZERS` or a
+            `ServerOptimizer`; each run starts from fresh moments. Default: None.
+        **options: what every asyncfl strategy takes (`AsyncflStrategy`) and
+            `retry_backoff` (`AsyncStrategy`).
+
+    Example:
+        >>> FedStaleWeight(buffer_size=4, concurrency=8).rule.buffer_size
+        4
+    """
+
+    step_setting = "server_lr (run config: server-lr)"
+
+    def __init__(
+        self,
+        buffer_size: int = 10,
+        concurrency: int = 0,
+        *,
+        client_returns: str = WEIGHTS,
+        server_lr: float | None = None,
+        server_momentum: float = 0.0,
+        server_optimizer: ServerOptimizer | str | None = None,
+        **options,
+    ) -> None:
+        super().__init__(concurrency, **options)
+        self.reply_kind = client_returns_arg(client_returns)
+        self.buffer_size = checked_size(buffer_size)
+        self.server_step = ServerStep(server_optimizer, server_lr, server_momentum)
+        self.rule = self.new_rule()
+
+    def new_rule(self, parts: RunParts | None = None) -> FedStaleWeightRule:
+        in_flight = self.in_flight(parts) if parts is not None else None
+        optimizer = self.server_step.new(self.buffer_size, in_flight)
+        return FedStaleWeightRule(self.buffer_size, optimizer)
+
+
+@register("fedstaleweight", FedStaleWeight, server_optimizer=True)
+def fedstaleweight_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """FedStaleWeight's constructor arguments from a validated run config."""
+    return buffered_settings(config)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
+from asyncfl.engine.base import AsyncStrategy
+from asyncfl.engine.runner import Arrays, RunParts
 from asyncfl.protocol import WEIGHTS
-from asyncfl.strategies.base import AsyncStrategy
-from asyncfl.strategies.runner import Arrays
+from asyncfl.strategies.registry import async_settings, register
 
 
 class RunningMeanRule:
@@ -17,6 +21,13 @@ class RunningMeanRule:
         \hat\mu_v = \frac{1}{v} \sum_{j=1}^{v} x_j
 
     The sum is kept in float64, so the estimate is exact to float64 rounding at every version.
+
+    Example:
+        >>> import numpy as np
+        >>> rule, w = RunningMeanRule(), {"x": np.array([0.0])}
+        >>> w = rule.fold(w, {"x": np.array([2.0])}, 1, 0, 0)
+        >>> rule.fold(w, {"x": np.array([6.0])}, 1, 0, 1)
+        {'x': array([4.])}
     """
 
     update_kind = WEIGHTS
@@ -37,10 +48,29 @@ class RunningMeanRule:
 
 
 class RunningMean(AsyncStrategy):
-    """Asynchronous averaging of client values, repeats included (`RunningMeanRule`)."""
+    """Asynchronous averaging of client values, repeats included (`RunningMeanRule`).
+
+    Args:
+        concurrency: M, the clients in flight at once; 0 means every client. Default: 0.
+        **options: what every asyncfl strategy takes (`AsyncflStrategy`: Flower's FedAvg
+            arguments, clock, delays, guard, ...) and `retry_backoff` (`AsyncStrategy`).
+
+    Example:
+        >>> RunningMean(concurrency=5).concurrency
+        5
+    """
 
     reply_kind = WEIGHTS
 
     def __init__(self, concurrency: int = 0, **options) -> None:
         super().__init__(concurrency, **options)
-        self.rule = RunningMeanRule()
+        self.rule = self.new_rule()
+
+    def new_rule(self, parts: RunParts | None = None) -> RunningMeanRule:
+        return RunningMeanRule()
+
+
+@register("running-mean", RunningMean)
+def running_mean_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """RunningMean's constructor arguments from a validated run config."""
+    return async_settings(config)

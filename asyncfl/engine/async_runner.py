@@ -9,18 +9,18 @@ from typing import Protocol
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Result
 
-from asyncfl.protocol import WEIGHTS, TrainReply, arrays_to_record, record_to_arrays
-from asyncfl.strategies.dispatch import (
+from asyncfl.engine import Completion
+from asyncfl.engine.dispatch import (
     IdlePool,
     RestingClients,
     VersionStore,
     WholeTasks,
     backoff_seconds,
 )
-from asyncfl.strategies.evaluation import EvaluateFn
-from asyncfl.strategies.model_state import ModelState
-from asyncfl.strategies.runner import Arrays, Rule, RunParts, needs_start
-from asyncfl.timing import Completion
+from asyncfl.engine.evaluation import EvaluateFn
+from asyncfl.engine.model_state import ModelState
+from asyncfl.engine.runner import Arrays, Rule, RunParts, needs_start
+from asyncfl.protocol import WEIGHTS, TrainReply, arrays_to_record, record_to_arrays
 
 
 def clients_in_flight(concurrency: int, num_clients: int) -> int:

@@ -29,10 +29,11 @@ from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from asyncfl.engine.checkpoint import state_class
+from asyncfl.engine.clocks import Clock, VirtualClock, WallClock
+from asyncfl.engine.delays import DelayModel
+from asyncfl.engine.phases import PhaseTimer
 from asyncfl.protocol import message_bytes, reply_steps
-from asyncfl.timing.clocks import Clock, VirtualClock, WallClock
-from asyncfl.timing.delays import DelayModel
-from asyncfl.timing.phases import PhaseTimer
 
 MIN_REPLY_TIMEOUT = 60.0  # wall seconds: the automatic reply timeout is never shorter
 REPLY_TIMEOUT_FACTOR = 10  # ... and is this many times the slowest task seen or expected
@@ -69,6 +70,7 @@ def _send_order(dispatch: Dispatch) -> tuple[float, int]:
     return dispatch.sent_wall, dispatch.client
 
 
+@state_class
 @dataclass
 class TaskTiming:
     """A task planned step by step at dispatch (for tasks sent in segments): offset k is when
@@ -140,6 +142,7 @@ class Completion:
         return ""
 
 
+@state_class
 @dataclass
 class TrafficCounters:
     """Messages and serialized array bytes each way."""

@@ -10,6 +10,9 @@ from dataclasses import replace
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message
 
+from asyncfl.engine import Completion, EventLoop, TrafficCounters
+from asyncfl.engine.checkpoint import state_class
+from asyncfl.engine.utils import task_seed
 from asyncfl.protocol import (
     ARRAYS,
     BATCH_SIZE,
@@ -24,8 +27,6 @@ from asyncfl.protocol import (
     array_bytes,
     train_instruction,
 )
-from asyncfl.strategies.utils import task_seed
-from asyncfl.timing import Completion, EventLoop, TrafficCounters
 
 
 class Dispatcher:
@@ -195,6 +196,7 @@ class RestingClients:
         return min(self._until.values()) if self._until else None
 
 
+@state_class
 class VersionStore:
     """Model versions that clients in flight started from, kept only while needed."""
 

@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 
+from asyncfl.engine import Completion
+from asyncfl.engine.utils import MAX_EXAMPLES, check_reply, update_norm
 from asyncfl.protocol import NUM_EXAMPLES, WEIGHTS, TrainReply, parse_reply
-from asyncfl.strategies.utils import MAX_EXAMPLES, check_reply, update_norm
-from asyncfl.timing import Completion
 
 NORM_ACTIONS = ("clip", "reject")
 #: faulty replies in a row after which a plug-in strategy stops sending a client tasks

@@ -12,20 +12,20 @@ from flwr.app import MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from asyncfl.protocol import DELTA, GRADIENT, METRICS, NUM_EXAMPLES, WEIGHTS, TrainReply
-from asyncfl.strategies.checkpoint import Checkpointer
-from asyncfl.strategies.dispatch import Dispatcher
-from asyncfl.strategies.evaluation import (
+from asyncfl.engine import Completion, EventLoop, TrafficCounters
+from asyncfl.engine.checkpoint import Checkpointer
+from asyncfl.engine.dispatch import Dispatcher
+from asyncfl.engine.evaluation import (
     EvaluationSchedule,
     FederatedEvaluation,
     MetricsAggregationFn,
 )
-from asyncfl.strategies.guard import NoClientLeftError, ReplyGuard
-from asyncfl.strategies.model_state import ModelState
-from asyncfl.strategies.nodes import NodeWatch
-from asyncfl.strategies.recorder import RunRecorder, RunTotals
-from asyncfl.strategies.utils import MAX_EXAMPLES
-from asyncfl.timing import Completion, EventLoop, TrafficCounters
+from asyncfl.engine.guard import NoClientLeftError, ReplyGuard
+from asyncfl.engine.model_state import ModelState
+from asyncfl.engine.nodes import NodeWatch
+from asyncfl.engine.recorder import RunRecorder, RunTotals
+from asyncfl.engine.utils import MAX_EXAMPLES
+from asyncfl.protocol import DELTA, GRADIENT, METRICS, NUM_EXAMPLES, WEIGHTS, TrainReply
 
 Arrays = dict[str, np.ndarray]
 

@@ -7,12 +7,12 @@ from typing import Protocol
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp.strategy import Result
 
+from asyncfl.engine import Completion, EventLoop
+from asyncfl.engine.evaluation import EvaluateFn
+from asyncfl.engine.model_state import ModelState
+from asyncfl.engine.runner import Arrays, Rule, RunParts
+from asyncfl.engine.utils import sample_clients
 from asyncfl.protocol import TrainReply, arrays_to_record, record_to_arrays
-from asyncfl.strategies.evaluation import EvaluateFn
-from asyncfl.strategies.model_state import ModelState
-from asyncfl.strategies.runner import Arrays, Rule, RunParts
-from asyncfl.strategies.utils import sample_clients
-from asyncfl.timing import Completion, EventLoop
 
 
 class SyncRule(Rule, Protocol):

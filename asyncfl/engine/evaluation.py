@@ -15,12 +15,12 @@ from flwr.common.logger import log
 from flwr.serverapp.strategy import Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+from asyncfl.engine import EventLoop
+from asyncfl.engine.recorder import RunRecorder
 from asyncfl.protocol import ARRAYS, CONFIG, EVALUATE, NUM_EXAMPLES, SERVER_ROUND
-from asyncfl.strategies.recorder import RunRecorder
-from asyncfl.timing import EventLoop
 
 if TYPE_CHECKING:
-    from asyncfl.strategies.dispatch import Dispatcher
+    from asyncfl.engine.dispatch import Dispatcher
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 #: Flower's metric aggregation: (reply contents, weighting metric name) -> aggregate

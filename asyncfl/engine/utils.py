@@ -1,11 +1,10 @@
-"""Pure rules shared by several strategies: sampling, shuffling seeds, averaging, gradient
-steps, reply checks and update norms. numpy in, numpy out: testable on their own."""
+"""The engine's pure helpers: client sampling, shuffling seeds, reply checks and update norms.
+numpy in, numpy out: testable on their own."""
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
 
 import numpy as np
 from flwr.app import MetricRecord
@@ -30,11 +29,6 @@ def sample_clients(rng: np.random.Generator, num_clients: int, fraction: float,
     return sorted(int(c) for c in chosen)
 
 
-def checked_lr(lr: float | None, name: str) -> float:
-    """A learning rate that is a positive finite number, else a ValueError naming `name`."""
-    if lr is None or not 0 < lr < math.inf:
-        raise ValueError(f"{name} must be a number > 0, got {lr!r}")
-    return float(lr)
 
 
 def task_seed(seed: int, version: int, client: int) -> int:
@@ -43,28 +37,8 @@ def task_seed(seed: int, version: int, client: int) -> int:
     return int.from_bytes(digest, "little")
 
 
-def weighted_average(
-    models: Sequence[dict[str, np.ndarray]], weights: Sequence[float]
-) -> dict[str, np.ndarray]:
-    """sum_i w_i * x_i / sum_i w_i per array, accumulated in float64, cast back to each dtype."""
-    total = float(sum(weights))
-    if not models or total <= 0:
-        raise ValueError("weighted_average needs at least one model and a positive total weight")
-    out = {}
-    for key, first in models[0].items():
-        acc = np.zeros(first.shape, dtype=np.float64)
-        for model, weight in zip(models, weights, strict=True):
-            acc += (weight / total) * model[key]
-        out[key] = acc.astype(first.dtype)
-    return out
 
 
-def gradient_step(
-    arrays: dict[str, np.ndarray], gradient: dict[str, np.ndarray], lr: float
-) -> dict[str, np.ndarray]:
-    """w - lr * g per (floating-point) array, in the array's own dtype."""
-    return {key: (value - np.asarray(lr, dtype=value.dtype) * gradient[key]).astype(value.dtype)
-            for key, value in arrays.items()}
 
 
 def check_reply(

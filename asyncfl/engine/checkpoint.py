@@ -4,10 +4,11 @@ The header names the format and its version and carries the body's part lengths 
 so a file from an incompatible version, a truncated or a corrupted file is refused before
 any of it is decoded, never half-loaded. The state is plain JSON in which a few tagged
 objects stand for what JSON lacks (tuples, sets, int-keyed dicts, bytes, Flower records, and the
-run's own state classes, listed in `_state_classes`); arrays live in the .npz, read with
-`allow_pickle=False`. Decoding builds only those types, so a crafted checkpoint cannot run
-code. Files are written atomically (a temporary file in the same folder, then a rename); the
-temporary files of a killed run are removed when the next run on that folder starts.
+run's own state classes, which register themselves with `state_class`); arrays live in the
+.npz, read with `allow_pickle=False`. Decoding builds only those types, so a crafted checkpoint
+cannot run code. Files are written atomically (a temporary file in the same folder, then a
+rename); the temporary files of a killed run are removed when the next run on that folder
+starts.
 """
 
 from __future__ import annotations
@@ -36,19 +37,16 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, corrupt, or from another version."""
 
 
-def _state_classes() -> dict[str, type]:
-    """The classes a checkpoint may hold, by name (imported here, late, to keep the
-    strategy modules free of checkpoint concerns)."""
-    from asyncfl.strategies.apsb import WorkerTask
-    from asyncfl.strategies.buffer import DeltaBuffer
-    from asyncfl.strategies.dispatch import VersionStore
-    from asyncfl.strategies.recorder import RunRecorder, RunTotals
-    from asyncfl.strategies.server_optimizer import ServerOptimizer
-    from asyncfl.timing import TaskTiming, TrafficCounters
+#: the run-state classes a checkpoint may hold, by name: each registers itself (`state_class`)
+STATE_CLASSES: dict[str, type] = {}
 
-    classes = (WorkerTask, VersionStore, RunRecorder, RunTotals, TaskTiming, TrafficCounters,
-               DeltaBuffer, ServerOptimizer)
-    return {cls.__name__: cls for cls in classes}
+
+def state_class(cls: type) -> type:
+    """Class decorator: instances of `cls` may be saved in a checkpoint (as their fields) and
+    rebuilt from one. Only registered classes are ever built from a file."""
+    if STATE_CLASSES.setdefault(cls.__name__, cls) is not cls:
+        raise ValueError(f"two checkpoint state classes are named {cls.__name__!r}")
+    return cls
 
 
 class _Encoder:
@@ -56,7 +54,7 @@ class _Encoder:
 
     def __init__(self) -> None:
         self.arrays: dict[str, np.ndarray] = {}
-        self.classes = {cls: name for name, cls in _state_classes().items()}
+        self.classes = {cls: name for name, cls in STATE_CLASSES.items()}
 
     def array(self, value: np.ndarray) -> str:
         name = f"a{len(self.arrays)}"
@@ -97,7 +95,7 @@ class _Decoder:
 
     def __init__(self, arrays: dict[str, np.ndarray]) -> None:
         self.arrays = arrays
-        self.classes = _state_classes()
+        self.classes = STATE_CLASSES
 
     def decode(self, x: Any) -> Any:
         if isinstance(x, list):

@@ -4,6 +4,7 @@ their collaborators."""
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterable, Sequence
 from logging import INFO
@@ -18,22 +19,30 @@ from flwr.serverapp.strategy.strategy_utils import (
     log_strategy_start_info,
 )
 
-from asyncfl.protocol import ARRAYS, CONFIG, DELTA, LR, NUM_EXAMPLES, RETURN, WEIGHTS
-from asyncfl.strategies.async_runner import AsyncRule, AsyncRunner, clients_in_flight
-from asyncfl.strategies.checkpoint import Checkpointer
-from asyncfl.strategies.dispatch import Dispatcher, WholeTasks
-from asyncfl.strategies.evaluation import (
+from asyncfl.engine import (
+    Clock,
+    DelayModel,
+    EventLoop,
+    PhaseTimer,
+    WallClock,
+    arguments,
+    zero_delays,
+)
+from asyncfl.engine.async_runner import AsyncRule, AsyncRunner, clients_in_flight
+from asyncfl.engine.checkpoint import Checkpointer
+from asyncfl.engine.dispatch import Dispatcher, WholeTasks
+from asyncfl.engine.evaluation import (
     EvaluateFn,
     EvaluationSchedule,
     FederatedEvaluation,
     MetricsAggregationFn,
 )
-from asyncfl.strategies.guard import DEFAULT_MAX_FAULTS, ReplyGuard
-from asyncfl.strategies.nodes import NodeWatch, wait_for_nodes
-from asyncfl.strategies.recorder import RunRecorder
-from asyncfl.strategies.runner import RunParts
-from asyncfl.strategies.sync_runner import StepPlan, SyncRule, SyncRunner
-from asyncfl.timing import Clock, DelayModel, EventLoop, PhaseTimer, WallClock, zero_delays
+from asyncfl.engine.guard import DEFAULT_MAX_FAULTS, ReplyGuard
+from asyncfl.engine.nodes import NodeWatch, wait_for_nodes
+from asyncfl.engine.recorder import RunRecorder
+from asyncfl.engine.runner import Rule, RunParts
+from asyncfl.engine.sync_runner import StepPlan, SyncRule, SyncRunner
+from asyncfl.protocol import ARRAYS, CONFIG, LR, NUM_EXAMPLES, RETURN, WEIGHTS
 
 
 class AsyncflStrategy(Strategy):
@@ -94,11 +103,13 @@ class AsyncflStrategy(Strategy):
         phases: PhaseTimer | None = None,
         poll_interval: float = 0.01,
     ) -> None:
-        if not 0 <= fraction_evaluate <= 1:
-            raise ValueError(f"fraction_evaluate must be in [0, 1], got {fraction_evaluate}")
-        if min(min_evaluate_nodes, min_available_nodes) < 0:
-            raise ValueError(f"min_evaluate_nodes and min_available_nodes must be >= 0, got "
-                             f"{min_evaluate_nodes}, {min_available_nodes}")
+        fraction_evaluate = arguments.number("fraction_evaluate", fraction_evaluate,
+                                             "a number in [0, 1]", lambda x: 0 <= x <= 1)
+        min_evaluate_nodes = arguments.integer("min_evaluate_nodes", min_evaluate_nodes)
+        min_available_nodes = arguments.integer("min_available_nodes", min_available_nodes)
+        arguments.integer("seed", seed)
+        time_budget = arguments.non_negative("time_budget", time_budget)
+        poll_interval = arguments.positive("poll_interval", poll_interval)
         self.federated_evaluation = FederatedEvaluation(
             fraction_evaluate, min_evaluate_nodes, weighted_by_key, evaluate_metrics_aggr_fn,
             arrayrecord_key, configrecord_key)
@@ -156,7 +167,8 @@ class AsyncflStrategy(Strategy):
         return RunParts(
             name=type(self).__name__, loop=loop,
             dispatcher=dispatcher,
-            guard=self.guard, schedule=self.evaluation, checkpointer=self.checkpoints,
+            guard=copy.deepcopy(self.guard), schedule=copy.deepcopy(self.evaluation),
+            checkpointer=self.checkpoints,
             recorder=self.recorder, rng=np.random.default_rng([self.seed, self.rng_stream]),
             reply_kind=self.reply_kind, time_budget=self.time_budget,
             step_setting=self.step_setting, client_lr=client_lr,
@@ -164,6 +176,12 @@ class AsyncflStrategy(Strategy):
             train_metrics_aggr_fn=self.train_metrics_aggr_fn,
             nodes=NodeWatch(grid, node_ids, follow=not fixed),
             federated=self.federated_evaluation)
+
+    def new_rule(self, parts: RunParts | None = None) -> Rule:
+        """The algorithm's rule with fresh state: once at construction (without `parts`: it
+        checks the arguments), and anew at each `start`, where `parts` tells what the
+        defaults depend on (clients in flight, the clients' lr)."""
+        raise NotImplementedError
 
     def runner(self, parts: RunParts) -> SyncRunner | AsyncRunner:
         """The loop that drives this strategy's rule (sync rounds or the async loop)."""
@@ -185,7 +203,9 @@ class AsyncflStrategy(Strategy):
         time (`EventLoop.reply_timeout`), so a silent node never stalls a run for hours.
         `evaluate_config` goes with every federated evaluation (see `fraction_evaluate`)."""
         began = time.monotonic()
+        self.recorder = RunRecorder(self.clock.kind)  # per-run state: a second start is fresh
         parts = self.run_parts(grid, timeout, train_config, evaluate_config)
+        self.rule = self.new_rule(parts)
         runner = self.runner(parts)
         unit = "rounds" if isinstance(runner, SyncRunner) else "versions"
         log(INFO, "Starting %s for %d %s", type(self).__name__, num_rounds, unit)
@@ -236,25 +256,25 @@ class SyncStrategy(AsyncflStrategy):
 
     rng_stream = 3
     rule: SyncRule
-    #: a hook that chooses each client's local steps per round (ESync)
-    step_plan: StepPlan | None = None
 
     def __init__(self, fraction_train: float = 1.0, round_timeout: float = 0.0, *,
                  min_train_nodes: int = 2, **options) -> None:
         super().__init__(**options)
-        if not 0 < fraction_train <= 1:
-            raise ValueError(f"fraction_train must be in (0, 1], got {fraction_train}")
-        if round_timeout < 0:
-            raise ValueError(f"round_timeout must be >= 0 (0: none), got {round_timeout}")
-        if min_train_nodes < 1:
-            raise ValueError(f"min_train_nodes must be >= 1, got {min_train_nodes}")
+        fraction_train = arguments.number("fraction_train", fraction_train,
+                                          "a number in (0, 1]", lambda x: 0 < x <= 1)
+        round_timeout = arguments.non_negative("round_timeout", round_timeout)
+        min_train_nodes = arguments.integer("min_train_nodes", min_train_nodes, 1)
         self.fraction_train = fraction_train
         self.round_timeout = round_timeout
         self.min_train_nodes = min_train_nodes
 
+    def step_plan(self, parts: RunParts) -> StepPlan | None:
+        """A hook that chooses each client's local steps per round (ESync), made per run."""
+        return None
+
     def runner(self, parts: RunParts) -> SyncRunner:
         return SyncRunner(self.rule, parts, self.fraction_train, self.round_timeout,
-                          self.step_plan, self.min_train_nodes)
+                          self.step_plan(parts), self.min_train_nodes)
 
 
 class AsyncStrategy(AsyncflStrategy):
@@ -267,10 +287,8 @@ class AsyncStrategy(AsyncflStrategy):
 
     def __init__(self, concurrency: int = 0, retry_backoff: float = 2.0, **options) -> None:
         super().__init__(**options)
-        if concurrency < 0:
-            raise ValueError(f"concurrency must be >= 0 (0 = every client), got {concurrency}")
-        if retry_backoff < 0:
-            raise ValueError(f"retry_backoff must be >= 0 (0: retry at once), got {retry_backoff}")
+        concurrency = arguments.integer("concurrency (0: every client)", concurrency)
+        retry_backoff = arguments.non_negative("retry_backoff", retry_backoff)
         self.concurrency = concurrency
         self.retry_backoff = retry_backoff
 
@@ -286,32 +304,3 @@ class AsyncStrategy(AsyncflStrategy):
         return AsyncRunner(self.rule, parts, self.concurrency, self.retry_backoff,
                            self.tasks(parts))
 
-
-class BufferedStrategy(AsyncStrategy):
-    """An asynchronous strategy whose rule takes client deltas in a buffer of K and steps
-    through a `ServerOptimizer` (FedBuff, CA2FL, FedStaleWeight, FADAS). `client_returns`:
-    `delta`, or `weights` from any ClientApp that follows Flower's FedAvg contract (the server
-    then computes each delta from the version the client started from).
-
-    Without a server step of the user's (no `server_lr`, no `server_optimizer`), a plain sgd
-    step takes gamma = min(1, K / M) for M clients in flight, as the app's `server-lr` = 0
-    does: staleness is about M / K, and M / K steps of K / M move the model as one
-    synchronous average of the same updates would."""
-
-    step_setting = "server_lr (run config: server-lr)"
-    #: whether the user chose no server step (see the class docstring); set by the faces
-    default_step = False
-
-    def __init__(self, concurrency: int = 0, *, client_returns: str = WEIGHTS,
-                 **options) -> None:
-        super().__init__(concurrency, **options)
-        if client_returns not in (WEIGHTS, DELTA):
-            raise ValueError(f"client_returns must be 'weights' or 'delta', got "
-                             f"{client_returns!r}")
-        self.reply_kind = client_returns
-
-    def runner(self, parts: RunParts) -> AsyncRunner:
-        optimizer = self.rule.optimizer
-        if self.default_step and optimizer.name == "sgd":
-            optimizer.lr = min(1.0, self.rule.buffer_size / self.in_flight(parts))
-        return super().runner(parts)

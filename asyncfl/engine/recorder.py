@@ -13,8 +13,9 @@ from flwr.app import MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp.strategy import Result
 
+from asyncfl.engine import Completion, TrafficCounters
+from asyncfl.engine.checkpoint import state_class
 from asyncfl.protocol import NUM_EXAMPLES, TRAIN_LOSS
-from asyncfl.timing import Completion, TrafficCounters
 
 EVENT_COLUMNS = (
     "version_apply", "version_dispatch", "staleness", "client", "virtual_time", "wall_time",
@@ -26,6 +27,7 @@ EVENT_COLUMNS = (
 PROGRESS_SECONDS = 5.0
 
 
+@state_class
 @dataclass
 class RunTotals:
     """A finished run's clocks and traffic: `traffic` is what crossed the Grid, `algorithm`
@@ -40,6 +42,7 @@ class RunTotals:
     versions_kept_peak: int = 0
 
 
+@state_class
 @dataclass
 class RunRecorder:
     """Rows for events.csv and evals.csv, skip counts by reason, and per-run tables (written
