@@ -156,7 +156,8 @@ class AsyncflStrategy(Strategy):
         if len(delays.step_times) < len(node_ids):
             raise ValueError(f"the delay model covers {len(delays.step_times)} clients, "
                              f"but there are {len(node_ids)} nodes")
-        loop = EventLoop(grid, self.clock, delays, self.poll_interval, timeout,
+        clock = type(self.clock)()  # each run's time starts at 0
+        loop = EventLoop(grid, clock, delays, self.poll_interval, timeout,
                          phases=self.phases)
         settings = {**(dict(train_config) if train_config is not None else {}),
                     **self.fixed_train_config, RETURN: self.reply_kind}

@@ -289,10 +289,9 @@ class ServerStep:
 
     def __init__(self, server_optimizer: ServerOptimizer | str | None,
                  server_lr: float | None, server_momentum: float, default: str = "sgd") -> None:
-        if server_lr is not None and (isinstance(server_lr, bool) or not isinstance(
-                server_lr, (int, float)) or not 0 < server_lr < math.inf):
-            raise ValueError(f"server_lr must be None (the default step) or a number > 0, "
-                             f"got {server_lr!r}")
+        server_lr = arguments.optional_positive("server_lr", server_lr)
+        server_momentum = arguments.number("server_momentum", server_momentum,
+                                           "a number in [0, 1)", lambda x: 0 <= x < 1)
         if isinstance(server_optimizer, ServerOptimizer):
             if server_lr is not None or server_momentum != 0.0:
                 raise ValueError("give server_lr and server_momentum to the ServerOptimizer "

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from asyncfl.tasks.base import Task, TrainOutcome, TrainSettings
+from asyncfl.tasks.base import MODEL_CALLABLE, Task, TrainOutcome, TrainSettings
 
 if TYPE_CHECKING:  # images imports datasets and PIL: only image tasks pay for them
     from asyncfl.tasks.images import ImageSource
@@ -22,8 +21,6 @@ TASK_NAMES = ("digits", "mean", "synthetic", *IMAGE_TASKS)
 MODEL_TASKS = ("digits", *IMAGE_TASKS)
 #: `model` names of the built-in models (tasks/models.py), besides "auto"
 BUILTIN_MODEL_NAMES = ("small-cnn", "small-cnn-bn", "mnist-cnn", "resnet18")
-#: what a `model` setting naming the user's own model looks like: "module:callable"
-MODEL_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 @dataclass(frozen=True)

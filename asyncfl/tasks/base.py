@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+
+#: what a `model` setting naming the user's own model looks like: "module:callable"
+MODEL_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 RETURN_KINDS = ("weights", "delta", "gradient")
 DEVICES = ("cpu", "cuda", "auto")

@@ -14,7 +14,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from asyncfl.tasks import MODEL_CALLABLE
+from asyncfl.tasks.base import MODEL_CALLABLE
 
 Shape = tuple[int, int, int]
 ModelBuilder = Callable[[Shape, int], nn.Module]

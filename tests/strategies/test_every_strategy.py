@@ -1,0 +1,136 @@
+"""What holds for every registered strategy: its arguments are documented with their defaults,
+its examples run, bad arguments fail at construction naming the argument, and a second
+`start()` on the same object runs afresh."""
+
+import doctest
+import importlib
+import inspect
+import math
+import re
+
+import numpy as np
+import pytest
+
+import asyncfl.strategies.blocks
+from asyncfl.client_app import app
+from asyncfl.config import validate_run_config
+from asyncfl.engine import DelayModel, VirtualClock
+from asyncfl.protocol import arrays_to_record, record_to_arrays
+from asyncfl.runtime.inline import InlineGrid
+from asyncfl.server_app import train_config
+from asyncfl.strategies import REGISTRY
+from asyncfl.tasks import load_task
+
+NAMES = sorted(REGISTRY)
+
+
+def own_parameters(cls) -> list[inspect.Parameter]:
+    return [p for p in inspect.signature(cls.__init__).parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_argument_is_documented_with_its_default(name):
+    cls = REGISTRY[name].cls
+    doc = inspect.getdoc(cls) or ""
+    assert "Args:" in doc and "Example:" in doc, f"{cls.__name__}: no Args: or Example: section"
+    args = doc.split("Args:", 1)[1].split("Example:", 1)[0]
+    for parameter in own_parameters(cls):
+        entry = re.search(rf"^( +){parameter.name}: (.*?)(?=^\1\S|\Z)", args, re.S | re.M)
+        assert entry, f"{cls.__name__}: argument {parameter.name} is not in Args:"
+        default = parameter.default
+        shown = {repr(default), f'"{default}"'} if isinstance(default, str) else {repr(default)}
+        assert any(f"Default: {s}." in " ".join(entry.group(2).split()) for s in shown), (
+            f"{cls.__name__}: {parameter.name}'s entry does not state Default: {default!r}")
+
+
+MODULES = sorted({REGISTRY[name].cls.__module__ for name in NAMES} | {"asyncfl.strategies.blocks"})
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_the_examples_run(module):
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+    if module != asyncfl.strategies.blocks.__name__:
+        assert result.attempted > 0, f"{module} has no example"
+
+
+#: bad values per kind of argument (by its default), each must raise naming the argument
+BAD_BY_NAME = {
+    "server_lr": [0.0, -1.0, "0.1", math.inf],
+    "staleness": ["bogus", 3],
+    "server_optimizer": ["nope", 3],
+    "client_returns": ["gradient", "bogus"],
+}
+
+
+def bad_values(parameter: inspect.Parameter) -> list:
+    if parameter.name in BAD_BY_NAME:
+        return BAD_BY_NAME[parameter.name]
+    default = parameter.default
+    if isinstance(default, bool):
+        return ["yes"]
+    if isinstance(default, int):
+        return [2.5, -1, "3"]
+    if isinstance(default, float):
+        return [-1.0, math.nan, "1"]
+    raise AssertionError(f"no bad values for {parameter.name} = {default!r}")
+
+
+CASES = [(name, p.name, bad) for name in NAMES for p in own_parameters(REGISTRY[name].cls)
+         for bad in bad_values(p)]
+
+
+@pytest.mark.parametrize(("name", "argument", "bad"), CASES)
+def test_a_bad_argument_fails_at_construction_naming_it(name, argument, bad):
+    with pytest.raises((TypeError, ValueError), match=argument):
+        REGISTRY[name].cls(**{argument: bad})
+
+
+@pytest.mark.parametrize(("argument", "bad"), [
+    ("fraction_evaluate", 1.5), ("min_evaluate_nodes", 2.5), ("min_available_nodes", -1),
+    ("time_budget", -1.0), ("seed", 0.5), ("poll_interval", 0.0), ("retry_backoff", -1.0),
+])
+def test_the_common_arguments_are_checked_too(argument, bad):
+    with pytest.raises((TypeError, ValueError), match=argument):
+        REGISTRY["fedbuff"].cls(**{argument: bad})
+
+
+def test_the_issue_examples_fail_at_construction():
+    fedbuff = REGISTRY["fedbuff"].cls
+    for kwargs, argument in [({"server_lr": 0.0}, "server_lr"), ({"staleness": "bogus"},
+                             "staleness"), ({"server_optimizer": "nope"}, "server_optimizer"),
+                             ({"buffer_size": 2.5}, "buffer_size")]:
+        with pytest.raises((TypeError, ValueError), match=argument):
+            fedbuff(**kwargs)
+    assert fedbuff(staleness="polynomial").staleness(3) == 0.5  # a documented name
+    assert fedbuff(server_optimizer="adam").new_rule().optimizer.name == "adam"
+
+
+def start(strategy, config, task, grid):
+    initial = arrays_to_record(task.initial_arrays(0))
+    return strategy.start(grid, initial, num_rounds=4, train_config=train_config(config))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_second_start_runs_afresh(name):
+    """Two starts of one object give the same model, events and totals as each other."""
+    settings = {"strategy": name, "num-clients": 4, "local-steps": 2, "batch-size": 16,
+                "concurrency": 3, "buffer-size": 2}
+    if name == "running-mean":
+        settings["task"] = "mean"
+    config = validate_run_config(settings)
+    task = load_task(config)
+    registered = REGISTRY[name]
+    strategy = registered.cls(clock=VirtualClock(), delays=DelayModel(np.array([1, 1.3, 2, 3.5])),
+                              seed=3, **registered.settings(config))
+    runs = []
+    for _ in range(2):
+        result = start(strategy, config, task, InlineGrid(app, config, 4))
+        runs.append((record_to_arrays(result.arrays), strategy.recorder.events,
+                     strategy.recorder.totals))
+    (first, events_a, totals_a), (second, events_b, totals_b) = runs
+    assert events_a and [(e["client"], e["version_apply"]) for e in events_a] == [
+        (e["client"], e["version_apply"]) for e in events_b]
+    assert all(np.array_equal(first[k], second[k]) for k in first)
+    assert totals_a.virtual_time == totals_b.virtual_time
