@@ -52,17 +52,21 @@ from asyncfl.config import (
     check_local_files,
     validate_run_config,
 )
-from asyncfl.plots import plot_comparison
+from asyncfl.plots import plot_comparison, read_csv
 from asyncfl.results import (
     check_output_dir,
     claim_run_dir,
     default_run_name,
     find_launched_run,
     run_dir,
+    time_to_target,
+    write_table,
 )
 
 CONNECTION = "asyncfl-local"
 DEFAULT_COMPARISON = "fedavg,fedbuff"  # the main job: synchronous against asynchronous
+COMPARISON_COLUMNS = ("strategy", "run", "final_accuracy", "virtual_time_s", "time_to_target_s",
+                      "speedup")
 #: the ServerApp's log lines that move the bar: the start (how many versions or rounds), the
 #: periodic progress line, each evaluation and the closing summary
 STARTED_LINE = re.compile(r"Starting \w+ for (\d+) (round|version)s")
@@ -384,7 +388,32 @@ def compare_runs(outs: list[Path], overrides: dict) -> Path:
     """comparison.png and comparison.md/.csv of finished runs, in a folder of their own."""
     names = "-".join(json.loads((out / "config.json").read_text())["strategy"] for out in outs)
     config = validate_run_config({**overrides, "run-name": f"compare-{names}"})
-    return plot_comparison(outs, claim_run_dir(config))
+    return write_comparison(outs, claim_run_dir(config))
+
+
+def write_comparison(outs: list[Path], dest: Path) -> Path:
+    """comparison.png (`plot_comparison`: test accuracy against virtual time, each run marked
+    where it first reaches the first run's `target-accuracy`) and comparison.md / .csv: final
+    accuracy, virtual time, time to that target and the speed-up over the first run."""
+    runs, configs = [], []
+    for out in map(Path, outs):
+        configs.append(json.loads((out / "config.json").read_text()))
+        runs.append((configs[-1]["strategy"], out, read_csv(out / "evals.csv")))
+    reference = configs[0]["target-accuracy"]
+    reached = [time_to_target(evals, reference) for _, _, evals in runs]
+    reference_time = reached[0]
+    path = plot_comparison([(strategy, evals, when) for (strategy, _, evals), when
+                            in zip(runs, reached, strict=True)], reference, dest)
+    rows = []
+    for (strategy, out, evals), when in zip(runs, reached, strict=True):
+        rows.append({"strategy": strategy, "run": out.name,
+                     "final_accuracy": round(evals[-1]["accuracy"], 4),
+                     "virtual_time_s": round(evals[-1]["virtual_time"], 2),
+                     "time_to_target_s": "" if when is None else round(when, 2),
+                     "speedup": "" if None in (when, reference_time) or not when else
+                     round(reference_time / when, 1)})
+    write_table(Path(dest) / "comparison", rows, COMPARISON_COLUMNS)
+    return path
 
 
 class Stopped(Exception):
