@@ -7,12 +7,12 @@ from flwr.clientapp import ClientApp
 
 import asyncfl
 from asyncfl.config import validate_run_config
-from asyncfl.runtime.inline import InlineGrid
 from asyncfl.server_app import make_delays
 from asyncfl.strategies import FedAsync, FedBuff, constant, hinge, polynomial
 from asyncfl.strategies.utils import task_seed
 from asyncfl.tasks import TrainSettings, load_task
 from asyncfl.timing import DelayModel, VirtualClock
+from asyncfl.tools.inline import InlineGrid
 from tests.helpers import read_rows
 
 

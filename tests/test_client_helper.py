@@ -50,9 +50,9 @@ from asyncfl.protocol import (
     record_to_arrays,
     reply_kind,
 )
-from asyncfl.runtime.inline import InlineGrid
 from asyncfl.strategies import ALSGD, APSB, ASGD, Checkpointer, ESync, FedBuff
 from asyncfl.timing import DelayModel, VirtualClock
+from asyncfl.tools.inline import InlineGrid
 from tests.test_strategy_core import imported_modules
 
 # ---- the user's side: data, model, a quickstart-style training with the helper -----------

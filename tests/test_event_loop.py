@@ -5,10 +5,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from asyncfl.protocol import train_instruction
-from asyncfl.runtime.inline import InlineGrid
 from asyncfl.strategies import FedAvg
 from asyncfl.timing import DelayModel, EventLoop, VirtualClock, WallClock
 from asyncfl.timing.event_loop import MIN_REPLY_TIMEOUT, REPLY_TIMEOUT_FACTOR
+from asyncfl.tools.inline import InlineGrid
 
 plain_app = ClientApp()
 CONFIG = ConfigRecord({"lr": 0.1})

@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 import asyncfl
 from asyncfl.client_app import _faulty_clients
 from asyncfl.config import DEFAULTS, SETTINGS_BY_KEY, ConfigError, validate_run_config
-from asyncfl.runtime.inline import InlineGrid
 from asyncfl.strategies import FedAvg, NoClientLeftError, ReplyGuard
 from asyncfl.strategies.dispatch import MAX_BACKOFF, backoff_seconds
 from asyncfl.strategies.utils import check_reply, update_norm, weighted_average
 from asyncfl.timing import event_loop
+from asyncfl.tools.inline import InlineGrid
 from tests.helpers import read_rows
 from tests.test_async_strategies import plain_app
 

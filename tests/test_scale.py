@@ -3,9 +3,9 @@
 import numpy as np
 from flwr.app import ArrayRecord
 
-from asyncfl.runtime.inline import InlineGrid
 from asyncfl.strategies import FedBuff, RunningMean
 from asyncfl.timing import DelayModel, VirtualClock
+from asyncfl.tools.inline import InlineGrid
 from tests.test_async_strategies import plain_app
 
 

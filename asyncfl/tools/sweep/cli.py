@@ -204,7 +204,7 @@ def plan(points: Sequence[Point], seeds: Sequence[int], fixed: Mapping[str, Any]
 def run_one(overrides: Mapping[str, Any]) -> dict[str, Any]:
     """One run of a sweep, in whichever process or Ray worker runs it: its metrics, accuracy
     curve and results folder, or its error (a failed run never raises out of here)."""
-    from asyncfl.runtime.inline import simulate
+    from asyncfl.tools.inline import simulate
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     start = time.perf_counter()
@@ -256,7 +256,7 @@ def run_ray(todo: Sequence[Run], address: str) -> Iterator[Outcome]:
     finish. The workers import asyncfl from where this process does (or their own install)."""
     import ray
 
-    package_root = str(Path(__file__).resolve().parents[1])
+    package_root = str(Path(__file__).resolve().parents[3])
     ray.init(address=address, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": package_root}})
     try:
@@ -532,7 +532,7 @@ def write_interval_table(stem: Path, rows: Sequence[Mapping[str, Any]],
 
 
 def main(argv: list[str] | None = None) -> int:
-    from asyncfl.runtime.flower_run import parse_run_config
+    from asyncfl.tools.flower_launcher import parse_run_config
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--grid", default="",
