@@ -21,13 +21,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from asyncfl.tools.sweep.cli import (
-    Point,
-    SweepResult,
-    add_sweep_arguments,
-    sweep_from_args,
-    write_interval_table,
-)
+from asyncfl.tools.sweep.cli import add_sweep_arguments, sweep_from_args
+from asyncfl.tools.sweep.execute import SweepResult
+from asyncfl.tools.sweep.grid import Point
+from asyncfl.tools.sweep.statistics import write_interval_table
 
 SPEEDS = "1,1.25,1.5,2,2.5,3,4,6"
 POSTER_K8 = {"mnist": {"apsb": 98.9, "lsgd": 99.2, "alsgd": 96.7},

@@ -28,12 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from asyncfl.tools.sweep.cli import (
-    Point,
-    add_sweep_arguments,
-    sweep_from_args,
-    write_interval_table,
-)
+from asyncfl.tools.sweep.cli import add_sweep_arguments, sweep_from_args
+from asyncfl.tools.sweep.grid import Point
+from asyncfl.tools.sweep.statistics import write_interval_table
 
 RUNS = {
     "esync": {"strategy": "esync"},

@@ -21,12 +21,9 @@ import math
 import shutil
 from pathlib import Path
 
-from asyncfl.tools.sweep.cli import (
-    Point,
-    add_sweep_arguments,
-    sweep_from_args,
-    write_interval_table,
-)
+from asyncfl.tools.sweep.cli import add_sweep_arguments, sweep_from_args
+from asyncfl.tools.sweep.grid import Point
+from asyncfl.tools.sweep.statistics import write_interval_table
 
 TASK = {"task": "digits", "num-clients": 50, "partition": "dirichlet", "alpha": 0.5,
         "delay-dist": "exponential", "delay-mean": 1.0}

@@ -31,14 +31,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from asyncfl.tools.sweep.cli import (  # noqa: E402
-    Point,
-    SweepResult,
-    add_sweep_arguments,
-    plot_band,
-    sweep_from_args,
-    write_interval_table,
-)
+from asyncfl.tools.sweep.cli import add_sweep_arguments, sweep_from_args  # noqa: E402
+from asyncfl.tools.sweep.execute import SweepResult  # noqa: E402
+from asyncfl.tools.sweep.figures import plot_band  # noqa: E402
+from asyncfl.tools.sweep.grid import Point  # noqa: E402
+from asyncfl.tools.sweep.statistics import write_interval_table  # noqa: E402
 
 STRATEGIES = {
     "fedavg": {"strategy": "fedavg"},

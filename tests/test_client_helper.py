@@ -360,7 +360,7 @@ def test_segments_keep_the_gradient_and_adopt_a_new_model():
 def test_the_helper_imports_no_strategy_timing_or_runtime_code():
     modules = imported_modules(Path(asyncfl.client.__file__))
     assert not {m for m in modules
-                if m.startswith(("asyncfl.strategies", "asyncfl.timing", "asyncfl.runtime"))}
+                if m.startswith(("asyncfl.strategies", "asyncfl.timing", "asyncfl.tools"))}
 
 
 def readme_blocks() -> list[str]:

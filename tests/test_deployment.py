@@ -7,7 +7,7 @@ import time
 import pytest
 
 from asyncfl.tools.deploy import Deployment
-from asyncfl.tools.flower_launcher import group_members
+from asyncfl.tools.processes import group_members
 from tests.helpers import read_rows
 
 pytestmark = pytest.mark.slow  # a real SuperLink and SuperNodes

@@ -14,16 +14,14 @@ import pytest
 
 import asyncfl
 from asyncfl.results import find_launched_run
-from asyncfl.tools.flower_launcher import (
-    CONNECTION,
+from asyncfl.tools.processes import (
     descendant_groups,
-    flower_executable,
     group_members,
     live_processes,
-    local_superlink,
     process_stat,
     stop_process_group,
 )
+from asyncfl.tools.superlink import CONNECTION, flower_executable, local_superlink
 from tests.helpers import read_rows
 
 pytestmark = pytest.mark.slow  # Flower's SuperLink and simulation engine

@@ -35,7 +35,9 @@ from asyncfl.config import (
 from asyncfl.results import claim_run_dir, find_launched_run
 from asyncfl.strategies import STRATEGIES, DivergenceError
 from asyncfl.tasks import load_task
-from asyncfl.tools.flower_launcher import flower_executable, follow_output, main, parse_run_config
+from asyncfl.tools.flower_launcher import follow_output, main
+from asyncfl.tools.run_config import parse_run_config
+from asyncfl.tools.superlink import flower_executable
 from tests.helpers import read_rows
 
 FLOAT_KEYS = [s.key for s in SETTINGS if s.type is float]

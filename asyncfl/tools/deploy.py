@@ -30,16 +30,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from asyncfl.tools.flower_launcher import (
-    flower_env,
-    flower_executable,
+from asyncfl.tools.processes import free_port, stop_process_group
+from asyncfl.tools.run_config import (
     format_run_config,
-    free_port,
     parse_run_config,
     resolve_run,
-    stop_process_group,
     written_results,
 )
+from asyncfl.tools.superlink import flower_env, flower_executable
 
 ROOT = Path(__file__).resolve().parents[2]
 CONNECTION = "asyncfl-deploy"

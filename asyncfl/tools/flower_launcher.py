@@ -28,42 +28,27 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-import tomllib
-from collections.abc import Iterable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
-from uuid import uuid4
 
-import httpx
-from flwr.common.config import parse_config_args
 from tqdm import tqdm
 
-from asyncfl.config import (
-    SIMULATED_CLIENTS,
-    ConfigError,
-    check_local_files,
-    validate_run_config,
-)
+from asyncfl.config import SIMULATED_CLIENTS, ConfigError, validate_run_config
 from asyncfl.plots import plot_comparison, read_csv
-from asyncfl.results import (
-    check_output_dir,
-    claim_run_dir,
-    default_run_name,
-    find_launched_run,
-    run_dir,
-    time_to_target,
-    write_table,
+from asyncfl.results import claim_run_dir, time_to_target, write_table
+from asyncfl.tools.processes import stop_process_group
+from asyncfl.tools.run_config import (
+    format_run_config,
+    parse_run_config,
+    resolve_run,
+    written_results,
 )
+from asyncfl.tools.superlink import CONNECTION, flower_executable, local_superlink
 
-CONNECTION = "asyncfl-local"
 DEFAULT_COMPARISON = "fedavg,fedbuff"  # the main job: synchronous against asynchronous
 COMPARISON_COLUMNS = ("strategy", "run", "final_accuracy", "virtual_time_s", "time_to_target_s",
                       "speedup")
@@ -73,260 +58,6 @@ STARTED_LINE = re.compile(r"Starting \w+ for (\d+) (round|version)s")
 PROGRESS_LINE = re.compile(r"progress: version (\d+)/(\d+)")
 EVALUATED_LINE = re.compile(r"\bversion (\d+) \| (?:virtual|wall) ")
 FINISHED_LINE = re.compile(r" finished in [\d.]+ s[^:]*: (\d+) (?:round|version)s")
-STARTUP_SECONDS = 30.0
-STOP_SECONDS = 15.0
-
-
-def flower_executable(name: str) -> str:
-    """A Flower executable (`flwr`, `flower-superlink`, ...) next to the running interpreter,
-    so `.venv/bin/python -m ...` works without an activated venv; else the one on PATH."""
-    beside = Path(sys.executable).parent / name
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which(name)
-    if found is None:
-        raise RuntimeError(f"{name} not found next to {sys.executable} or on PATH; install "
-                           "flwr[simulation] into this interpreter's environment")
-    return found
-
-
-def flower_env(home: Path, ray_address: str = "") -> dict[str, str]:
-    """The environment for Flower processes: their own FLWR_HOME, no update check or
-    dependency installation, and the interpreter's folder first on PATH (the SuperLink starts
-    `flower-superexec` and `flwr-simulation` by name). RAY_ADDRESS is `ray_address` or unset:
-    the simulation engine's `ray.init` joins that cluster, else starts a Ray of its own."""
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PATH": path,
-           "RAY_ADDRESS": ray_address}
-    if not ray_address:
-        del env["RAY_ADDRESS"]
-    return env
-
-
-TOKEN = re.compile(r"""(\S+?)=('[^']*'|"[^"]*"|\S+)""")
-
-
-def parse_run_config(text: str) -> dict:
-    """`--run-config` text as flwr reads it (`k=v` pairs, TOML values, or one .toml file),
-    except that anything that is not a `k=v` pair is an error naming it, where flwr drops it
-    silently (`"lr =0.1"` would run with the default lr)."""
-    text = text.strip()
-    if not text:
-        return {}
-    if text.endswith(".toml") and "=" not in text:
-        return parse_config_args([text])
-    pairs, position = [], 0
-    for match in TOKEN.finditer(text):
-        stray = text[position:match.start()].strip()
-        if stray:
-            break
-        pairs.append(match.groups())
-        position = match.end()
-    else:
-        stray = text[position:].strip()
-    if stray:
-        raise ConfigError(f"--run-config: cannot read {stray.split()[0]!r} in {text!r}; write "
-                          "space-separated key=value pairs with no space around '=', strings "
-                          "quoted (strategy='fedbuff' num-clients=10)")
-    overrides = {}
-    for key, value in pairs:
-        try:
-            overrides[key] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            raise ConfigError(f"--run-config: {key}={value} is not a TOML value (numbers, "
-                              "true/false, or a quoted string)") from None
-    return overrides
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def format_run_config(overrides: dict) -> str:
-    """A dict back into flwr's `--run-config` syntax."""
-    def value(v: object) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        return repr(v)
-
-    return " ".join(f"{k}={value(v)}" for k, v in overrides.items())
-
-
-def start_superlink(home: Path, app_dir: Path, env: dict) -> tuple[subprocess.Popen, int]:
-    """Start a simulation SuperLink in its own process group; return it and its API port."""
-    api_port, control_port, fleet_port = free_port(), free_port(), free_port()
-    command = [
-        flower_executable("flower-superlink"), "--insecure", "--simulation",
-        "--disable-runtime-dependency-installation",
-        "--host", "127.0.0.1", "--port", str(api_port),
-        "--control-api-address", f"127.0.0.1:{control_port}",
-        "--fleet-api-address", f"127.0.0.1:{fleet_port}",
-        "--log-file", str(home / "superlink.log"),
-    ]
-    process = subprocess.Popen(command, env=env, cwd=app_dir, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"flower-superlink exited with code {process.returncode}; "
-                                   f"see {home / 'superlink.log'}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=0.5).is_success:
-                    return process, api_port
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"flower-superlink did not start within {STARTUP_SECONDS:.0f} s")
-    except BaseException:  # a failed start, or SIGTERM / SIGINT meanwhile
-        stop_process_group(process)
-        raise
-
-
-@contextmanager
-def local_superlink(app_dir: Path, ray_address: str = "",
-                    ) -> Iterator[tuple[subprocess.Popen, dict]]:
-    """A private simulation SuperLink with its own FLWR_HOME and `asyncfl-local` connection
-    (its simulations on the Ray cluster at `ray_address`, if given); yields the process and
-    the environment for `flwr`; stops it by PID on exit."""
-    home = Path(tempfile.mkdtemp(prefix="asyncfl-flwr-"))
-    env = flower_env(home, ray_address)
-    superlink = None
-    try:
-        superlink, api_port = start_superlink(home, app_dir, env)
-        (home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{api_port}"\ninsecure = true\n'
-        )
-        yield superlink, env
-    finally:
-        if superlink is not None:
-            stop_process_group(superlink)
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def process_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, parent PID, process group) of a process from /proc, or None if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the fields after the command name (which may hold spaces and parentheses)
-    state, ppid, pgrp = stat[stat.rindex(")") + 2:].split()[:3]
-    return state, int(ppid), int(pgrp)
-
-
-def live_processes() -> dict[int, tuple[str, int, int]]:
-    """PID -> (state, parent PID, process group) of every process in /proc."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return {}
-    found = {}
-    for entry in proc.iterdir():
-        stat = process_stat(int(entry.name)) if entry.name.isdigit() else None
-        if stat is not None:
-            found[int(entry.name)] = stat
-    return found
-
-
-def group_members(pgid: int) -> list[int]:
-    """PIDs of the live processes in process group `pgid`.
-
-    Zombies do not count: a killed child reparented to PID 1 stays a zombie until PID 1 reaps
-    it, which some container inits never do. Without /proc, any member (zombie or not) counts.
-    """
-    if not Path("/proc").is_dir():
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return []
-        return [pgid]
-    return [pid for pid, (state, _, pgrp) in live_processes().items()
-            if pgrp == pgid and state not in ("Z", "X")]
-
-
-def descendant_groups(pid: int) -> list[int]:
-    """The process groups of `pid` and of every live descendant, `pid`'s own first.
-
-    Flower starts SuperExec in a session of its own (and SuperExec the ServerApp or the
-    simulation), so the SuperLink's group alone does not hold everything it started."""
-    processes = live_processes()
-    children: dict[int, list[int]] = {}
-    for child, (_, parent, _) in processes.items():
-        children.setdefault(parent, []).append(child)
-    groups, todo = [os.getpgid(pid)] if pid in processes else [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            todo.append(child)
-            if processes[child][2] not in groups and processes[child][0] not in ("Z", "X"):
-                groups.append(processes[child][2])
-    own = os.getpgrp()
-    return [g for g in groups if g != own]
-
-
-def wait_groups_gone(groups: list[int], seconds: float) -> bool:
-    """Poll until no live process is left in any of `groups`; whether that happened in time."""
-    deadline = time.monotonic() + seconds
-    while any(group_members(g) for g in groups):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
-def stop_process_group(process: subprocess.Popen) -> None:
-    """SIGTERM the process group led by `process` (by its PID) and the groups its
-    descendants opened, SIGKILL what lingers, and wait until every process of those groups is
-    gone (the leader reaped)."""
-    groups = descendant_groups(process.pid) or [process.pid]
-    for sig, wait in ((signal.SIGTERM, STOP_SECONDS), (signal.SIGKILL, 5.0)):
-        for group in groups:
-            try:
-                os.killpg(group, sig)
-            except ProcessLookupError:
-                pass
-        if wait_groups_gone(groups, wait):
-            break
-    try:
-        process.wait(timeout=5.0)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"process {process.pid} survived SIGKILL") from None
-
-
-def resolve_run(overrides: dict) -> tuple[dict, dict]:
-    """The overrides with a run-name, a fresh launch-id and absolute paths filled in, and
-    the validated config; the trace file and the output folder checked before anything starts.
-    The ServerApp creates the results folder (run-name, or run-name-2, ... if taken) and
-    records the launch-id in its config.json, which is how `written_results` finds it."""
-    overrides = dict(overrides)
-    config = validate_run_config(overrides)
-    if not config["run-name"]:
-        overrides["run-name"] = config["run-name"] = default_run_name(config)
-    overrides["launch-id"] = config["launch-id"] = uuid4().hex
-    # the ServerApp runs in another process, maybe in another folder: paths become absolute
-    for key in ("output-dir", "delay-trace"):
-        if config[key] and not Path(config[key]).is_absolute():
-            overrides[key] = config[key] = str(Path.cwd() / config[key])
-    dataset = Path(config["dataset"]).expanduser()
-    if config["dataset"] and dataset.exists():  # a local path (a hub id stays as it is)
-        overrides["dataset"] = config["dataset"] = str(dataset.resolve())
-    check_local_files(config)
-    check_output_dir(config)
-    return overrides, config
-
-
-def written_results(config: dict, hint: str = "") -> Path:
-    """The results folder this launch's ServerApp wrote, or RuntimeError if it wrote none."""
-    out = find_launched_run(config)
-    if out is None:
-        raise RuntimeError(f"the run wrote no results to {run_dir(config)}{hint}")
-    return out
 
 
 def run_flower(overrides: dict, app_dir: Path, cpus_per_client: int = 1,
