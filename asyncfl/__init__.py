@@ -7,21 +7,21 @@ from typing import TYPE_CHECKING
 from asyncfl.config import ConfigError
 
 if TYPE_CHECKING:
-    from asyncfl.runtime.inline import SimulationResult
+    from asyncfl.tools.inline import SimulationResult
 
 __version__ = "0.1.0"
 
 
 def simulate(**kwargs) -> SimulationResult:
-    """Run a whole federated run (see `asyncfl.runtime.inline.simulate`)."""
-    from asyncfl.runtime.inline import simulate as run
+    """Run a whole federated run (see `asyncfl.tools.inline.simulate`)."""
+    from asyncfl.tools.inline import simulate as run
 
     return run(**kwargs)
 
 
 def __getattr__(name: str):
     if name == "SimulationResult":
-        from asyncfl.runtime.inline import SimulationResult
+        from asyncfl.tools.inline import SimulationResult
 
         return SimulationResult
     raise AttributeError(name)

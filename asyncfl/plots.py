@@ -1,20 +1,17 @@
-"""Figures from a results folder."""
+"""Figures from a results folder (it imports nothing of asyncfl's: `results` draws `plot_run`
+when it writes a folder, so the imports go one way)."""
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
-from asyncfl.results import time_to_target, write_table  # noqa: E402
-
-COMPARISON_COLUMNS = ("strategy", "run", "final_accuracy", "virtual_time_s", "time_to_target_s",
-                      "speedup")
 
 
 def read_csv(path: Path) -> list[dict[str, float]]:
@@ -47,33 +44,20 @@ def plot_run(out: Path) -> Path:
     return path
 
 
-def plot_comparison(outs: list[Path], dest: Path) -> Path:
-    """comparison.png: test accuracy of several runs against virtual time, each marked where
-    it first reaches the first run's `target-accuracy`; comparison.md / .csv: final accuracy,
-    virtual time, time to the target and the speed-up over the first run."""
-    runs, configs = [], []
-    for out in map(Path, outs):
-        configs.append(json.loads((out / "config.json").read_text()))
-        runs.append((configs[-1]["strategy"], out, read_csv(out / "evals.csv")))
-    reference = configs[0]["target-accuracy"]
-    reference_time = time_to_target(runs[0][2], reference)
+def plot_comparison(runs: Sequence[tuple[str, Sequence[Mapping[str, float]], float | None]],
+                    reference: float, dest: Path) -> Path:
+    """comparison.png: test accuracy of several runs, each (strategy, its evals, the virtual
+    time it first reaches `reference` accuracy or None), against virtual time, each marked
+    where it reaches `reference`."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    rows = []
-    for strategy, out, evals in runs:
-        reached = time_to_target(evals, reference)
+    for strategy, evals, reached in runs:
         times = [r["virtual_time"] for r in evals]
         line, = ax.plot(times, [r["accuracy"] for r in evals], marker="o", ms=3,
                         label=strategy if reached is None else f"{strategy}: {reached:.3g} s")
         if reached is not None:
             ax.axvline(reached, color=line.get_color(), ls=":", lw=1)
-        rows.append({"strategy": strategy, "run": out.name,
-                     "final_accuracy": round(evals[-1]["accuracy"], 4),
-                     "virtual_time_s": round(times[-1], 2),
-                     "time_to_target_s": "" if reached is None else round(reached, 2),
-                     "speedup": "" if None in (reached, reference_time) or not reached else
-                     round(reference_time / reached, 1)})
     ax.axhline(reference, color="grey", lw=0.8, ls="--")
-    positive = [r["virtual_time"] for _, _, e in runs for r in e if r["virtual_time"] > 0]
+    positive = [r["virtual_time"] for _, e, _ in runs for r in e if r["virtual_time"] > 0]
     ax.set_xscale("symlog", linthresh=min(positive, default=1.0))
     ax.set_xlim(left=0)
     ax.set(xlabel="virtual time (s, log scale)", ylabel="test accuracy",
@@ -84,7 +68,6 @@ def plot_comparison(outs: list[Path], dest: Path) -> Path:
     path = Path(dest) / "comparison.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    write_table(Path(dest) / "comparison", rows, COMPARISON_COLUMNS)
     return path
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 CHILD = '''
 import json, logging, sys
 import asyncfl
-from asyncfl.runtime.inline import InlineGrid
+from asyncfl.tools.inline import InlineGrid
 logging.getLogger("flwr").setLevel(logging.WARNING)
 kw, parallel, reps = json.loads(sys.argv[1])
 

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from asyncfl.runtime.flower_run import run_flower
+from asyncfl.tools.flower_launcher import run_flower
 
 ROOT = Path(__file__).resolve().parents[1]
 NODES, ROUNDS, STEPS = 4, 5, 10

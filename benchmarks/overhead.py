@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import asyncfl
+from asyncfl.config import validate_run_config
 from asyncfl.tasks import load_task
 
 CLIENTS, ROUNDS, STEPS, BATCH = 10, 5, 20, 32
@@ -26,7 +27,7 @@ def federated(model: str, out: str, threads: int = 1) -> float:
 def plain(model: str, threads: int) -> float:
     """Seconds of the same SGD steps (same partitions, batches of the same size) in one
     torch loop with no federated machinery."""
-    config = asyncfl.runtime.inline.validate_run_config(
+    config = validate_run_config(
         {"task": "digits", "model": model, "num-clients": CLIENTS})
     task = load_task(config)
     torch.set_num_threads(threads)

@@ -8,5 +8,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 nodes=${1:-2}
 run_config=${2:-"strategy='fedbuff' clock='wall' num-server-rounds=6 local-steps=20"}
-exec python -m asyncfl.runtime.deploy local --nodes "$nodes" --run-config "$run_config" \
+exec python -m asyncfl.tools.deploy local --nodes "$nodes" --run-config "$run_config" \
     --step-delays "${STEP_DELAYS:-}" --folder deploy-run ${INSECURE:+--insecure}

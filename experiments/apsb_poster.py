@@ -9,7 +9,7 @@ cost and accuracy for K = 1, 4, 8, 16.
 Every run gets the same budget of local iterations (--iterations per worker on average):
 LSGD runs budget / (8 K) rounds, APSB and A-LSGD budget / K versions. Communication counts
 the algorithm's transfers (APSB: a push per update and the new model to every worker).
-Every setting runs with each seed (`--seeds`, default 3: a sweep, `asyncfl.sweep`); the
+Every setting runs with each seed (`--seeds`, default 3: a sweep, `asyncfl.tools.sweep`); the
 tables give mean ± 95% interval across seeds. Writes outputs/apsb/table_k8.md,
 table_k_sweep.md (and .csv) and prints them beside the poster's numbers; the sweep's files in
 outputs/apsb/sweep/ (a rerun skips finished runs).
@@ -21,13 +21,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from asyncfl.sweep import (
-    Point,
-    SweepResult,
-    add_sweep_arguments,
-    sweep_from_args,
-    write_interval_table,
-)
+from asyncfl.tools.sweep.cli import add_sweep_arguments, sweep_from_args
+from asyncfl.tools.sweep.execute import SweepResult
+from asyncfl.tools.sweep.grid import Point
+from asyncfl.tools.sweep.statistics import write_interval_table
 
 SPEEDS = "1,1.25,1.5,2,2.5,3,4,6"
 POSTER_K8 = {"mnist": {"apsb": 98.9, "lsgd": 99.2, "alsgd": 96.7},

@@ -10,7 +10,7 @@ straggler is dropped), where ESync keeps everyone and gives the fast workers mor
     python experiments/esync_experiment.py --seeds 5 --workers 2
 
 Workers have per-step times from --profile (default 1, 2, 4, 8 s), virtual clock, every run
-gets the same virtual time budget, with each seed (a sweep: `asyncfl.sweep`). Writes
+gets the same virtual time budget, with each seed (a sweep: `asyncfl.tools.sweep`). Writes
 outputs/esync/: accuracy_vs_time.png (mean across seeds, band +- 1 std), table.md / table.csv
 (as mean ± 95% interval across seeds: time to the target accuracy, speed-up over SSGD in the
 same seed, final accuracy, each worker's share of the time spent computing, traffic) and the
@@ -28,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from asyncfl.sweep import Point, add_sweep_arguments, sweep_from_args, write_interval_table
+from asyncfl.tools.sweep.cli import add_sweep_arguments, sweep_from_args
+from asyncfl.tools.sweep.grid import Point
+from asyncfl.tools.sweep.statistics import write_interval_table
 
 RUNS = {
     "esync": {"strategy": "esync"},

@@ -6,7 +6,7 @@
 samples 10 clients a round and waits for the slowest; FedBuff keeps M = 10 clients busy and
 steps every K = 10 updates (the same 10 updates per model version), as do CA2FL,
 FedStaleWeight and FADAS (its AMSGrad step at the default server lr 0.01); FedAsync makes a
-version per update. Every setting runs with each seed (a sweep: `asyncfl.sweep`); the table
+version per update. Every setting runs with each seed (a sweep: `asyncfl.tools.sweep`); the table
 gives, as mean ± 95% interval across seeds, the virtual time each takes to reach the accuracy
 FedAvg ends with in the same seed, and the speed-up.
 Writes outputs/time_to_accuracy/: table.md / table.csv, accuracy_vs_time.png (mean across
@@ -21,7 +21,9 @@ import math
 import shutil
 from pathlib import Path
 
-from asyncfl.sweep import Point, add_sweep_arguments, sweep_from_args, write_interval_table
+from asyncfl.tools.sweep.cli import add_sweep_arguments, sweep_from_args
+from asyncfl.tools.sweep.grid import Point
+from asyncfl.tools.sweep.statistics import write_interval_table
 
 TASK = {"task": "digits", "num-clients": 50, "partition": "dirichlet", "alpha": 0.5,
         "delay-dist": "exponential", "delay-mean": 1.0}

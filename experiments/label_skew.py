@@ -10,7 +10,7 @@ against the fast-client bias, CA2FL, FedStaleWeight and FADAS (default server st
 the FedBuff they modify (s = 1), these four with K = N updates per step, are compared at
 equal virtual times (the evaluator runs every --interval seconds) with centralized training
 on the union (one client holding all data, 1 s per step). `--strategies` runs a subset.
-Every setting runs with each seed (`--seeds`, default 3: a sweep, `asyncfl.sweep`).
+Every setting runs with each seed (`--seeds`, default 3: a sweep, `asyncfl.tools.sweep`).
 Writes outputs/label_skew/: accuracy_vs_time figures (mean across seeds, band +- 1 std),
 per_class.png (mean accuracy per class at the end, largest slowdown), table.md / table.csv
 (mean ± 95% interval across seeds of the final accuracy, the gap to centralized training in
@@ -31,14 +31,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from asyncfl.sweep import (  # noqa: E402
-    Point,
-    SweepResult,
-    add_sweep_arguments,
-    plot_band,
-    sweep_from_args,
-    write_interval_table,
-)
+from asyncfl.tools.sweep.cli import add_sweep_arguments, sweep_from_args  # noqa: E402
+from asyncfl.tools.sweep.execute import SweepResult  # noqa: E402
+from asyncfl.tools.sweep.figures import plot_band  # noqa: E402
+from asyncfl.tools.sweep.grid import Point  # noqa: E402
+from asyncfl.tools.sweep.statistics import write_interval_table  # noqa: E402
 
 STRATEGIES = {
     "fedavg": {"strategy": "fedavg"},

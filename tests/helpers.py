@@ -15,7 +15,7 @@ class Crash(Exception):
 def crashing_grid(after: int) -> type:
     """An InlineGrid class that fails hard on its pull number `after` + 1, as a server that
     dies mid-run."""
-    from asyncfl.runtime.inline import InlineGrid
+    from asyncfl.tools.inline import InlineGrid
 
     class CrashingGrid(InlineGrid):
         pulls = 0

@@ -9,10 +9,10 @@ import asyncfl
 from asyncfl.config import validate_run_config
 from asyncfl.engine import DelayModel, VirtualClock
 from asyncfl.engine.utils import task_seed
-from asyncfl.runtime.inline import InlineGrid
 from asyncfl.server_app import make_delays
 from asyncfl.strategies import FedAsync, FedBuff, constant, hinge, polynomial
 from asyncfl.tasks import TrainSettings, load_task
+from asyncfl.tools.inline import InlineGrid
 from tests.helpers import read_rows
 
 

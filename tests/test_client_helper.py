@@ -51,8 +51,8 @@ from asyncfl.protocol import (
     record_to_arrays,
     reply_kind,
 )
-from asyncfl.runtime.inline import InlineGrid
 from asyncfl.strategies import ALSGD, APSB, ASGD, Checkpointer, ESync, FedBuff
+from asyncfl.tools.inline import InlineGrid
 from tests.test_strategy_core import imported_modules
 
 # ---- the user's side: data, model, a quickstart-style training with the helper -----------
@@ -360,7 +360,7 @@ def test_segments_keep_the_gradient_and_adopt_a_new_model():
 def test_the_helper_imports_no_strategy_timing_or_runtime_code():
     modules = imported_modules(Path(asyncfl.client.__file__))
     assert not {m for m in modules
-                if m.startswith(("asyncfl.strategies", "asyncfl.engine", "asyncfl.runtime"))}
+                if m.startswith(("asyncfl.strategies", "asyncfl.engine", "asyncfl.tools"))}
 
 
 def readme_blocks() -> list[str]:

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from asyncfl.runtime.deploy import Deployment
-from asyncfl.runtime.flower_run import group_members
+from asyncfl.tools.deploy import Deployment
+from asyncfl.tools.processes import group_members
 from tests.helpers import read_rows
 
 pytestmark = pytest.mark.slow  # a real SuperLink and SuperNodes

@@ -7,8 +7,8 @@ from flwr.clientapp import ClientApp
 from asyncfl.engine import DelayModel, EventLoop, VirtualClock, WallClock
 from asyncfl.engine.event_loop import MIN_REPLY_TIMEOUT, REPLY_TIMEOUT_FACTOR
 from asyncfl.protocol import train_instruction
-from asyncfl.runtime.inline import InlineGrid
 from asyncfl.strategies import FedAvg
+from asyncfl.tools.inline import InlineGrid
 
 plain_app = ClientApp()
 CONFIG = ConfigRecord({"lr": 0.1})

@@ -23,8 +23,6 @@ from asyncfl.protocol import (
     record_to_arrays,
     update_kind_metric,
 )
-from asyncfl.runtime.flower_run import local_superlink
-from asyncfl.runtime.inline import InlineGrid
 from asyncfl.strategies import (
     APSB,
     ASGD,
@@ -35,6 +33,8 @@ from asyncfl.strategies import (
     FedSGD,
 )
 from asyncfl.strategies.blocks import weighted_average
+from asyncfl.tools.inline import InlineGrid
+from asyncfl.tools.superlink import local_superlink
 from tests.helpers import read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -343,7 +343,7 @@ def test_every_strategy_under_flwr_run_with_the_plain_client_app(tmp_path):
     names = ",".join(sorted(STRATEGIES))
     overrides = f"strategies='{names}' out='{tmp_path}'"
     with local_superlink(EXAMPLE) as (_, env):
-        from asyncfl.runtime.flower_run import CONNECTION, flower_executable
+        from asyncfl.tools.superlink import CONNECTION, flower_executable
 
         done = subprocess.run(
             [flower_executable("flwr"), "run", str(EXAMPLE), CONNECTION, "--stream",

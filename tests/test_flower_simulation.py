@@ -14,16 +14,14 @@ import pytest
 
 import asyncfl
 from asyncfl.results import find_launched_run
-from asyncfl.runtime.flower_run import (
-    CONNECTION,
+from asyncfl.tools.processes import (
     descendant_groups,
-    flower_executable,
     group_members,
     live_processes,
-    local_superlink,
     process_stat,
     stop_process_group,
 )
+from asyncfl.tools.superlink import CONNECTION, flower_executable, local_superlink
 from tests.helpers import read_rows
 
 pytestmark = pytest.mark.slow  # Flower's SuperLink and simulation engine
@@ -36,7 +34,7 @@ def test_flwr_run_is_bit_identical_to_inline(tmp_path):
                  "clock='virtual' delay-dist='exponential' run-name='engine' "
                  f"output-dir='{tmp_path}'")
     done = subprocess.run(
-        [sys.executable, "-m", "asyncfl.runtime.flower_run", "--app", str(ROOT),
+        [sys.executable, "-m", "asyncfl.tools.flower_launcher", "--app", str(ROOT),
          "--run-config", overrides],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
@@ -155,7 +153,7 @@ def test_a_signal_to_the_wrapper_stops_everything_it_started(tmp_path, sig):
            f"output-dir='{tmp_path / 'out'}'")
     with (tmp_path / "wrapper.log").open("w") as log:
         wrapper = subprocess.Popen(
-            [sys.executable, "-m", "asyncfl.runtime.flower_run", "--app", str(ROOT),
+            [sys.executable, "-m", "asyncfl.tools.flower_launcher", "--app", str(ROOT),
              "--run-config", run], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
     try:

@@ -17,9 +17,9 @@ from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 import asyncfl
 import asyncfl.engine.nodes as nodes
-import asyncfl.runtime.flower_run as flower_run
-import asyncfl.runtime.inline as inline
 import asyncfl.server_app as server_app
+import asyncfl.tools.flower_launcher as flower_launcher
+import asyncfl.tools.inline as inline
 from asyncfl.client_app import run_config as client_run_config
 from asyncfl.config import (
     DEFAULTS,
@@ -34,9 +34,11 @@ from asyncfl.config import (
     with_node_count,
 )
 from asyncfl.results import claim_run_dir, find_launched_run
-from asyncfl.runtime.flower_run import flower_executable, follow_output, main, parse_run_config
 from asyncfl.strategies import REGISTRY, STRATEGIES, DivergenceError
 from asyncfl.tasks import load_task
+from asyncfl.tools.flower_launcher import follow_output, main
+from asyncfl.tools.run_config import parse_run_config
+from asyncfl.tools.superlink import flower_executable
 from tests.helpers import read_rows
 
 FLOAT_KEYS = [s.key for s in SETTINGS if s.type is float]
@@ -407,7 +409,7 @@ def test_the_main_job_compares_fedavg_and_fedbuff_on_the_same_clients(tmp_path, 
         kw = {k.replace("-", "_"): v for k, v in overrides.items()}
         return asyncfl.simulate(**kw).output_dir
 
-    monkeypatch.setattr(flower_run, "run_flower", inline_run)
+    monkeypatch.setattr(flower_launcher, "run_flower", inline_run)
     settings = (f"num-clients=6 num-server-rounds=4 local-steps=5 target-accuracy=0.15 "
                 f"output-dir='{tmp_path}'")
     assert main(["--run-config", settings]) == 0

@@ -344,7 +344,7 @@ def test_flwr_run_takes_dataset_and_model_from_the_run_config(tmp_path):
     # a path relative to where asyncfl-flwr-run starts; the ServerApp runs elsewhere
     overrides += f" dataset='pq' run-name='engine' output-dir='{tmp_path}'"
     done = subprocess.run(
-        [sys.executable, "-m", "asyncfl.runtime.flower_run", "--app", str(ROOT),
+        [sys.executable, "-m", "asyncfl.tools.flower_launcher", "--app", str(ROOT),
          "--run-config", overrides],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
         env={**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf-engine")},

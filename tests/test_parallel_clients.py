@@ -18,10 +18,10 @@ from asyncfl.client import task_update
 from asyncfl.client_app import app, trained_from
 from asyncfl.config import ConfigError, validate_run_config
 from asyncfl.protocol import COMPUTE_TIME, arrays_to_record, record_to_arrays, train_instruction
-from asyncfl.runtime.inline import InlineGrid
 from asyncfl.tasks import load_task
 from asyncfl.tasks.base import TrainSettings
 from asyncfl.tasks.batched import ClientJob, batching_problem, train_together
+from asyncfl.tools.inline import InlineGrid
 
 ATOL = 1e-4
 RTOL = 1e-4

@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from asyncfl.parallel.pipeline import PipelineConfig, full_model, run_pipeline, train_reference
+from experiments.homework.pipeline import (
+    PipelineConfig,
+    full_model,
+    run_pipeline,
+    train_reference,
+)
 
 pytestmark = pytest.mark.slow  # the pipeline exercise's processes
 

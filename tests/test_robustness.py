@@ -14,9 +14,9 @@ from asyncfl.config import DEFAULTS, SETTINGS_BY_KEY, ConfigError, validate_run_
 from asyncfl.engine import event_loop
 from asyncfl.engine.dispatch import MAX_BACKOFF, backoff_seconds
 from asyncfl.engine.utils import check_reply, update_norm
-from asyncfl.runtime.inline import InlineGrid
 from asyncfl.strategies import FedAvg, NoClientLeftError, ReplyGuard
 from asyncfl.strategies.blocks import weighted_average
+from asyncfl.tools.inline import InlineGrid
 from tests.helpers import read_rows
 from tests.test_async_strategies import plain_app
 

@@ -4,8 +4,8 @@ import numpy as np
 from flwr.app import ArrayRecord
 
 from asyncfl.engine import DelayModel, VirtualClock
-from asyncfl.runtime.inline import InlineGrid
 from asyncfl.strategies import FedBuff, RunningMean
+from asyncfl.tools.inline import InlineGrid
 from tests.test_async_strategies import plain_app
 
 

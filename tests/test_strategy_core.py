@@ -14,9 +14,9 @@ from asyncfl.client_app import _faulty_clients
 from asyncfl.config import BUFFERED_STRATEGIES
 from asyncfl.engine.utils import task_seed
 from asyncfl.protocol import GRADIENT, TRAIN, WEIGHTS
-from asyncfl.runtime.inline import InlineGrid
 from asyncfl.strategies import STRATEGIES
 from asyncfl.tasks import TrainSettings, load_task
+from asyncfl.tools.inline import InlineGrid
 from tests.helpers import read_rows
 
 PACKAGE = Path(asyncfl.__file__).parent

@@ -13,15 +13,11 @@ import pytest
 from scipy import stats
 
 from asyncfl.config import ConfigError
-from asyncfl.runtime.flower_run import live_processes
-from asyncfl.sweep import (
-    METRICS,
-    grid_points,
-    main,
-    parse_grid,
-    parse_seeds,
-    run_sweep,
-)
+from asyncfl.tools.processes import live_processes
+from asyncfl.tools.sweep.cli import main
+from asyncfl.tools.sweep.execute import run_sweep
+from asyncfl.tools.sweep.grid import grid_points, parse_grid, parse_seeds
+from asyncfl.tools.sweep.statistics import METRICS
 from tests.helpers import read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +125,8 @@ def test_failed_point_is_recorded_and_resume_reruns_only_what_is_not_done(tmp_pa
 def ray_cluster(workdir: Path):
     """A Ray head on 127.0.0.1 and a second node process, each started with `--block` in its
     own session, stopped by PID (their process groups and descendants') afterwards."""
-    from asyncfl.runtime.flower_run import flower_executable, free_port, stop_process_group
+    from asyncfl.tools.processes import free_port, stop_process_group
+    from asyncfl.tools.superlink import flower_executable
 
     port = free_port()
     ray = flower_executable("ray")
@@ -189,7 +186,7 @@ def wait_for_nodes(address: str, count: int, seconds: float = 90) -> None:
 def test_ray_cluster_on_loopback_runs_a_sweep_and_flwr_run(tmp_path):
     """A two-node Ray cluster on 127.0.0.1: the sweep's runs as Ray tasks, and `flwr run`'s
     simulation engine on the same cluster (the SuperLink started with RAY_ADDRESS)."""
-    from asyncfl.runtime.flower_run import run_flower
+    from asyncfl.tools.flower_launcher import run_flower
 
     with ray_cluster(tmp_path) as (address, nodes):
         result = run_sweep(grid_points({"strategy": ["fedavg", "fedbuff"]}), [0], TINY,

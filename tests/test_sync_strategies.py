@@ -6,7 +6,7 @@ import pytest
 from flwr.app import Message
 
 import asyncfl
-from asyncfl.runtime.inline import InlineGrid
+from asyncfl.tools.inline import InlineGrid
 from tests.helpers import read_rows
 
 SCENARIOS = {

@@ -10,7 +10,6 @@ import torch
 
 import asyncfl
 from asyncfl.config import validate_run_config
-from asyncfl.runtime.inline import InlineGrid
 from asyncfl.tasks import BUILTIN_MODEL_NAMES, load_task
 from asyncfl.tasks.base import resolve_device
 from asyncfl.tasks.models import (
@@ -22,6 +21,7 @@ from asyncfl.tasks.models import (
     resnet18_32x32,
 )
 from asyncfl.tasks.partition import SCHEMES, partition_indices
+from asyncfl.tools.inline import InlineGrid
 from tests.helpers import read_rows
 
 # 10 balanced classes of 100, shuffled

@@ -16,10 +16,10 @@ from asyncfl.client_app import app
 from asyncfl.config import validate_run_config
 from asyncfl.engine import DelayModel, VirtualClock
 from asyncfl.protocol import arrays_to_record, record_to_arrays
-from asyncfl.runtime.inline import InlineGrid
 from asyncfl.server_app import train_config
 from asyncfl.strategies import REGISTRY
 from asyncfl.tasks import load_task
+from asyncfl.tools.inline import InlineGrid
 
 NAMES = sorted(REGISTRY)
 

@@ -1,9 +1,9 @@
 """Real deployment: a SuperLink and SuperNodes as separate processes, TLS, node authentication.
 
-    python -m asyncfl.runtime.deploy local --nodes 3 --run-config "strategy='fedbuff' clock='wall'"
-    python -m asyncfl.runtime.deploy local --nodes 2 --insecure  # only when asked for
-    python -m asyncfl.runtime.deploy certs --hosts superlink.example.org --folder certs
-    python -m asyncfl.runtime.deploy node-key node0 --folder keys
+    python -m asyncfl.tools.deploy local --nodes 3 --run-config "strategy='fedbuff' clock='wall'"
+    python -m asyncfl.tools.deploy local --nodes 2 --insecure  # only when asked for
+    python -m asyncfl.tools.deploy certs --hosts superlink.example.org --folder certs
+    python -m asyncfl.tools.deploy node-key node0 --folder keys
 
 On one machine everything listens on 127.0.0.1. `Deployment` generates a CA, a certificate
 for the SuperLink's address and one ECDSA key per node (files in its folder), starts
@@ -30,16 +30,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from asyncfl.runtime.flower_run import (
-    flower_env,
-    flower_executable,
+from asyncfl.tools.processes import free_port, stop_process_group
+from asyncfl.tools.run_config import (
     format_run_config,
-    free_port,
     parse_run_config,
     resolve_run,
-    stop_process_group,
     written_results,
 )
+from asyncfl.tools.superlink import flower_env, flower_executable
 
 ROOT = Path(__file__).resolve().parents[2]
 CONNECTION = "asyncfl-deploy"

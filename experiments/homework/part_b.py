@@ -1,8 +1,9 @@
-"""Run B1 (one pipeline) or B2 (two pipelines) and compare with single-process training.
+"""The homework's Part B: run B1 (one pipeline) or B2 (two pipelines) and compare with
+single-process training.
 
-    python -m asyncfl.parallel --pipelines 1 --stages 3 --microbatches 3 --steps 20
-    python -m asyncfl.parallel --pipelines 2 --stages 3 --microbatches 3
-    python -m asyncfl.parallel --timing            # steps/s with 1, 3 and 6 microbatches
+    python experiments/homework/part_b.py --pipelines 1 --stages 3 --microbatches 3 --steps 20
+    python experiments/homework/part_b.py --pipelines 2 --stages 3 --microbatches 3
+    python experiments/homework/part_b.py --timing      # steps/s with 1, 3 and 6 microbatches
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-
-from asyncfl.parallel.pipeline import PipelineConfig, run_pipeline, train_reference
+from pipeline import PipelineConfig, run_pipeline, train_reference
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """Microbatch pipeline parallelism over torch.distributed (gloo), and two pipelines with
-data parallelism between matching stages.
+data parallelism between matching stages (the homework's Part B; it stands apart from the
+federated code and is not part of the asyncfl package).
 
 The model (an MLP on the 8x8 digits) is cut into consecutive stages, one process per stage.
 Each step a minibatch is cut into M equal microbatches and the stages run a fill-drain
@@ -29,7 +30,8 @@ pipelines' minibatches.
 
 gloo runs `isend`/`irecv` on background threads but completes transfers in a way that
 serializes with computation on CPU, so microbatches add little overlap here (nccl on GPUs
-would overlap more); see `python -m asyncfl.parallel --help` for a timing run.
+would overlap more); see `python experiments/homework/part_b.py --help`
+for a timing run.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from asyncfl.config import (
 )
 from asyncfl.protocol import PARTITION_ID
 from asyncfl.results import check_output_dir, default_run_name, find_launched_run, run_dir
-from asyncfl.runtime.together import together_for
+from asyncfl.tools.together import together_for
 
 SERVER_NODE_ID = 1
 
@@ -173,7 +173,7 @@ def simulate(
     if validate_run_config(overrides)["num-clients"] == 0:
         overrides["num-clients"] = SIMULATED_CLIENTS
     if runtime == "simulation":
-        from asyncfl.runtime.flower_run import run_flower
+        from asyncfl.tools.flower_launcher import run_flower
 
         app_dir = Path(__file__).resolve().parents[2]
         if not (app_dir / "pyproject.toml").exists():

@@ -1,0 +1,221 @@
+"""`flwr run .` on a private local SuperLink that this command starts and stops by PID.
+
+`flwr run .` with Flower's default `:local:` connection leaves a detached SuperLink running
+and, unless told otherwise, reinstalls the app's dependencies into a fresh environment. This
+wrapper instead:
+
+1. validates the run config, the trace file and the output folder (a mistake is reported
+   before anything starts; a malformed `--run-config` token is one);
+2. starts `flower-superlink --simulation --disable-runtime-dependency-installation` on free
+   127.0.0.1 ports, with its own FLWR_HOME holding one connection, `asyncfl-local`;
+3. runs `flwr run <app> asyncfl-local --stream` with num-supernodes = num-clients (0: 10);
+4. stops every process group it started (the SuperLink's, `flwr run`'s, and those their
+   processes opened: SuperExec, the simulation) by PID, whatever happened, also on SIGTERM or
+   SIGINT, and removes FLWR_HOME;
+5. exits 0 only if the ServerApp wrote this run's summary.json (`flwr run` itself exits 0
+   when the ServerApp fails).
+
+`flwr run`'s output passes through, its progress lines drawn as a progress bar. With no
+`strategy` in `--run-config` (the main job) it runs FedAvg, then FedBuff, on the same clients
+and draws both against virtual time (`--compare` picks others; `--compare ""`: one run).
+
+Usage: `asyncfl-flwr-run --run-config "strategy='fedavg' num-clients=10"`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from types import FrameType
+
+from tqdm import tqdm
+
+from asyncfl.config import SIMULATED_CLIENTS, ConfigError, validate_run_config
+from asyncfl.plots import plot_comparison, read_csv
+from asyncfl.results import claim_run_dir, time_to_target, write_table
+from asyncfl.tools.processes import stop_process_group
+from asyncfl.tools.run_config import (
+    format_run_config,
+    parse_run_config,
+    resolve_run,
+    written_results,
+)
+from asyncfl.tools.superlink import CONNECTION, flower_executable, local_superlink
+
+DEFAULT_COMPARISON = "fedavg,fedbuff"  # the main job: synchronous against asynchronous
+COMPARISON_COLUMNS = ("strategy", "run", "final_accuracy", "virtual_time_s", "time_to_target_s",
+                      "speedup")
+#: the ServerApp's log lines that move the bar: the start (how many versions or rounds), the
+#: periodic progress line, each evaluation and the closing summary
+STARTED_LINE = re.compile(r"Starting \w+ for (\d+) (round|version)s")
+PROGRESS_LINE = re.compile(r"progress: version (\d+)/(\d+)")
+EVALUATED_LINE = re.compile(r"\bversion (\d+) \| (?:virtual|wall) ")
+FINISHED_LINE = re.compile(r" finished in [\d.]+ s[^:]*: (\d+) (?:round|version)s")
+
+
+def run_flower(overrides: dict, app_dir: Path, cpus_per_client: int = 1,
+               gpus_per_client: float = 0.0, ray_address: str = "") -> Path:
+    """Validate, run `flwr run` on a private SuperLink, stop it; return the results folder.
+    `gpus_per_client` is the share of a GPU Ray gives each ClientApp (0.25: four share one).
+    `ray_address`: the simulation runs on that existing Ray cluster (its ClientApps on every
+    node's CPUs), not on a Ray started for this machine's cores."""
+    if validate_run_config(overrides)["num-clients"] == 0:
+        overrides = {**overrides, "num-clients": SIMULATED_CLIENTS}
+    overrides, config = resolve_run(overrides)
+    federation = (f"num-supernodes={config['num-clients']} "
+                  f"client-resources-num-cpus={cpus_per_client} "
+                  f"client-resources-num-gpus={gpus_per_client:g}")
+    if not ray_address:  # joining a cluster, ray.init must not be given a CPU count
+        federation += f" init-args-num-cpus={os.cpu_count() or 1}"
+    with local_superlink(app_dir, ray_address) as (_, env):
+        command = [flower_executable("flwr"), "run", str(app_dir), CONNECTION, "--stream",
+                   "--run-config", format_run_config(overrides), "--federation-config", federation]
+        flwr = subprocess.Popen(command, env=env, start_new_session=True, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            follow_output(flwr.stdout, config["strategy"])
+            code = flwr.wait()
+        finally:
+            stop_process_group(flwr)
+    return written_results(config, f" (flwr run exited with code {code})")
+
+
+def follow_output(lines: Iterable[str], label: str) -> None:
+    """Pass `flwr run`'s output through, drawing the ServerApp's progress as a bar: its
+    start line sets the total, progress and evaluation lines move it, the summary ends it.
+    Progress lines are the bar's alone; every other line is printed."""
+    with tqdm(desc=label, unit="version", file=sys.stderr, dynamic_ncols=True) as bar:
+        for line in lines:
+            progress = PROGRESS_LINE.search(line)
+            if progress is not None:
+                bar.total = int(progress.group(2))
+                bar.update(int(progress.group(1)) - bar.n)
+                continue
+            bar.write(line.rstrip("\n"), file=sys.stdout)
+            if started := STARTED_LINE.search(line):
+                bar.reset(total=int(started.group(1)))
+                bar.unit = started.group(2)
+            elif done := (EVALUATED_LINE.search(line) or FINISHED_LINE.search(line)):
+                bar.update(max(0, int(done.group(1)) - bar.n))
+
+
+def same_time_as(out: Path) -> dict:
+    """Settings that give a compared run the virtual time `out` took (and at most twice its
+    versions): what each strategy reaches in the same time."""
+    summary = json.loads((out / "summary.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    return {"time-budget": summary["virtual_time"],
+            "num-server-rounds": 2 * config["num-server-rounds"]}
+
+
+def compare_runs(outs: list[Path], overrides: dict) -> Path:
+    """comparison.png and comparison.md/.csv of finished runs, in a folder of their own."""
+    names = "-".join(json.loads((out / "config.json").read_text())["strategy"] for out in outs)
+    config = validate_run_config({**overrides, "run-name": f"compare-{names}"})
+    return write_comparison(outs, claim_run_dir(config))
+
+
+def write_comparison(outs: list[Path], dest: Path) -> Path:
+    """comparison.png (`plot_comparison`: test accuracy against virtual time, each run marked
+    where it first reaches the first run's `target-accuracy`) and comparison.md / .csv: final
+    accuracy, virtual time, time to that target and the speed-up over the first run."""
+    runs, configs = [], []
+    for out in map(Path, outs):
+        configs.append(json.loads((out / "config.json").read_text()))
+        runs.append((configs[-1]["strategy"], out, read_csv(out / "evals.csv")))
+    reference = configs[0]["target-accuracy"]
+    reached = [time_to_target(evals, reference) for _, _, evals in runs]
+    reference_time = reached[0]
+    path = plot_comparison([(strategy, evals, when) for (strategy, _, evals), when
+                            in zip(runs, reached, strict=True)], reference, dest)
+    rows = []
+    for (strategy, out, evals), when in zip(runs, reached, strict=True):
+        rows.append({"strategy": strategy, "run": out.name,
+                     "final_accuracy": round(evals[-1]["accuracy"], 4),
+                     "virtual_time_s": round(evals[-1]["virtual_time"], 2),
+                     "time_to_target_s": "" if when is None else round(when, 2),
+                     "speedup": "" if None in (when, reference_time) or not when else
+                     round(reference_time / when, 1)})
+    write_table(Path(dest) / "comparison", rows, COMPARISON_COLUMNS)
+    return path
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT arrived: unwind, stopping what was started."""
+
+
+def stop_on_signal(signum: int, frame: FrameType | None) -> None:
+    """Turn the first SIGTERM / SIGINT into Stopped; ignore more while cleaning up."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    raise Stopped(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--app", default=".", help="the Flower app folder (default: .)")
+    parser.add_argument("--run-config", default="", help="run-config overrides, as for flwr run")
+    parser.add_argument("--cpus-per-client", type=int, default=1,
+                        help="Ray CPUs per ClientApp (1 lets every core run a client)")
+    parser.add_argument("--compare", default=None, metavar="STRATEGIES",
+                        help="comma-separated strategies to run one after another on the same "
+                             "clients, drawn together against virtual time (default: "
+                             f"{DEFAULT_COMPARISON} when --run-config names no strategy; "
+                             "'' for one run)")
+    parser.add_argument("--gpus-per-client", type=float, default=0.0,
+                        help="share of a GPU per ClientApp, e.g. 0.25 (with torch-device "
+                             "= 'cuda' or 'auto' in --run-config); default 0: CPU only")
+    parser.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS", ""),
+                        help="run the simulation on this existing Ray cluster (host:port of "
+                             "`ray start --head`; default: $RAY_ADDRESS, else a Ray of its own)")
+    args = parser.parse_args(argv)
+    if args.gpus_per_client < 0:
+        parser.error(f"--gpus-per-client = {args.gpus_per_client} must be >= 0")
+    app = Path(args.app).resolve()
+    if not (app / "pyproject.toml").is_file():
+        own = Path(__file__).resolve().parents[2]
+        hint = (f" (asyncfl's own app is {own})" if (own / "pyproject.toml").is_file()
+                else "")
+        parser.error(f"--app {args.app}: {app} has no pyproject.toml, so it is not a Flower "
+                     f"app; run from the app's folder or pass --app <folder>{hint}")
+    previous = {sig: signal.signal(sig, stop_on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        overrides = parse_run_config(args.run_config)
+        compare = args.compare
+        if compare is None:
+            compare = "" if "strategy" in overrides else DEFAULT_COMPARISON
+        runs = [{**overrides, "strategy": s} for s in compare.split(",") if s] or [overrides]
+        for run in runs:  # every run's settings checked before the first starts
+            validate_run_config(run)
+        outs = []
+        for run in runs:
+            if outs:  # the same virtual time as the first run, up to twice its versions
+                run = {**run, **same_time_as(outs[0])}
+            outs.append(run_flower(run, app, args.cpus_per_client,
+                                   args.gpus_per_client, args.ray_address))
+        for out in outs:
+            print(f"asyncfl-flwr-run: results in {out}")
+        if len(outs) > 1:
+            print(f"asyncfl-flwr-run: comparison in {compare_runs(outs, overrides)}")
+    except (ConfigError, RuntimeError) as err:
+        print(f"asyncfl-flwr-run: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ConfigError) else 1
+    except Stopped as stop:
+        print(f"asyncfl-flwr-run: stopped by {stop}; every process it started is stopped",
+              file=sys.stderr)
+        return 128 + signal.Signals[str(stop)].value
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
