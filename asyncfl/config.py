@@ -467,7 +467,7 @@ def _check_server_optimizer(config: Mapping[str, Any]) -> None:
 
 def _check_parallel_clients(config: Mapping[str, Any]) -> None:
     """What training clients together cannot reproduce is refused (the model is checked when
-    the inline Grid is built: runtime/together.py)."""
+    the inline Grid is built: tools/together.py)."""
     size = config["parallel-clients"]
     if size == 1:
         return

@@ -38,11 +38,14 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 import numpy as np
 
 from asyncfl.engine import arguments
+from asyncfl.engine.base import AsyncStrategy
 from asyncfl.engine.checkpoint import state_class
+from asyncfl.engine.runner import RunParts
 
 Arrays = dict[str, np.ndarray]
 
@@ -315,3 +318,41 @@ class ServerStep:
         if lr is None and self.name == "sgd":
             lr = 1.0 if in_flight is None else default_server_lr(updates_per_step, in_flight)
         return ServerOptimizer(self.name, lr, self.server_momentum)
+
+
+class BufferedStrategy(AsyncStrategy):
+    """What the buffered strategies (FedBuff, CA2FL, FedStaleWeight, FADAS) take alike: K
+    (`buffer_size`), M (`concurrency`), what the clients return (`client_returns`) and the
+    server step (`server_lr`, `server_momentum`, `server_optimizer`: a `ServerStep`, whose
+    default for sgd is `default_server_lr`). Each names its own rule in `buffered_rule`; its
+    docstring documents these arguments."""
+
+    step_setting = "server_lr (run config: server-lr)"
+    #: the server optimizer when none is given
+    default_optimizer = "sgd"
+
+    def __init__(
+        self,
+        buffer_size: int = 10,
+        concurrency: int = 0,
+        *,
+        client_returns: str = "weights",
+        server_lr: float | None = None,
+        server_momentum: float = 0.0,
+        server_optimizer: ServerOptimizer | str | None = None,
+        **options,
+    ) -> None:
+        super().__init__(concurrency, **options)
+        self.reply_kind = client_returns_arg(client_returns)
+        self.buffer_size = checked_size(buffer_size)
+        self.server_step = ServerStep(server_optimizer, server_lr, server_momentum,
+                                      self.default_optimizer)
+        self.rule = self.new_rule()
+
+    def new_rule(self, parts: RunParts | None = None) -> Any:
+        in_flight = self.in_flight(parts) if parts is not None else None
+        return self.buffered_rule(self.server_step.new(self.buffer_size, in_flight), parts)
+
+    def buffered_rule(self, optimizer: ServerOptimizer, parts: RunParts | None) -> Any:
+        """The strategy's rule with this run's fresh `optimizer`."""
+        raise NotImplementedError

@@ -7,15 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from asyncfl.engine.base import AsyncStrategy
 from asyncfl.engine.runner import Arrays, RunParts
-from asyncfl.protocol import DELTA, WEIGHTS
+from asyncfl.protocol import DELTA
 from asyncfl.strategies.blocks import (
+    BufferedStrategy,
     DeltaBuffer,
     ServerOptimizer,
-    ServerStep,
     checked_size,
-    client_returns_arg,
 )
 from asyncfl.strategies.registry import buffered_settings, register
 
@@ -83,7 +81,7 @@ class CA2FLRule:
 
 
 
-class CA2FL(AsyncStrategy):
+class CA2FL(BufferedStrategy):
     """CA2FL: FedBuff's buffer of K client deltas, calibrated by a server cache of every
     client's latest delta (`CA2FLRule`), so that slow clients' directions are in every
     step.
@@ -106,28 +104,7 @@ class CA2FL(AsyncStrategy):
         5
     """
 
-    step_setting = "server_lr (run config: server-lr)"
-
-    def __init__(
-        self,
-        buffer_size: int = 10,
-        concurrency: int = 0,
-        *,
-        client_returns: str = WEIGHTS,
-        server_lr: float | None = None,
-        server_momentum: float = 0.0,
-        server_optimizer: ServerOptimizer | str | None = None,
-        **options,
-    ) -> None:
-        super().__init__(concurrency, **options)
-        self.reply_kind = client_returns_arg(client_returns)
-        self.buffer_size = checked_size(buffer_size)
-        self.server_step = ServerStep(server_optimizer, server_lr, server_momentum)
-        self.rule = self.new_rule()
-
-    def new_rule(self, parts: RunParts | None = None) -> CA2FLRule:
-        in_flight = self.in_flight(parts) if parts is not None else None
-        optimizer = self.server_step.new(self.buffer_size, in_flight)
+    def buffered_rule(self, optimizer: ServerOptimizer, parts: RunParts | None) -> CA2FLRule:
         return CA2FLRule(self.buffer_size, optimizer,
                          parts.num_clients if parts is not None else None)
 

@@ -6,15 +6,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from asyncfl.engine import arguments
-from asyncfl.engine.base import AsyncStrategy
 from asyncfl.engine.runner import Arrays, RunParts
-from asyncfl.protocol import DELTA, WEIGHTS
+from asyncfl.protocol import DELTA
 from asyncfl.strategies.blocks import (
+    BufferedStrategy,
     DeltaBuffer,
     ServerOptimizer,
-    ServerStep,
     checked_size,
-    client_returns_arg,
 )
 from asyncfl.strategies.registry import buffered_settings, register
 
@@ -67,7 +65,7 @@ class FADASRule:
 
 
 
-class FADAS(AsyncStrategy):
+class FADAS(BufferedStrategy):
     """FADAS: FedBuff's buffer of K client deltas, an AMSGrad server step and a
     delay-adaptive server learning rate (`FADASRule`).
 
@@ -91,30 +89,14 @@ class FADAS(AsyncStrategy):
         'amsgrad'
     """
 
-    step_setting = "server_lr (run config: server-lr)"
+    default_optimizer = "amsgrad"
 
-    def __init__(
-        self,
-        buffer_size: int = 10,
-        concurrency: int = 0,
-        *,
-        delay_threshold: int = 5,
-        client_returns: str = WEIGHTS,
-        server_lr: float | None = None,
-        server_momentum: float = 0.0,
-        server_optimizer: ServerOptimizer | str | None = None,
-        **options,
-    ) -> None:
-        super().__init__(concurrency, **options)
-        self.reply_kind = client_returns_arg(client_returns)
-        self.buffer_size = checked_size(buffer_size)
-        self.server_step = ServerStep(server_optimizer, server_lr, server_momentum, "amsgrad")
+    def __init__(self, buffer_size: int = 10, concurrency: int = 0, *,
+                 delay_threshold: int = 5, **options) -> None:
         self.delay_threshold = arguments.integer("delay_threshold", delay_threshold)
-        self.rule = self.new_rule()
+        super().__init__(buffer_size, concurrency, **options)
 
-    def new_rule(self, parts: RunParts | None = None) -> FADASRule:
-        in_flight = self.in_flight(parts) if parts is not None else None
-        optimizer = self.server_step.new(self.buffer_size, in_flight)
+    def buffered_rule(self, optimizer: ServerOptimizer, parts: RunParts | None) -> FADASRule:
         return FADASRule(self.buffer_size, optimizer, self.delay_threshold)
 
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from asyncfl.engine.base import AsyncStrategy
 from asyncfl.engine.runner import Arrays, RunParts
-from asyncfl.protocol import DELTA, WEIGHTS
+from asyncfl.protocol import DELTA
 from asyncfl.strategies.blocks import (
+    BufferedStrategy,
     DeltaBuffer,
     ServerOptimizer,
-    ServerStep,
     StalenessFn,
     checked_size,
-    client_returns_arg,
     polynomial_default,
     staleness_arg,
     staleness_function,
@@ -64,7 +62,7 @@ class FedBuffRule:
         return new
 
 
-class FedBuff(AsyncStrategy):
+class FedBuff(BufferedStrategy):
     """FedBuff: M clients train at once, each Q local steps from the version it received;
     the server folds their deltas in with `FedBuffRule`.
 
@@ -95,30 +93,13 @@ class FedBuff(AsyncStrategy):
         (3, 6)
     """
 
-    step_setting = "server_lr (run config: server-lr)"
-
-    def __init__(
-        self,
-        buffer_size: int = 10,
-        concurrency: int = 0,
-        *,
-        client_returns: str = WEIGHTS,
-        server_lr: float | None = None,
-        server_momentum: float = 0.0,
-        server_optimizer: ServerOptimizer | str | None = None,
-        staleness: str | StalenessFn | None = None,
-        **options,
-    ) -> None:
-        super().__init__(concurrency, **options)
-        self.reply_kind = client_returns_arg(client_returns)
-        self.buffer_size = checked_size(buffer_size)
-        self.server_step = ServerStep(server_optimizer, server_lr, server_momentum)
+    def __init__(self, buffer_size: int = 10, concurrency: int = 0, *,
+                 staleness: str | StalenessFn | None = None, **options) -> None:
         self.staleness = staleness_arg(staleness)
-        self.rule = self.new_rule()
+        super().__init__(buffer_size, concurrency, **options)
 
-    def new_rule(self, parts: RunParts | None = None) -> FedBuffRule:
-        in_flight = self.in_flight(parts) if parts is not None else None
-        return FedBuffRule(self.buffer_size, self.server_step.new(self.buffer_size, in_flight),
+    def buffered_rule(self, optimizer: ServerOptimizer, parts: RunParts | None) -> FedBuffRule:
+        return FedBuffRule(self.buffer_size, optimizer,
                            self.staleness)
 
 

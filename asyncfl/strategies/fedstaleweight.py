@@ -6,15 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from asyncfl.engine.base import AsyncStrategy
 from asyncfl.engine.runner import Arrays, RunParts
-from asyncfl.protocol import DELTA, WEIGHTS
+from asyncfl.protocol import DELTA
 from asyncfl.strategies.blocks import (
+    BufferedStrategy,
     DeltaBuffer,
     ServerOptimizer,
-    ServerStep,
     checked_size,
-    client_returns_arg,
 )
 from asyncfl.strategies.registry import buffered_settings, register
 
@@ -61,7 +59,7 @@ class FedStaleWeightRule:
 
 
 
-class FedStaleWeight(AsyncStrategy):
+class FedStaleWeight(BufferedStrategy):
     """FedStaleWeight: FedBuff's buffer of K client deltas averaged with weights that grow
     with each client's average staleness (`FedStaleWeightRule`), so slow clients are not
     drowned by fast ones.
@@ -84,28 +82,8 @@ class FedStaleWeight(AsyncStrategy):
         4
     """
 
-    step_setting = "server_lr (run config: server-lr)"
-
-    def __init__(
-        self,
-        buffer_size: int = 10,
-        concurrency: int = 0,
-        *,
-        client_returns: str = WEIGHTS,
-        server_lr: float | None = None,
-        server_momentum: float = 0.0,
-        server_optimizer: ServerOptimizer | str | None = None,
-        **options,
-    ) -> None:
-        super().__init__(concurrency, **options)
-        self.reply_kind = client_returns_arg(client_returns)
-        self.buffer_size = checked_size(buffer_size)
-        self.server_step = ServerStep(server_optimizer, server_lr, server_momentum)
-        self.rule = self.new_rule()
-
-    def new_rule(self, parts: RunParts | None = None) -> FedStaleWeightRule:
-        in_flight = self.in_flight(parts) if parts is not None else None
-        optimizer = self.server_step.new(self.buffer_size, in_flight)
+    def buffered_rule(self, optimizer: ServerOptimizer,
+                      parts: RunParts | None) -> FedStaleWeightRule:
         return FedStaleWeightRule(self.buffer_size, optimizer)
 
 
