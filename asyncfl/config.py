@@ -450,7 +450,7 @@ def server_optimizer_name(config: Mapping[str, Any]) -> str:
     """The server optimizer a validated config asks for (`auto` resolved)."""
     if config["server-optimizer"] != "auto":
         return config["server-optimizer"]
-    return "amsgrad" if config["strategy"] == "fadas" else "sgd"
+    return getattr(REGISTRY[config["strategy"]].cls, "default_optimizer", "sgd")
 
 
 def _check_server_optimizer(config: Mapping[str, Any]) -> None:

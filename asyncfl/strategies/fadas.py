@@ -103,5 +103,5 @@ class FADAS(BufferedStrategy):
 @register("fadas", FADAS, server_optimizer=True)
 def fadas_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """FADAS's constructor arguments from a validated run config."""
-    return {**buffered_settings(config, "amsgrad"),
+    return {**buffered_settings(config, FADAS.default_optimizer),
             "delay_threshold": config["fadas-threshold"]}

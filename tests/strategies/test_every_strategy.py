@@ -25,8 +25,15 @@ NAMES = sorted(REGISTRY)
 
 
 def own_parameters(cls) -> list[inspect.Parameter]:
-    return [p for p in inspect.signature(cls.__init__).parameters.values()
-            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    """The arguments of `cls` and of the strategy classes it builds on (FedBuff's include
+    BufferedStrategy's), not the engine's common ones."""
+    found: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass) and klass.__module__.startswith("asyncfl.strategies"):
+            for p in inspect.signature(klass.__init__).parameters.values():
+                if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                    found.setdefault(p.name, p)
+    return list(found.values())
 
 
 @pytest.mark.parametrize("name", NAMES)
