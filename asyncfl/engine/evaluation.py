@@ -71,7 +71,9 @@ class FederatedEvaluation:
             return []
         size = min(len(node_ids), max(int(self.fraction * len(node_ids)), self.min_nodes))
         rng = rng if rng is not None else np.random.default_rng()
-        chosen = sorted(int(n) for n in rng.choice(node_ids, size=size, replace=False))
+        # sample positions, not the ids: numpy would turn uint64 ids above 2**63 into floats
+        chosen = sorted(node_ids[int(i)] for i in rng.choice(len(node_ids), size=size,
+                                                              replace=False))
         config = ConfigRecord({**dict(config), SERVER_ROUND: version})
         return [Message(RecordDict({self.arrayrecord_key: arrays,
                                     self.configrecord_key: config}),
