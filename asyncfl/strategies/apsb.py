@@ -96,7 +96,11 @@ class SegmentedTasks(WholeTasks):
     def _steps(self) -> int:
         steps = int(self.dispatcher.settings.get(LOCAL_STEPS, 0))
         if steps < 1:
-            raise ValueError("APSB needs local-steps >= 1 (K local iterations per push)")
+            raise CapabilityError(
+                f"APSB needs train_config 'local-steps' >= 1 (K local iterations per push, got "
+                f"{self.dispatcher.settings.get(LOCAL_STEPS)!r}), which it sends in segments: "
+                "put it in train_config, and give the ClientApp the segment handler with "
+                "asyncfl.client.register (README: your own ClientApp)")
         return steps
 
     def start(self, arrays: ArrayRecord, version: int, clients: Iterable[int]) -> int:

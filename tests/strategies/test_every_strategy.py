@@ -141,3 +141,16 @@ def test_a_second_start_runs_afresh(name):
         (e["client"], e["version_apply"]) for e in events_b]
     assert all(np.array_equal(first[k], second[k]) for k in first)
     assert totals_a.virtual_time == totals_b.virtual_time
+
+
+def test_apsb_without_local_steps_says_what_it_needs():
+    from flwr.app import ConfigRecord
+
+    from asyncfl.strategies import APSB, CapabilityError
+
+    config = validate_run_config({"strategy": "apsb", "num-clients": 2, "local-steps": 2})
+    grid = InlineGrid(app, config, 2)
+    strategy = APSB(clock=VirtualClock(), delays=DelayModel(np.array([1.0, 2.0])))
+    with pytest.raises(CapabilityError, match="local-steps.*asyncfl.client.register"):
+        strategy.start(grid, arrays_to_record(load_task(config).initial_arrays(0)),
+                       num_rounds=2, train_config=ConfigRecord({"lr": 0.1}))
