@@ -70,6 +70,7 @@ from asyncfl.protocol import (
     STEPS,
     TASK_SEED,
     TRAIN_LOSS,
+    WEIGHT_KEY,
     WEIGHTS,
     arrays_to_record,
     pseudo_gradient,
@@ -101,7 +102,9 @@ class TrainInstruction:
     must use it, since pseudo-gradients divide by it. `local_steps` 0 means `local_epochs`
     epochs. A segment runs the task's steps [segment_start, segment_start + segment_steps);
     the last one (`final`) replies. `step_delay` / `comm_delay` are the seconds the server
-    wants slept per step and per task (wall-clock simulation of slow clients). `config` is the
+    wants slept per step and per task (wall-clock simulation of slow clients). `weight_key` is
+    the metric the strategy weights by (its `weighted_by_key`; the example count goes under it
+    as well as under `num-examples`). `config` is the
     whole ConfigRecord, for keys of your own.
     """
 
@@ -121,6 +124,7 @@ class TrainInstruction:
     carry_state: bool = False
     step_delay: float = 0.0
     comm_delay: float = 0.0
+    weight_key: str = NUM_EXAMPLES
     config: ConfigRecord = field(default_factory=ConfigRecord, compare=False, repr=False)
 
 
@@ -166,6 +170,7 @@ def read_instruction(message: Message) -> TrainInstruction:
         carry_state=bool(config.get(CARRY_STATE, False)),
         step_delay=float(config.get(STEP_DELAY, 0.0)),
         comm_delay=float(config.get(COMM_DELAY, 0.0)),
+        weight_key=str(config.get(WEIGHT_KEY, NUM_EXAMPLES)),
         config=config,
     )
 
@@ -263,6 +268,7 @@ def _finished(message: Message, context: Context, instruction: TrainInstruction,
     return _reply(message, context, update, {
         **trained.metrics,
         NUM_EXAMPLES: trained.num_examples,
+        instruction.weight_key: trained.num_examples,
         TRAIN_LOSS: loss,
         STEPS: steps,
         MODEL_VERSION: instruction.model_version,

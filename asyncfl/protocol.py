@@ -47,6 +47,9 @@ SEGMENT_START = "segment-start"
 SEGMENT_STEPS = "segment-steps"
 FINAL = "final"
 CARRY_STATE = "carry-state"
+#: the reply metric the strategy weights updates by (its `weighted_by_key`), sent only when
+#: it is not `num-examples`: the client helper then reports its example count under it too
+WEIGHT_KEY = "weight-key"
 
 # what a client returns (`return`)
 WEIGHTS = "weights"

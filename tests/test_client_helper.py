@@ -391,3 +391,15 @@ def test_the_readme_client_app_trains_with_apsb_and_esync(strategy):
     with torch.no_grad():
         correct = [(m(user["X"]).argmax(1) == user["Y"]).float().mean() for m in (initial, final)]
     assert correct[1] > correct[0] + 0.3, correct
+
+
+def test_the_helper_reports_examples_under_the_strategys_weight_key():
+    """A strategy weighted by its own metric name (`weighted_by_key="n"`) trains with the
+    helper: the instruction names the key and every reply carries it."""
+    strategy = FedBuff(buffer_size=2, concurrency=NUM_NODES, weighted_by_key="n",
+                       server_lr=1.0, **virtual())
+    grid, result = run(strategy, versions=20, **{LOCAL_STEPS: 3})
+    assert all(r.content["metrics"]["n"] == r.content["metrics"]["num-examples"] > 0
+               for _, r in grid.exchanges)
+    assert not strategy.recorder.failures
+    learned(result)

@@ -42,7 +42,7 @@ from asyncfl.engine.nodes import NodeWatch, wait_for_nodes
 from asyncfl.engine.recorder import RunRecorder
 from asyncfl.engine.runner import Rule, RunParts
 from asyncfl.engine.sync_runner import StepPlan, SyncRule, SyncRunner
-from asyncfl.protocol import ARRAYS, CONFIG, LR, NUM_EXAMPLES, RETURN, WEIGHTS
+from asyncfl.protocol import ARRAYS, CONFIG, LR, NUM_EXAMPLES, RETURN, WEIGHT_KEY, WEIGHTS
 
 
 class AsyncflStrategy(Strategy):
@@ -161,6 +161,8 @@ class AsyncflStrategy(Strategy):
                          phases=self.phases)
         settings = {**(dict(train_config) if train_config is not None else {}),
                     **self.fixed_train_config, RETURN: self.reply_kind}
+        if self.weighted_by_key != NUM_EXAMPLES:  # the helper reports examples under it
+            settings[WEIGHT_KEY] = self.weighted_by_key
         client_lr = float(settings[LR]) if LR in settings else None
         dispatcher = Dispatcher(loop, node_ids, self.seed, settings, self.partition_sizes,
                                 self.arrayrecord_key, self.configrecord_key)
