@@ -51,10 +51,11 @@ Arrays = dict[str, np.ndarray]
 
 
 def checked_lr(lr: float | None, name: str) -> float:
-    """A learning rate that is a positive finite number, else a ValueError naming `name`."""
-    if lr is None or not 0 < lr < math.inf:
-        raise ValueError(f"{name} must be a number > 0, got {lr!r}")
-    return float(lr)
+    """A learning rate that is a positive finite number, else an error naming `name` (a
+    ValueError for a missing one: None)."""
+    if lr is None:
+        raise ValueError(f"{name} must be a number > 0, got None")
+    return arguments.positive(name, lr)
 
 
 def weighted_average(

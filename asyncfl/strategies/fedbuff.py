@@ -99,8 +99,7 @@ class FedBuff(BufferedStrategy):
         super().__init__(buffer_size, concurrency, **options)
 
     def buffered_rule(self, optimizer: ServerOptimizer, parts: RunParts | None) -> FedBuffRule:
-        return FedBuffRule(self.buffer_size, optimizer,
-                           self.staleness)
+        return FedBuffRule(self.buffer_size, optimizer, self.staleness)
 
 
 @register("fedbuff", FedBuff, server_optimizer=True)
