@@ -240,7 +240,8 @@ class JoiningGrid(RecordingGrid):
 
     def get_node_ids(self):
         self.looks += 1
-        return [100, 101, 102, 103] if self.looks > self.join_after else [100, 101, 102]
+        ids = sorted(self.contexts)  # the last one joins late
+        return ids if self.looks > self.join_after else ids[:3]
 
 
 def test_min_available_nodes_waits_for_nodes_to_connect(monkeypatch):
@@ -248,7 +249,7 @@ def test_min_available_nodes_waits_for_nodes_to_connect(monkeypatch):
     grid = JoiningGrid(join_after=5)
     FedAvg(min_available_nodes=4, fraction_evaluate=0.0).start(
         grid, initial(), num_rounds=1, train_config=train_config())
-    assert sorted(m.metadata.dst_node_id for m in grid.sent(TRAIN)) == [100, 101, 102, 103]
+    assert sorted(m.metadata.dst_node_id for m in grid.sent(TRAIN)) == sorted(grid.contexts)
 
 
 @pytest.mark.parametrize("strategy", [FedAvg, FedAsync])
@@ -258,8 +259,8 @@ def test_a_node_that_joins_mid_run_is_used(monkeypatch, strategy):
     strategy(fraction_evaluate=0.0).start(grid, initial(), num_rounds=3,
                                           train_config=train_config())
     trained = [m.metadata.dst_node_id for m in grid.sent(TRAIN)]
-    assert sorted(trained[:3]) == [100, 101, 102]
-    assert 103 in trained[3:]
+    assert sorted(trained[:3]) == sorted(grid.contexts)[:3]
+    assert sorted(grid.contexts)[3] in trained[3:]
     assert grid.overlaps == 0
 
 
@@ -277,7 +278,8 @@ def failing_app(failing_node):
 
 def test_a_client_failing_every_task_is_dropped_by_default():
     strategy = FedAsync(fraction_evaluate=0.0, clock=VirtualClock())  # (no rest between tries)
-    strategy.start(RecordingGrid(failing_app(100)), initial(), num_rounds=8,
+    first_node = min(RecordingGrid().contexts)
+    strategy.start(RecordingGrid(failing_app(first_node)), initial(), num_rounds=8,
                    train_config=train_config())
     assert strategy.recorder.totals.dropped == [0]
     assert strategy.recorder.failures["error reply"] == 3

@@ -16,7 +16,7 @@ from asyncfl.engine.utils import task_seed
 from asyncfl.protocol import GRADIENT, TRAIN, WEIGHTS
 from asyncfl.strategies import STRATEGIES
 from asyncfl.tasks import TrainSettings, load_task
-from asyncfl.tools.inline import InlineGrid
+from asyncfl.tools.inline import InlineGrid, random_node_ids
 from tests.helpers import read_rows
 
 PACKAGE = Path(asyncfl.__file__).parent
@@ -46,8 +46,10 @@ def test_a_dropped_client_is_sent_no_task_after_its_drop(out, strategy):
         fault_kinds="raise", max_faults=2, run_name=strategy, **task, **out)
     faulty = set(_faulty_clients(0, 5, 0.4))
     assert set(result.summary["dropped_clients"]) == faulty
-    # nodes are 100 + client index; each faulty client failed exactly twice, then got nothing
-    assert {c: TaskCountingGrid.sent[100 + c] for c in faulty} == dict.fromkeys(faulty, 2)
+    # client c is the node with the c-th smallest id; each faulty client failed exactly twice,
+    # then got nothing
+    nodes = random_node_ids(5, result.config["seed"])
+    assert {c: TaskCountingGrid.sent[nodes[c]] for c in faulty} == dict.fromkeys(faulty, 2)
     assert result.summary["skipped_by_reason"] == {"error reply": 4}
     assert result.summary["final_version"] == versions
 

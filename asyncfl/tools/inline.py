@@ -37,8 +37,21 @@ from asyncfl.tools.together import together_for
 SERVER_NODE_ID = 1
 
 
+def random_node_ids(count: int, seed: int = 0) -> list[int]:
+    """`count` distinct node ids as Flower's SuperLink hands them out (random uint64, about
+    half of them at or above 2**63), drawn from `seed` and sorted, so that partition i goes
+    to the i-th smallest id and a run's clients, delays and data stay those of `seed`."""
+    rng = np.random.default_rng([seed, count])
+    ids: set[int] = set()
+    while len(ids) < count:
+        ids.update(int(i) for i in rng.integers(2, 2**64, size=count - len(ids),
+                                                dtype=np.uint64, endpoint=False))
+    return sorted(ids)
+
+
 class InlineGrid(Grid):
-    """A Grid whose nodes are ClientApp calls in this process, one Context per node."""
+    """A Grid whose nodes are ClientApp calls in this process, one Context per node; node ids
+    are random 64-bit numbers, as Flower's (`random_node_ids`)."""
 
     #: no node joins after the start (strategies neither wait for nor look for more)
     fixed_nodes = True
@@ -49,13 +62,14 @@ class InlineGrid(Grid):
     ) -> None:
         self.client_app = client_app
         self._run = Run.create_empty(run_id)
+        seed = int(run_config.get("seed", 0))
         self.contexts = {
-            100 + i: Context(
-                run_id=run_id, node_id=100 + i,
+            node_id: Context(
+                run_id=run_id, node_id=node_id,
                 node_config={PARTITION_ID: i, "num-partitions": num_nodes},
                 state=RecordDict(), run_config=dict(run_config),
             )
-            for i in range(num_nodes)
+            for i, node_id in enumerate(random_node_ids(num_nodes, seed))
         }
         self._pending: dict[str, Message] = {}
         #: with parallel-clients > 1, computes pending train replies P at a time

@@ -154,3 +154,36 @@ def test_apsb_without_local_steps_says_what_it_needs():
     with pytest.raises(CapabilityError, match="local-steps.*asyncfl.client.register"):
         strategy.start(grid, arrays_to_record(load_task(config).initial_arrays(0)),
                        num_rounds=2, train_config=ConfigRecord({"lr": 0.1}))
+
+
+class EvaluationRecordingGrid(InlineGrid):
+    """The inline runtime (random 64-bit node ids, as Flower's), keeping the evaluate
+    messages pushed."""
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        self.evaluated = getattr(self, "evaluated", []) + [
+            m.metadata.dst_node_id for m in messages if m.metadata.message_type == "evaluate"]
+        return super().push_messages(messages)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_federated_evaluation_reaches_nodes_with_64_bit_ids(name):
+    """Every strategy's federated evaluation goes to real node ids (some above 2**63: numpy
+    would round them as floats) and comes back with the sampled nodes' metrics."""
+    settings = {"strategy": name, "num-clients": 6, "local-steps": 2, "batch-size": 16,
+                "concurrency": 3, "buffer-size": 2, "fraction-evaluate": 0.5}
+    if name == "running-mean":
+        settings["task"] = "mean"
+    config = validate_run_config(settings)
+    grid = EvaluationRecordingGrid(app, config, 6)
+    assert any(node >= 2**63 for node in grid.contexts)
+    registered = REGISTRY[name]
+    strategy = registered.cls(clock=VirtualClock(), seed=3,
+                              delays=DelayModel(np.array([1, 1.3, 2, 3.5, 1.1, 0.9])),
+                              **registered.settings(config))
+    result = start(strategy, config, load_task(config), grid)
+    assert grid.evaluated and set(grid.evaluated) <= set(grid.contexts)
+    assert sorted(result.evaluate_metrics_clientapp) == [1, 2, 3, 4]
+    for metrics in result.evaluate_metrics_clientapp.values():
+        assert metrics and all(math.isfinite(v) for v in metrics.values())
