@@ -310,8 +310,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("norm-action", str, "clip", "what to do with an update above the bound",
             choices=("clip", "reject")),
     Setting("reply-timeout", float, 0.0, "wall seconds without any reply after which "
-            "the oldest task in flight counts as failed; 0: ten times the slowest task seen "
-            "(or, with a wall clock, expected from the delays), at least 60 s",
+            "the oldest task in flight counts as failed; 0: 3600 s for a node's first reply, "
+            "then ten times the slowest task seen (or, with a wall clock, expected from the "
+            "delays), at least 60 s",
             check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("retry-backoff", float, 2.0, "async strategies, wall clock: seconds a client "
             "rests after a failed task before it gets another, doubling with each failure in "

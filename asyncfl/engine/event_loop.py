@@ -20,7 +20,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from logging import WARNING
+from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,10 @@ from asyncfl.protocol import message_bytes, reply_steps
 
 MIN_REPLY_TIMEOUT = 60.0  # wall seconds: the automatic reply timeout is never shorter
 REPLY_TIMEOUT_FACTOR = 10  # ... and is this many times the slowest task seen or expected
+#: wall seconds a node's FIRST reply may take: the timeout of Flower's own strategies. A cold
+#: start (Ray and its actors, a SuperNode's first ClientApp importing torch) took 40-100 s on a
+#: loaded 2-core machine, longer than any floor learnt from tasks that were not seen yet.
+FIRST_REPLY_TIMEOUT = 3600.0
 WAIT_REPORT = 30.0  # wall seconds between "still waiting for ..." log lines
 #: Flower's error codes for a task that got no reply (message or reply expired, node gone)
 NO_REPLY_CODES = (ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
@@ -190,17 +194,24 @@ class EventLoop:
         self._task_numbers: dict[int, int] = {}
         self._seq = itertools.count()
         self.ignored_replies = 0
-        self._slowest_reply = 0.0  # wall seconds from dispatch to reply, the most seen
+        # wall seconds from dispatch to reply, the most seen (a node's first reply, which
+        # includes its runtime's start, not counted)
+        self._slowest_reply = 0.0
+        self._answered_nodes: set[int] = set()  # nodes that replied at least once
 
     def reply_timeout(self) -> float:
         """Wall seconds without any reply after which the oldest task is given up: `timeout`
-        if set, else ten times the slowest task so far (from dispatch to reply) or, with a wall
-        clock, expected by the delay model for the oldest task in flight; at least a minute."""
+        if set; for a node that never replied yet, FIRST_REPLY_TIMEOUT (its runtime may still
+        be starting); else ten times the slowest task so far (from dispatch to reply) or, with
+        a wall clock, expected by the delay model for the oldest task in flight; at least a
+        minute."""
         if self.timeout:
             return self.timeout
+        oldest = self._oldest_waiting() if self._waiting else None
+        if oldest is not None and oldest.node_id not in self._answered_nodes:
+            return FIRST_REPLY_TIMEOUT
         expected = self._slowest_reply
-        if not self.virtual and self._waiting:
-            oldest = self._oldest_waiting()
+        if not self.virtual and oldest is not None:
             expected = max(expected, self.delays.task_time(
                 oldest.client, oldest.steps or 0, oldest.task_number, 2 * oldest.bytes_down))
         return max(MIN_REPLY_TIMEOUT, REPLY_TIMEOUT_FACTOR * expected)
@@ -381,6 +392,11 @@ class EventLoop:
 
     def _report_wait(self, waited: float, timeout: float) -> None:
         pending = sorted((self._in_flight[mid] for mid in self._waiting), key=_send_order)
+        if not self._answered_nodes and not self.timeout:
+            log(INFO, "waiting %.0f s for the first replies (the runtime may still be starting: "
+                "Ray, SuperNodes, ClientApps importing their libraries); clients %s",
+                waited, [d.client for d in pending][:10])
+            return
         log(WARNING, "no reply for %.0f s; waiting for client(s) %s (nodes %s); the oldest task "
             "is given up after %.3g s without any reply (reply-timeout)", waited,
             [d.client for d in pending][:10], [d.node_id for d in pending][:10], timeout)
@@ -443,8 +459,10 @@ class EventLoop:
             dispatch.reply = reply
             dispatch.reply_size = message_bytes(reply)
             dispatch.arrived_wall = stamp
-            self._slowest_reply = max(self._slowest_reply,
-                                      self.wall_clock.now - dispatch.sent_wall)
+            if dispatch.node_id in self._answered_nodes:
+                self._slowest_reply = max(self._slowest_reply,
+                                          self.wall_clock.now - dispatch.sent_wall)
+            self._answered_nodes.add(dispatch.node_id)
             self._arrived[message_id] = dispatch
             self.traffic.replies_received += 1
             self.traffic.bytes_up += dispatch.reply_size
