@@ -82,8 +82,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = ["LocalTraining", "TorchTraining", "TrainInstruction", "Trained", "TrainingFactory",
-           "UpdateTransform", "handle_train", "pseudo_gradient", "read_instruction", "register",
-           "task_reply", "task_update"]
+           "UpdateTransform", "evaluate_reply", "handle_train", "pseudo_gradient",
+           "read_instruction", "register", "task_reply", "task_update"]
 
 Arrays = dict[str, np.ndarray]
 R = TypeVar("R", ArrayRecord, ConfigRecord)
@@ -238,6 +238,17 @@ def _reply(message: Message, context: Context, update: Arrays | None,
                                            else transform(update, context))
     content[METRICS] = MetricRecord(dict(metrics))
     return Message(content=content, reply_to=message)
+
+
+def evaluate_reply(message: Message, metrics: Mapping[str, int | float],
+                   num_examples: int) -> Message:
+    """The reply to an evaluate message: your `metrics`, and the example count under
+    `num-examples` and under the key the strategy weighs by (the instruction's `weight-key`,
+    as in train replies), so a strategy with its own `weighted_by_key` counts the reply."""
+    config = _only(message, ConfigRecord, CONFIG)
+    key = str(config.get(WEIGHT_KEY, NUM_EXAMPLES)) if config is not None else NUM_EXAMPLES
+    return Message(RecordDict({METRICS: MetricRecord(
+        {**metrics, NUM_EXAMPLES: num_examples, key: num_examples})}), reply_to=message)
 
 
 def _whole_task(message: Message, context: Context, instruction: TrainInstruction,

@@ -79,6 +79,9 @@ class AsyncflStrategy(Strategy):
     rng_stream = 0
     #: the setting that sizes the server's step: named when the global model diverges
     step_setting = "lr (the clients' learning rate)"
+    #: the strategy this one becomes with a ClientApp that runs its own training (reports no
+    #: `local-steps`): said once per run (FedSGD, LSGD, SSGD -> FedAvg)
+    without_the_helper: str | None = None
 
     def __init__(
         self,
@@ -168,7 +171,7 @@ class AsyncflStrategy(Strategy):
                                 self.arrayrecord_key, self.configrecord_key)
         self.federated_evaluation.bind(dispatcher, evaluate_config)
         return RunParts(
-            name=type(self).__name__, loop=loop,
+            name=type(self).__name__, loop=loop, without_the_helper=self.without_the_helper,
             dispatcher=dispatcher,
             guard=copy.deepcopy(self.guard), schedule=copy.deepcopy(self.evaluation),
             checkpointer=self.checkpoints,

@@ -17,7 +17,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from asyncfl.engine import EventLoop
 from asyncfl.engine.recorder import RunRecorder
-from asyncfl.protocol import ARRAYS, CONFIG, EVALUATE, NUM_EXAMPLES, SERVER_ROUND
+from asyncfl.protocol import ARRAYS, CONFIG, EVALUATE, NUM_EXAMPLES, SERVER_ROUND, WEIGHT_KEY
 
 if TYPE_CHECKING:
     from asyncfl.engine.dispatch import Dispatcher
@@ -75,6 +75,8 @@ class FederatedEvaluation:
         chosen = sorted(node_ids[int(i)] for i in rng.choice(len(node_ids), size=size,
                                                               replace=False))
         config = ConfigRecord({**dict(config), SERVER_ROUND: version})
+        if self.weighted_by_key != NUM_EXAMPLES:  # the helper reports examples under it
+            config[WEIGHT_KEY] = self.weighted_by_key
         return [Message(RecordDict({self.arrayrecord_key: arrays,
                                     self.configrecord_key: config}),
                         dst_node_id=node, message_type=EVALUATE, group_id=str(version))

@@ -25,7 +25,17 @@ from asyncfl.engine.model_state import ModelState
 from asyncfl.engine.nodes import NodeWatch
 from asyncfl.engine.recorder import RunRecorder, RunTotals
 from asyncfl.engine.utils import MAX_EXAMPLES
-from asyncfl.protocol import DELTA, GRADIENT, METRICS, NUM_EXAMPLES, WEIGHTS, TrainReply
+from asyncfl.protocol import (
+    BATCH_SIZE,
+    DELTA,
+    GRADIENT,
+    LOCAL_STEPS,
+    METRICS,
+    NUM_EXAMPLES,
+    STEPS,
+    WEIGHTS,
+    TrainReply,
+)
 
 Arrays = dict[str, np.ndarray]
 
@@ -101,7 +111,10 @@ class RunParts:
     train_metrics_aggr_fn: MetricsAggregationFn = aggregate_metricrecords
     nodes: NodeWatch | None = None
     federated: FederatedEvaluation | None = None
+    #: the strategy this run becomes if the ClientApp runs its own training
+    without_the_helper: str | None = None
     _warned_kind: bool = False
+    _warned_own_training: bool = False
 
     @property
     def num_clients(self) -> int:
@@ -133,6 +146,15 @@ class RunParts:
         """A checked reply as the update `rule` takes (see `rule_update`). The first reply
         that is not what the ClientApp was asked for is logged: the rule then runs on
         pseudo-gradients or deltas derived from weights, as the README states."""
+        if (self.without_the_helper and STEPS not in reply.metrics
+                and not self._warned_own_training):
+            self._warned_own_training = True
+            log(WARNING, "%s asked for %s; the ClientApp reports no local-steps, so it runs "
+                "its own training (as Flower's quickstart does) and this run is %s of that "
+                "training. For %s proper, answer with asyncfl.client.register", self.name,
+                ", ".join(f"{k} = {v}" for k, v in self.dispatcher.settings.items()
+                          if k in (LOCAL_STEPS, BATCH_SIZE)) or "its local steps",
+                self.without_the_helper, self.name)
         if reply.kind != self.reply_kind and not self._warned_kind:
             self._warned_kind = True
             log(WARNING, "%s asked the ClientApp for %s and got %s (a ClientApp that does not "

@@ -57,6 +57,7 @@ class FedSGD(SyncStrategy):
 
     reply_kind = GRADIENT
     step_setting = "server_lr (run config: server-lr, gamma = lr x server-lr)"
+    without_the_helper = "FedAvg"
     fixed_train_config = {LOCAL_STEPS: 1, BATCH_SIZE: 0}
 
     def __init__(self, fraction_train: float = 1.0, *, server_lr: float | None = None,

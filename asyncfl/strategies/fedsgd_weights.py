@@ -28,6 +28,7 @@ class FedSGDWeights(FedAvg):
         {'local-steps': 1, 'batch-size': 0}
     """
 
+    without_the_helper = "FedAvg"
     fixed_train_config = {LOCAL_STEPS: 1, BATCH_SIZE: 0}
 
 

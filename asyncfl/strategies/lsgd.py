@@ -48,6 +48,8 @@ class LSGD(SyncStrategy):
         1.0
     """
 
+    without_the_helper = "FedAvg"
+
     def __init__(self, fraction_train: float = 1.0, **options) -> None:
         super().__init__(fraction_train, **options)
         self.rule = self.new_rule()

@@ -42,7 +42,11 @@ def load_data(partition_id: int, num_partitions: int):
     return (x[index[:cut]], y[index[:cut]]), (x[index[cut:]], y[index[cut:]])
 
 
-def batches(n: int, batch_size: int = 32):
+#: the quickstart's minibatch size
+BATCH_SIZE = 32
+
+
+def batches(n: int, batch_size: int = BATCH_SIZE):
     """Minibatch index ranges in a fixed order (the quickstart does not shuffle, so runs
     repeat exactly)."""
     for start in range(0, n, batch_size):
