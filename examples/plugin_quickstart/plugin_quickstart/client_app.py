@@ -148,3 +148,16 @@ def helped_evaluate(msg: Message, context: Context) -> Message:
     """`evaluate`, replying through the helper: the count also under the strategy's key."""
     metrics, count = evaluation(msg, context)
     return evaluate_reply(msg, metrics, count)
+
+
+#: what the pyproject runs: `app`, or `helped_app` with run config client = "helped"
+chosen_app = ClientApp()
+
+
+@chosen_app.train()
+@chosen_app.train("segment")
+@chosen_app.evaluate()
+def chosen(msg: Message, context: Context) -> Message:
+    """The message handled by the app the run config's `client` names."""
+    helped = str(context.run_config.get("client", "plain")) == "helped"
+    return (helped_app if helped else app)(msg, context)

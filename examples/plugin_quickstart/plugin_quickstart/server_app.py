@@ -58,6 +58,7 @@ def run_one(grid: Grid, name: str, config: dict) -> dict:
                 "wall_s": time.monotonic() - began}
     evals = result.evaluate_metrics_serverapp
     return {"outcome": "trained", "rounds": rounds,
+            "updates": len(strategy.recorder.applied()),
             "accuracy_start": evals[min(evals)]["accuracy"],
             "accuracy_end": evals[max(evals)]["accuracy"],
             "loss_start": evals[min(evals)]["loss"], "loss_end": evals[max(evals)]["loss"],
