@@ -14,7 +14,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from asyncfl.engine.delays import SPEED_CLASSES, parse_profile
+from asyncfl.engine.delays import (
+    NETWORK_CLASSES,
+    SPEED_CLASSES,
+    parse_network_profile,
+    parse_profile,
+)
 from asyncfl.strategies.registry import REGISTRY
 from asyncfl.tasks import (
     BUILTIN_MODEL_NAMES,
@@ -98,6 +103,16 @@ def _delay_profile(text: str) -> bool:
     try:
         parse_profile(text)
     except (ValueError, KeyError):
+        return False
+    return True
+
+
+def _network_profile(text: str) -> bool:
+    if text == "":
+        return True
+    try:
+        parse_network_profile(text)
+    except ValueError:
         return False
     return True
 
@@ -300,6 +315,12 @@ SETTINGS: tuple[Setting, ...] = (
             check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("comm-bandwidth", float, 0.0, "bytes per second each way; 0 = unlimited",
             check=_non_negative, allowed=_NON_NEGATIVE),
+    Setting("comm-profile", str, "", "per-client links, cycled over clients: classes "
+            "'wifi*3,4g' or 'latency:down:up' (seconds, bytes/s; 0 = unlimited); overrides "
+            "comm-latency and comm-bandwidth", check=_network_profile,
+            allowed="empty, or comma-separated classes "
+            f"{', '.join(NETWORK_CLASSES)} or latency:down:up triples of numbers >= 0, each "
+            "optionally *count"),
     Setting("time-budget", float, 0.0, "stop once the run's clock passes this many seconds "
             "(0: run all num-server-rounds)", check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("max-faults", int, 3, "drop a client after this many faulty replies in a row "

@@ -29,7 +29,7 @@ from asyncfl.engine import (
     profile_step_times,
 )
 from asyncfl.engine.checkpoint import CheckpointError, load_checkpoint
-from asyncfl.engine.delays import parse_profile, read_trace
+from asyncfl.engine.delays import parse_network_profile, parse_profile, read_trace
 from asyncfl.engine.nodes import fixed_federation, wait_for_nodes
 from asyncfl.engine.recorder import EVENT_COLUMNS
 from asyncfl.protocol import NUM_EXAMPLES, PARTITION_ID, QUERY, arrays_to_record, record_to_arrays
@@ -80,7 +80,9 @@ def make_delays(config: Mapping[str, Any]) -> DelayModel:
     """The delay model the run config describes (delay-profile overrides delay-dist)."""
     n = config["num-clients"]
     common = dict(seed=config["seed"], jitter=config["delay-jitter"],
-                  latency=config["comm-latency"], bandwidth=config["comm-bandwidth"])
+                  latency=config["comm-latency"], bandwidth=config["comm-bandwidth"],
+                  networks=tuple(parse_network_profile(config["comm-profile"])
+                                 if config["comm-profile"] else ()))
     if config["delay-dist"] == "trace" and not config["delay-profile"]:
         return DelayModel.from_trace(read_trace(config["delay-trace"]), n, **common)
     if config["delay-profile"]:

@@ -56,8 +56,8 @@ def test_profile_is_assigned_in_order_and_cycled():
 
 def test_task_time_is_steps_times_step_time_plus_communication():
     model = DelayModel(np.array([0.5, 2.0]), latency=0.1, bandwidth=1000.0)
-    assert model.task_time(1, 3, 0, 500) == pytest.approx(3 * 2.0 + 2 * 0.1 + 0.5)
-    assert model.task_time(0, 0, 0, 0) == pytest.approx(0.2)
+    assert model.task_time(1, 3, 0, 250, 250) == pytest.approx(3 * 2.0 + 2 * 0.1 + 0.5)
+    assert model.task_time(0, 0, 0, 0, 0) == pytest.approx(0.2)
 
 
 def test_jitter_has_mean_one_the_given_spread_and_is_reproducible():

@@ -403,7 +403,8 @@ def test_central_evaluation_of_the_example_matches_its_model():
 @pytest.mark.slow
 def test_every_strategy_under_flwr_run_with_the_plain_client_app(tmp_path):
     """The example app through Flower's simulation engine: the same outcome per strategy as
-    inline (runs differ in wall-clock arrival order, so accuracies are not compared)."""
+    inline, with federated evaluation on every one (runs differ in wall-clock arrival order,
+    so accuracies are not compared)."""
     names = ",".join(sorted(STRATEGIES))
     overrides = f"strategies='{names}' out='{tmp_path}'"
     with local_superlink(EXAMPLE) as (_, env):
@@ -422,6 +423,10 @@ def test_every_strategy_under_flwr_run_with_the_plain_client_app(tmp_path):
         else:
             assert outcome["outcome"] == "trained", name
             assert outcome["accuracy_end"] > outcome["accuracy_start"], name
+            # federated evaluation reached Flower's real (64-bit) node ids: every version
+            # evaluated has the nodes' metrics
+            assert outcome["client_metrics"], name
+            assert all(m["eval_acc"] >= 0 for m in outcome["client_metrics"].values()), name
 
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedbuff"])

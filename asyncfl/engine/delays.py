@@ -6,7 +6,11 @@ local steps then takes
     T = sum_{s=1..k} c_i * j_s  +  2 * latency  +  (bytes_down + bytes_up) / bandwidth
 
 where j_s are per-step jitter factors (log-normal with mean 1 and relative std `jitter`; all 1
-when jitter is 0). With a trace (`delay-dist = trace`), c_i is instead read per task: the
+when jitter is 0). With per-client networks (`Network`, `delay-profile`'s sibling
+`comm-profile`) the communication part is the client's own link, up and down apart:
+
+    latency_i + bytes_down / down_i  +  latency_i + bytes_up / up_i
+ With a trace (`delay-dist = trace`), c_i is instead read per task: the
 client's t-th task uses the t-th per-step time recorded for it, cycled (see `read_trace`).
 Draws depend only on (seed, client, task number), never on the order in which replies happen
 to arrive, so every runtime sees the same durations.
@@ -120,6 +124,55 @@ def read_trace(path: str | Path) -> list[np.ndarray]:
     return [np.asarray(times[c]) for c in sorted(times)]
 
 
+@dataclass(frozen=True)
+class Network:
+    """One client's link: one-way `latency` (seconds) and bandwidths `down` (server to client)
+    and `up` (bytes per second; 0 = unlimited)."""
+
+    latency: float = 0.0
+    down: float = 0.0
+    up: float = 0.0
+
+    def transfer_time(self, bytes_down: int, bytes_up: int) -> float:
+        """Seconds for one message down and one reply up: each a latency plus its bytes over
+        the link's bandwidth in that direction."""
+        down = bytes_down / self.down if self.down > 0 else 0.0
+        up = bytes_up / self.up if self.up > 0 else 0.0
+        return self.latency + down + self.latency + up
+
+
+#: named links for `comm-profile` (latency s, down and up bytes/s): a data-centre LAN, home
+#: wifi behind a 50/20 Mbit/s line, a 4G phone (20/10 Mbit/s), 3G (4/1 Mbit/s)
+NETWORK_CLASSES = {
+    "lan": Network(0.0005, 125e6, 125e6),
+    "wifi": Network(0.01, 6.25e6, 2.5e6),
+    "4g": Network(0.05, 2.5e6, 1.25e6),
+    "3g": Network(0.15, 0.5e6, 0.125e6),
+}
+
+
+def parse_network_profile(text: str) -> list[Network]:
+    """'wifi*3,4g' or 'latency:down:up' triples ('0.02:1e6:5e5'), cycled over clients like
+    `delay-profile`; every number finite and >= 0 (a bandwidth of 0 is unlimited)."""
+    links: list[Network] = []
+    for item in text.split(","):
+        name, _, count = item.strip().partition("*")
+        if name in NETWORK_CLASSES:
+            link = NETWORK_CLASSES[name]
+        else:
+            parts = name.split(":")
+            numbers = [float(p) for p in parts] if len(parts) == 3 else []
+            if not numbers or not all(np.isfinite(x) and x >= 0 for x in numbers):
+                raise ValueError(f"bad comm-profile entry {item!r}: a class "
+                                 f"({', '.join(NETWORK_CLASSES)}) or latency:down:up")
+            link = Network(*numbers)
+        repeat = int(count) if count else 1
+        if repeat < 1:
+            raise ValueError(f"bad comm-profile entry {item!r}: the count must be >= 1")
+        links.extend([link] * repeat)
+    return links
+
+
 @dataclass
 class DelayModel:
     """Per-client step times plus jitter and communication costs; see the module docstring."""
@@ -130,6 +183,8 @@ class DelayModel:
     latency: float = 0.0
     bandwidth: float = 0.0  # bytes per second; 0 means unlimited
     trace: tuple[np.ndarray, ...] = ()  # per client: per-step time of each task, cycled
+    #: per client, its own link (cycled over clients); empty: `latency` and `bandwidth` for all
+    networks: tuple[Network, ...] = ()
 
     @classmethod
     def from_trace(cls, trace: Sequence[np.ndarray], n: int, **kwargs) -> DelayModel:
@@ -165,14 +220,20 @@ class DelayModel:
         sigma2 = np.log1p(self.jitter**2)
         return rng.lognormal(-sigma2 / 2, np.sqrt(sigma2), steps)
 
-    def comm_time(self, bytes_moved: int) -> float:
-        """Seconds spent sending a model down and a reply up."""
-        transfer = bytes_moved / self.bandwidth if self.bandwidth > 0 else 0.0
+    def comm_time(self, client: int, bytes_down: int, bytes_up: int) -> float:
+        """Seconds spent sending a model down to `client` and its reply up."""
+        if self.networks:
+            return self.networks[client % len(self.networks)].transfer_time(bytes_down,
+                                                                            bytes_up)
+        moved = bytes_down + bytes_up
+        transfer = moved / self.bandwidth if self.bandwidth > 0 else 0.0
         return 2 * self.latency + transfer
 
-    def task_time(self, client: int, steps: int, task_number: int, bytes_moved: int) -> float:
+    def task_time(self, client: int, steps: int, task_number: int, bytes_down: int,
+                  bytes_up: int) -> float:
         """Total duration of one task: compute plus communication."""
-        return self.compute_time(client, steps, task_number) + self.comm_time(bytes_moved)
+        return (self.compute_time(client, steps, task_number)
+                + self.comm_time(client, bytes_down, bytes_up))
 
 
 def zero_delays(n: int) -> DelayModel:

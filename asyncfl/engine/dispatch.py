@@ -74,7 +74,8 @@ class Dispatcher:
                   TASK_SEED: task_seed(self.seed, version, client), **(extra or {})}
         if not self.loop.virtual:
             config[STEP_DELAY] = float(self.loop.delays.step_times[client])
-            config[COMM_DELAY] = float(self.loop.delays.comm_time(2 * model_bytes))
+            config[COMM_DELAY] = float(self.loop.delays.comm_time(client, model_bytes,
+                                                                  model_bytes))
         return train_instruction(arrays, ConfigRecord(config), self.node_ids[client],
                                  str(version), message_type, *self.keys)
 

@@ -213,7 +213,8 @@ class EventLoop:
         expected = self._slowest_reply
         if not self.virtual and oldest is not None:
             expected = max(expected, self.delays.task_time(
-                oldest.client, oldest.steps or 0, oldest.task_number, 2 * oldest.bytes_down))
+                oldest.client, oldest.steps or 0, oldest.task_number, oldest.bytes_down,
+                oldest.bytes_down))
         return max(MIN_REPLY_TIMEOUT, REPLY_TIMEOUT_FACTOR * expected)
 
     @property
@@ -235,7 +236,8 @@ class EventLoop:
         number = self._next_task_number(client)
         return TaskTiming(client, number, self.virtual_clock.now,
                           np.concatenate([[0.0], np.cumsum(times)]),
-                          float(times.sum()) + self.delays.comm_time(2 * model_bytes))
+                          float(times.sum())
+                          + self.delays.comm_time(client, model_bytes, model_bytes))
 
     def send_segment(self, message: Message, plan: TaskTiming, first: int, stop: int,
                      tag: Any, model_bytes: int) -> Dispatch:
@@ -423,9 +425,9 @@ class EventLoop:
     def _set_virtual_finish(self, dispatch: Dispatch, steps: int | None) -> None:
         duration = dispatch.duration
         if duration is None:
-            moved = 2 * dispatch.bytes_down  # the model down, a model-sized reply up
+            # the model down, a model-sized reply up
             duration = self.delays.task_time(dispatch.client, steps or 0, dispatch.task_number,
-                                             moved)
+                                             dispatch.bytes_down, dispatch.bytes_down)
         dispatch.virtual_finish = dispatch.sent_virtual + duration
         if self.virtual:
             entry = (dispatch.virtual_finish, dispatch.priority, dispatch.client,
