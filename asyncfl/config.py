@@ -338,6 +338,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("retry-backoff", float, 2.0, "async strategies, wall clock: seconds a client "
             "rests after a failed task before it gets another, doubling with each failure in "
             "a row (at most 60 s); 0: at once", check=_non_negative, allowed=_NON_NEGATIVE),
+    Setting("staleness-cutoff", int, 0, "async strategies: discard every update this many "
+            "or more versions old and send its client the newest model (Ringmaster ASGD's R; "
+            "R = concurrency keeps all but updates older than a full turn of the clients in "
+            "flight); 0: none", check=_non_negative, allowed="an integer >= 0"),
     Setting("round-timeout", float, 0.0, "sync strategies: a round ends this many seconds "
             "(run's clock) after it was sent, with the replies in by then; the rest are "
             "logged as missing (0: wait for all)", check=_non_negative, allowed=_NON_NEGATIVE),
@@ -415,6 +419,10 @@ def validate_run_config(overrides: Mapping[str, Any]) -> dict[str, ConfigValue]:
             f"({', '.join(SYNC_STRATEGIES)}), not strategy = {config['strategy']}; "
             "asynchronous ones give up a task after 'reply-timeout'"
         )
+    if config["staleness-cutoff"] > 0 and config["strategy"] in SYNC_STRATEGIES:
+        raise ConfigError(
+            f"run-config 'staleness-cutoff' applies to asynchronous strategies, not strategy "
+            f"= {config['strategy']}, whose updates are never stale")
     _check_server_optimizer(config)
     _check_parallel_clients(config)
     if config["resume"] and not config["run-name"]:

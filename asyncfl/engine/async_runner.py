@@ -44,13 +44,18 @@ class AsyncRunner:
     flight started from it: at most M versions. With a wall clock, a client whose task failed
     rests `retry_backoff` seconds (doubling with each fault in a row, at most MAX_BACKOFF),
     then is sent another; in virtual time a faulty client is sent its next task at once.
-    `tasks` sends the work: one message per task, or APSB's segments and broadcasts.
+    `tasks` sends the work: one message per task, or APSB's segments and broadcasts. With
+    `staleness_cutoff` R > 0 an update whose staleness is R or more is discarded (recorded as
+    "stale", not a fault of its client) and the client is sent the newest model: Ringmaster
+    ASGD's rule, which applies only gradients of delay < R.
     """
 
     def __init__(self, rule: AsyncRule, parts: RunParts, concurrency: int = 0,
-                 retry_backoff: float = 0.0, tasks: WholeTasks | None = None) -> None:
+                 retry_backoff: float = 0.0, tasks: WholeTasks | None = None,
+                 staleness_cutoff: int = 0) -> None:
         self.rule, self.parts = rule, parts
         self.concurrency = concurrency
+        self.staleness_cutoff = staleness_cutoff
         self.retry_backoff = retry_backoff
         self.tasks = tasks if tasks is not None else WholeTasks(parts.dispatcher)
         self.resting = RestingClients()
@@ -151,12 +156,17 @@ class AsyncRunner:
             parts.recorder.rejected(completion, version, f"unusable reply: a {reply.kind} "
                                     "reply after the ClientApp had sent what it was asked")
             return False
+        staleness = version - completion.tag
+        if self.staleness_cutoff and staleness >= self.staleness_cutoff:
+            parts.recorder.rejected(completion, version, f"stale: {staleness} versions old, "
+                                    f"staleness-cutoff {self.staleness_cutoff}")
+            return False
         examples = parts.weight(reply)
         self.state.add(reply.arrays, reply.kind, start, examples)
         update = parts.update(reply, self.rule, start)
         new = self.rule.fold(self.state.parameters(self.global_arrays),
-                             self.state.parameters(update), examples,
-                             version - completion.tag, completion.client)
+                             self.state.parameters(update), examples, staleness,
+                             completion.client)
         self.applied_since.append(reply)
         if new is not None:
             self.global_arrays = self.state.new_version(self.global_arrays, new)

@@ -286,17 +286,22 @@ class SyncStrategy(AsyncflStrategy):
 class AsyncStrategy(AsyncflStrategy):
     """An asynchronous strategy: its `rule` folds in one update at a time while `concurrency`
     (M; 0 = every client) clients train; `num_rounds` counts global model versions. With a
-    wall clock a failed client rests `retry_backoff` seconds, doubling (see `AsyncRunner`)."""
+    wall clock a failed client rests `retry_backoff` seconds, doubling (see `AsyncRunner`).
+    `staleness_cutoff` R > 0 discards every update R or more versions old (Ringmaster ASGD,
+    Maranjyan et al., ICML 2025) and sends its client the newest model; 0: none."""
 
     rng_stream = 5
     rule: AsyncRule
 
-    def __init__(self, concurrency: int = 0, retry_backoff: float = 2.0, **options) -> None:
+    def __init__(self, concurrency: int = 0, retry_backoff: float = 2.0,
+                 staleness_cutoff: int = 0, **options) -> None:
         super().__init__(**options)
         concurrency = arguments.integer("concurrency (0: every client)", concurrency)
         retry_backoff = arguments.non_negative("retry_backoff", retry_backoff)
         self.concurrency = concurrency
         self.retry_backoff = retry_backoff
+        self.staleness_cutoff = arguments.integer("staleness_cutoff (0: none)",
+                                                  staleness_cutoff)
 
     def in_flight(self, parts: RunParts) -> int:
         """M: the clients in flight at once."""
@@ -308,5 +313,5 @@ class AsyncStrategy(AsyncflStrategy):
 
     def runner(self, parts: RunParts) -> AsyncRunner:
         return AsyncRunner(self.rule, parts, self.concurrency, self.retry_backoff,
-                           self.tasks(parts))
+                           self.tasks(parts), self.staleness_cutoff)
 

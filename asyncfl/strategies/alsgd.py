@@ -52,7 +52,8 @@ class ALSGD(AsyncStrategy):
             synchronous average of them would. Default: None.
         concurrency: M, the clients in flight at once; 0 means every client. Default: 0.
         **options: what every asyncfl strategy takes (`AsyncflStrategy`: Flower's FedAvg
-            arguments, clock, delays, guard, ...) and `retry_backoff` (`AsyncStrategy`).
+            arguments, clock, delays, guard, ...), `retry_backoff` and `staleness_cutoff`
+            (Ringmaster's R: updates R or more versions old are discarded; `AsyncStrategy`).
 
     Example:
         >>> ALSGD(server_lr=0.5, concurrency=4).server_lr

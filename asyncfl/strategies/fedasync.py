@@ -57,7 +57,8 @@ class FedAsync(AsyncStrategy):
             or a function of the staleness; None means polynomial with a = 0.5.
             Default: None.
         **options: what every asyncfl strategy takes (`AsyncflStrategy`: Flower's FedAvg
-            arguments, clock, delays, guard, ...) and `retry_backoff` (`AsyncStrategy`).
+            arguments, clock, delays, guard, ...), `retry_backoff` and `staleness_cutoff`
+            (Ringmaster's R: updates R or more versions old are discarded; `AsyncStrategy`).
 
     Example:
         >>> FedAsync(mixing=0.6, staleness="constant").rule.mixing

@@ -52,7 +52,8 @@ def sync_settings(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def async_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """What every asynchronous strategy reads from a run config."""
-    return {"concurrency": config["concurrency"], "retry_backoff": config["retry-backoff"]}
+    return {"concurrency": config["concurrency"], "retry_backoff": config["retry-backoff"],
+            "staleness_cutoff": config["staleness-cutoff"]}
 
 
 def server_lr(config: Mapping[str, Any]) -> float | None:
