@@ -311,6 +311,17 @@ SETTINGS: tuple[Setting, ...] = (
             "(client + step_time, or client + duration + steps, e.g. a wall-clock run's "
             "events.csv), replayed per client and task", check=_path,
             allowed=f"a path to a CSV file of at most {TRACE_MAX_BYTES // 2**20} MiB"),
+    Setting("availability", str, "always", "when clients are online (virtual clock): "
+            "always; exponential on/off periods (availability-on / -off means); or the "
+            "windows of availability-trace. Offline clients get no task; a task whose client "
+            "leaves is lost", choices=("always", "exponential", "trace")),
+    Setting("availability-on", float, 600.0, "availability = exponential: mean seconds a "
+            "client stays online", check=_positive, allowed=_POSITIVE),
+    Setting("availability-off", float, 300.0, "availability = exponential: mean seconds a "
+            "client stays offline", check=_positive, allowed=_POSITIVE),
+    Setting("availability-trace", str, "", "availability = trace: CSV of online windows "
+            "(client, start, end in seconds), cycled over clients", check=_path,
+            allowed=f"a path to a CSV file of at most {TRACE_MAX_BYTES // 2**20} MiB"),
     Setting("comm-latency", float, 0.0, "one-way message latency, seconds",
             check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("comm-bandwidth", float, 0.0, "bytes per second each way; 0 = unlimited",
@@ -419,6 +430,12 @@ def validate_run_config(overrides: Mapping[str, Any]) -> dict[str, ConfigValue]:
             f"({', '.join(SYNC_STRATEGIES)}), not strategy = {config['strategy']}; "
             "asynchronous ones give up a task after 'reply-timeout'"
         )
+    if config["availability"] != "always" and config["clock"] != "virtual":
+        raise ConfigError(f"run-config 'availability' = {config['availability']!r} needs "
+                          "clock = 'virtual': who is online is a matter of simulated time")
+    if config["availability"] == "trace" and not config["availability-trace"]:
+        raise ConfigError("run-config 'availability' = 'trace' needs 'availability-trace': "
+                          "the CSV file of online windows (client, start, end)")
     if config["staleness-cutoff"] > 0 and config["strategy"] in SYNC_STRATEGIES:
         raise ConfigError(
             f"run-config 'staleness-cutoff' applies to asynchronous strategies, not strategy "
@@ -538,20 +555,26 @@ def check_local_files(config: Mapping[str, Any]) -> None:
         from asyncfl.tasks.images import local_path
 
         local_path(config["dataset"])
-    path = config["delay-trace"]
-    if config["delay-dist"] != "trace" or config["delay-profile"] or not path:
+    if config["delay-dist"] == "trace" and not config["delay-profile"]:
+        _check_trace_file("delay-trace", config["delay-trace"])
+    if config["availability"] == "trace":
+        _check_trace_file("availability-trace", config["availability-trace"])
+
+
+def _check_trace_file(setting: str, path: str) -> None:
+    if not path:
         return
     allowed = f"a path to a CSV file of at most {TRACE_MAX_BYTES // 2**20} MiB"
     try:
         info = os.stat(path)
     except OSError as error:
-        raise ConfigError(f"run-config 'delay-trace' = {path!r}: cannot read it "
+        raise ConfigError(f"run-config '{setting}' = {path!r}: cannot read it "
                           f"({error.strerror}); allowed: {allowed}") from None
     if not stat.S_ISREG(info.st_mode):
-        raise ConfigError(f"run-config 'delay-trace' = {path!r} is not a regular file; "
+        raise ConfigError(f"run-config '{setting}' = {path!r} is not a regular file; "
                           f"allowed: {allowed}")
     if info.st_size > TRACE_MAX_BYTES:
-        raise ConfigError(f"run-config 'delay-trace' = {path!r} has {info.st_size:,} bytes; "
+        raise ConfigError(f"run-config '{setting}' = {path!r} has {info.st_size:,} bytes; "
                           f"allowed: {allowed}")
 
 

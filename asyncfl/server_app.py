@@ -28,6 +28,7 @@ from asyncfl.engine import (
     draw_step_times,
     profile_step_times,
 )
+from asyncfl.engine.availability import Availability, OnOffWindows, TraceWindows
 from asyncfl.engine.checkpoint import CheckpointError, load_checkpoint
 from asyncfl.engine.delays import parse_network_profile, parse_profile, read_trace
 from asyncfl.engine.nodes import fixed_federation, wait_for_nodes
@@ -95,6 +96,16 @@ def make_delays(config: Mapping[str, Any]) -> DelayModel:
     return DelayModel(steps, **common)
 
 
+def make_availability(config: Mapping[str, Any]) -> Availability | None:
+    """When clients are online, as the run config says (None: always)."""
+    if config["availability"] == "exponential":
+        return OnOffWindows(config["availability-on"], config["availability-off"],
+                            config["seed"])
+    if config["availability"] == "trace":
+        return TraceWindows(config["availability-trace"])
+    return None
+
+
 def make_strategy(
     config: Mapping[str, Any], delays: DelayModel, node_ids: list[int],
     partition_sizes: list[int] | None = None, resume: dict | None = None,
@@ -105,7 +116,8 @@ def make_strategy(
     clock = VirtualClock() if config["clock"] == "virtual" else WallClock()
     registered = REGISTRY[config["strategy"]]
     return registered.cls(
-        clock=clock, delays=delays, seed=config["seed"], time_budget=config["time-budget"],
+        clock=clock, delays=delays, availability=make_availability(config),
+        seed=config["seed"], time_budget=config["time-budget"],
         node_ids=node_ids, partition_sizes=partition_sizes, phases=phases,
         fraction_evaluate=config["fraction-evaluate"], min_evaluate_nodes=1,
         guard=ReplyGuard(config["max-faults"], config["update-norm-bound"],

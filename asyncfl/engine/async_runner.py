@@ -3,6 +3,7 @@ as it lands (virtual-finish order or arrival order), re-dispatch from the newest
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Protocol
 
@@ -91,7 +92,11 @@ class AsyncRunner:
                 if not self.resting:
                     parts.no_client_left(self.version)
                     break
-                time.sleep(max(0.0, self.resting.next_wake() - loop.clock.now))
+                wake = self.resting.next_wake()
+                if loop.virtual:  # (clients offline until then)
+                    loop.virtual_clock.advance_to(wake)
+                else:
+                    time.sleep(max(0.0, wake - loop.clock.now))
                 self._refill()
                 continue
             completion = loop.next_completion(wake_at=self.resting.next_wake())
@@ -130,9 +135,26 @@ class AsyncRunner:
         loop = self.parts.loop
         for client in self.resting.wake(loop.clock.now) + self.parts.joined_clients():
             self.idle.add(client)
-        sent = self.tasks.start(self.arrays, self.version,
-                                self.idle.take(self.in_flight - loop.in_flight))
+        wanted = self.in_flight - loop.in_flight
+        chosen = self.idle.take(wanted)
+        if loop.availability is not None:
+            chosen = self._online(chosen, wanted)
+        sent = self.tasks.start(self.arrays, self.version, chosen)
         self.bases.dispatched(self.version, self.global_arrays, sent)
+
+    def _online(self, chosen: list[int], wanted: int) -> list[int]:
+        """Of the idle clients drawn, those online now, drawing more while some are not; an
+        offline one waits (as a resting client) until it is back, or is gone for good."""
+        loop, online = self.parts.loop, []
+        while chosen:
+            for client in chosen:
+                back = loop.availability.next_online(client, loop.clock.now)
+                if back == loop.clock.now:
+                    online.append(client)
+                elif back < math.inf:
+                    self.resting.rest(client, back)
+            chosen = self.idle.take(wanted - len(online))
+        return online
 
     def _fold(self, completion: Completion, num_rounds: int) -> bool:
         """Check a finished task's reply and fold it in; the client goes back to the idle

@@ -24,11 +24,13 @@ from asyncfl.engine import (
     DelayModel,
     EventLoop,
     PhaseTimer,
+    VirtualClock,
     WallClock,
     arguments,
     zero_delays,
 )
 from asyncfl.engine.async_runner import AsyncRule, AsyncRunner, clients_in_flight
+from asyncfl.engine.availability import Availability
 from asyncfl.engine.checkpoint import Checkpointer
 from asyncfl.engine.dispatch import Dispatcher, WholeTasks
 from asyncfl.engine.evaluation import (
@@ -64,6 +66,8 @@ class AsyncflStrategy(Strategy):
     connects during the run joins it (sync: sampled from the next round on; async: sent a
     task like any idle client). `partition_sizes` (examples per client, where known) bound
     each reply's example count and fix epoch-based tasks' virtual duration at dispatch.
+    `availability` (virtual clock only; `engine.availability`) says when each client is
+    online: tasks go only to online clients, and one whose client goes offline first is lost.
     `guard`, `evaluation` and `checkpoints` are the reply guard, the evaluation schedule and
     the checkpointer (defaults: a client is dropped after `DEFAULT_MAX_FAULTS` faulty replies
     in a row, every version evaluated, no checkpoints). After `start`, `recorder` holds what
@@ -96,6 +100,7 @@ class AsyncflStrategy(Strategy):
         evaluate_metrics_aggr_fn: MetricsAggregationFn | None = None,
         clock: Clock | None = None,
         delays: DelayModel | None = None,
+        availability: Availability | None = None,
         seed: int = 0,
         node_ids: Sequence[int] | None = None,
         partition_sizes: Sequence[int] | None = None,
@@ -122,7 +127,11 @@ class AsyncflStrategy(Strategy):
         self.configrecord_key = configrecord_key
         self.train_metrics_aggr_fn = train_metrics_aggr_fn or aggregate_metricrecords
         self.clock = clock if clock is not None else WallClock()
+        if availability is not None and not isinstance(self.clock, VirtualClock):
+            raise ValueError("availability needs clock=VirtualClock(): who is online is a "
+                             "matter of simulated time")
         self.delays = delays
+        self.availability = availability
         self.seed = seed
         self.node_ids = list(node_ids) if node_ids is not None else None
         self.partition_sizes = partition_sizes
@@ -161,7 +170,7 @@ class AsyncflStrategy(Strategy):
                              f"but there are {len(node_ids)} nodes")
         clock = type(self.clock)()  # each run's time starts at 0
         loop = EventLoop(grid, clock, delays, self.poll_interval, timeout,
-                         phases=self.phases)
+                         phases=self.phases, availability=self.availability)
         settings = {**(dict(train_config) if train_config is not None else {}),
                     **self.fixed_train_config, RETURN: self.reply_kind}
         if self.weighted_by_key != NUM_EXAMPLES:  # the helper reports examples under it

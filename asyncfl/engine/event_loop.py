@@ -29,6 +29,7 @@ from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from asyncfl.engine.availability import Availability
 from asyncfl.engine.checkpoint import state_class
 from asyncfl.engine.clocks import Clock, VirtualClock, WallClock
 from asyncfl.engine.delays import DelayModel
@@ -63,6 +64,7 @@ class Dispatch:
     priority: int = 0
     duration: float | None = None
     virtual_finish: float | None = None
+    lost: bool = False  # its client went offline before it finished (see `availability`)
     reply: Message | None = None
     reply_size: int = 0
     arrived_wall: float = 0.0
@@ -105,7 +107,7 @@ class TaskTiming:
 
 # Dispatch fields a checkpoint keeps (the rest is rebuilt when the task is sent again)
 SNAPSHOT_FIELDS = ("client", "task_number", "sent_virtual", "steps", "bytes_down",
-                   "tag", "priority", "duration", "virtual_finish")
+                   "tag", "priority", "duration", "virtual_finish", "lost")
 
 
 @dataclass
@@ -120,6 +122,7 @@ class Completion:
     steps: int
     bytes_up: int
     missed_deadline: bool = False
+    lost: bool = False  # the client went offline during the task (not its fault)
 
     @property
     def ok(self) -> bool:
@@ -137,6 +140,8 @@ class Completion:
     def failure_reason(self) -> str:
         if self.missed_deadline:
             return "missed the round deadline (round-timeout)"
+        if self.lost:
+            return "unavailable: the client went offline during its task"
         if self.reply is None:
             return "no reply before timeout"
         if self.reply.has_error():
@@ -179,6 +184,8 @@ class EventLoop:
     traffic: TrafficCounters = field(default_factory=TrafficCounters)
     #: where the server's time goes: the loop marks dispatching and waiting, callers the rest
     phases: PhaseTimer = field(default_factory=PhaseTimer)
+    #: when clients are online (virtual time); None: always
+    availability: Availability | None = None
 
     def __post_init__(self) -> None:
         self.virtual = isinstance(self.clock, VirtualClock)
@@ -338,7 +345,7 @@ class EventLoop:
             message = Message(task["content"], node_of_client(task["client"]),
                               task["message_type"], group_id=task["group_id"])
             (message_id,) = self.grid.push_messages([message])
-            fields = {name: task[name] for name in SNAPSHOT_FIELDS}
+            fields = {name: task[name] for name in SNAPSHOT_FIELDS if name in task}
             dispatch = Dispatch(message_id=message_id, node_id=message.metadata.dst_node_id,
                                 sent_wall=self.wall_clock.now, message=message, **fields)
             self._in_flight[message_id] = dispatch
@@ -358,8 +365,9 @@ class EventLoop:
 
         With a `deadline` (seconds on the run's clock), a task that has not finished by then
         comes back at once as missed: in virtual time one whose finish lies beyond it, with a
-        wall clock one still unanswered when the clock passes it. With `wake_at` (wall clock),
-        return None once the clock passes it with nothing ready: the caller has work then."""
+        wall clock one still unanswered when the clock passes it. With `wake_at`, return None
+        once the clock passes it with nothing ready (in virtual time: when no task can finish
+        before it, the clock moved to it): the caller has work then."""
         if not self._in_flight:
             raise RuntimeError("no task in flight")
         self.phases.enter("wait")
@@ -370,6 +378,9 @@ class EventLoop:
                 return self._miss_deadline(late, deadline)
             if self._pull():
                 waited_since = time.monotonic()
+            if wake_at is not None and self.virtual and self._nothing_before(wake_at):
+                self.virtual_clock.advance_to(wake_at)
+                return None
             ready = self._ready_virtual() if self.virtual else self._ready_wall()
             if ready is not None:
                 if self.virtual and deadline is not None and ready.virtual_finish > deadline:
@@ -408,6 +419,10 @@ class EventLoop:
         with a `deadline`, those not done by then come back as missed."""
         return [self.next_completion(deadline) for _ in range(self.in_flight)]
 
+    def _nothing_before(self, t: float) -> bool:
+        """In virtual time, whether no task in flight can finish before t."""
+        return not self._unknown and (not self._known or self._known[0][0] > t)
+
     def _late(self, deadline: float | None) -> Dispatch | None:
         """In virtual time, the next task if it is known to finish after `deadline`."""
         if (not self.virtual or deadline is None or self._unknown or not self._known
@@ -429,6 +444,10 @@ class EventLoop:
             duration = self.delays.task_time(dispatch.client, steps or 0, dispatch.task_number,
                                              dispatch.bytes_down, dispatch.bytes_down)
         dispatch.virtual_finish = dispatch.sent_virtual + duration
+        if self.availability is not None and self.virtual:
+            offline = self.availability.next_offline(dispatch.client, dispatch.sent_virtual)
+            if offline < dispatch.virtual_finish:  # lost when its client leaves
+                dispatch.virtual_finish, dispatch.lost = offline, True
         if self.virtual:
             entry = (dispatch.virtual_finish, dispatch.priority, dispatch.client,
                      next(self._seq), dispatch.message_id)
@@ -500,7 +519,8 @@ class EventLoop:
         self.virtual_clock.advance_to(dispatch.virtual_finish)
         return Completion(
             dispatch=dispatch,
-            reply=reply,
+            reply=None if dispatch.lost else reply,
+            lost=dispatch.lost,
             virtual_time=dispatch.virtual_finish,
             wall_time=self.wall_clock.now,
             steps=reply_steps(reply, dispatch.steps) if reply is not None else 0,

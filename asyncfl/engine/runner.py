@@ -129,6 +129,9 @@ class RunParts:
         """The guard's verdict on a reply; a rejection is recorded. Returns the TrainReply or
         None."""
         self.loop.phases.enter("deserialize")
+        if completion.lost:  # its client left: not the client's fault
+            self.recorder.rejected(completion, version, completion.failure_reason)
+            return None
         sizes = self.dispatcher.partition_sizes
         known = sizes is not None and completion.client < len(sizes)
         verdict = self.guard.check(completion, reference, start,

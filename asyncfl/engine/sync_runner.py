@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp.strategy import Result
 
 from asyncfl.engine import Completion, EventLoop
+from asyncfl.engine.availability import first_online
 from asyncfl.engine.evaluation import EvaluateFn
 from asyncfl.engine.model_state import ModelState
 from asyncfl.engine.runner import Arrays, Rule, RunParts
@@ -74,12 +76,11 @@ class SyncRunner:
             schedule.evaluate(0, arrays)
         for server_round in range(first, num_rounds + 1):
             parts.joined_clients()  # sampled from this round on
-            clients = [c for c in sample_clients(parts.rng, parts.num_clients, self.fraction,
-                                                 self.min_nodes)
-                       if c not in parts.guard.dropped]
-            if len(parts.guard.dropped) == parts.num_clients:
+            sampled = self._sample()
+            if len(parts.guard.dropped) == parts.num_clients or sampled is None:
                 parts.no_client_left(server_round - 1)
                 break
+            clients = [c for c in sampled if c not in parts.guard.dropped]
             steps = (self.step_plan.steps(server_round, clients, loop)
                      if self.step_plan is not None else None)
             parts.dispatcher.send(arrays, server_round - 1, clients, steps)
@@ -110,6 +111,22 @@ class SyncRunner:
                 break
         parts.finish(loop.traffic)
         return result
+
+    def _sample(self) -> list[int] | None:
+        """The round's clients: Flower's sample of C x N, among the clients online now if
+        the run has an availability model (the clock moves on to the first one back if none
+        is; None: none will ever be)."""
+        parts, loop = self.parts, self.parts.loop
+        if loop.availability is None:
+            return sample_clients(parts.rng, parts.num_clients, self.fraction, self.min_nodes)
+        candidates = [c for c in range(parts.num_clients) if c not in parts.guard.dropped]
+        back = first_online(loop.availability, candidates, loop.clock.now)
+        if back == math.inf:
+            return None
+        loop.virtual_clock.advance_to(back)
+        online = [c for c in candidates if loop.availability.online(c, loop.clock.now)]
+        return [online[i] for i in sample_clients(parts.rng, len(online), self.fraction,
+                                                  self.min_nodes)]
 
     def _combine(self, global_arrays: Arrays, replies: list[TrainReply],
                  state: ModelState) -> Arrays:
