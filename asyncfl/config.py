@@ -249,11 +249,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lr", float, 0.2, "client learning rate eta", check=_positive, allowed=_POSITIVE),
     Setting("server-lr", float, 0.0, "the server step, in the same units as the strategies' "
             "server_lr: the multiple of the clients' move (a delta x server-lr for the "
-            f"buffered strategies ({', '.join(BUFFERED_STRATEGIES)}) and esync; gamma = lr x "
+            f"buffered strategies ({', '.join(BUFFERED_STRATEGIES)}), esync and mifa; gamma = lr x "
             "server-lr for fedsgd, alsgd, asgd, apsb); for adam / yogi / adagrad / amsgrad their "
             "eta. 0 = the algorithm's default: min(1, B/M) for sgd steps (B updates per step: "
             "buffer-size, else 1; M in flight), adam 0.01, yogi 0.01, adagrad 0.1, amsgrad 0.01, "
-            "1 for esync and fedsgd",
+            "1 for esync, mifa and fedsgd",
             check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("server-optimizer", str, "auto", "server step of the buffered strategies: sgd "
             "(FedAvgM with server-momentum), adam / yogi / adagrad (Reddi et al. 2021), amsgrad; "

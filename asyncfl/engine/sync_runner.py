@@ -20,7 +20,9 @@ from asyncfl.protocol import TrainReply, arrays_to_record, record_to_arrays
 class SyncRule(Rule, Protocol):
     def combine(self, global_arrays: Arrays, updates: list[Arrays],
                 num_examples: list[float]) -> Arrays:
-        """The new global model from one round's checked updates (pure)."""
+        """The new global model from one round's checked updates (pure). A rule that keeps
+        something per client (MIFA's memory) sets `by_client = True` and is also given
+        `clients=`, the updates' client indices."""
 
 
 class StepPlan(Protocol):
@@ -93,7 +95,7 @@ class SyncRunner:
                 for completion, reply in accepted:
                     self.step_plan.observe(completion.client, reply.metrics)
             if accepted:
-                global_arrays = self._combine(global_arrays, [r for _, r in accepted], state)
+                global_arrays = self._combine(global_arrays, accepted, state)
                 parts.new_model(server_round, global_arrays)
                 arrays = result.arrays = arrays_to_record(global_arrays)
                 metrics = parts.train_metrics([r for _, r in accepted])
@@ -128,16 +130,19 @@ class SyncRunner:
         return [online[i] for i in sample_clients(parts.rng, len(online), self.fraction,
                                                   self.min_nodes)]
 
-    def _combine(self, global_arrays: Arrays, replies: list[TrainReply],
+    def _combine(self, global_arrays: Arrays, accepted: list[tuple[Completion, TrainReply]],
                  state: ModelState) -> Arrays:
         """The rule's new parameters and the statistics moved by the one rule for them."""
         self.parts.loop.phases.enter("aggregate")
-        weights = [self.parts.weight(r) for r in replies]
+        weights = [self.parts.weight(r) for _, r in accepted]
         updates = []
-        for reply, weight in zip(replies, weights, strict=True):
+        for (_, reply), weight in zip(accepted, weights, strict=True):
             state.add(reply.arrays, reply.kind, global_arrays, weight)
             updates.append(state.parameters(self.parts.update(reply, self.rule, global_arrays)))
-        parameters = self.rule.combine(state.parameters(global_arrays), updates, weights)
+        by_client = ({"clients": [c.client for c, _ in accepted]}
+                     if getattr(self.rule, "by_client", False) else {})
+        parameters = self.rule.combine(state.parameters(global_arrays), updates, weights,
+                                       **by_client)
         return state.new_version(global_arrays, parameters)
 
     def _record(self, accepted: list[tuple[Completion, TrainReply]], server_round: int) -> None:

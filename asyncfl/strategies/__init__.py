@@ -32,6 +32,7 @@ from asyncfl.strategies.fedsgd import FedSGD
 from asyncfl.strategies.fedsgd_weights import FedSGDWeights
 from asyncfl.strategies.fedstaleweight import FedStaleWeight
 from asyncfl.strategies.lsgd import LSGD
+from asyncfl.strategies.mifa import MIFA
 from asyncfl.strategies.registry import REGISTRY
 from asyncfl.strategies.running_mean import RunningMean
 from asyncfl.strategies.ssgd import SSGD
@@ -41,8 +42,8 @@ STRATEGIES: dict[str, type[AsyncflStrategy]] = {name: r.cls for name, r in REGIS
 
 __all__ = [
     "ALSGD", "APSB", "ASGD", "CA2FL", "CapabilityError", "DivergenceError", "ESync", "FADAS",
-    "LSGD", "OPTIMIZERS", "REGISTRY", "SSGD", "STRATEGIES", "AsyncStrategy", "AsyncflStrategy",
-    "Checkpointer", "EvaluationSchedule", "FedAsync", "FedAvg", "FedBuff",
+    "LSGD", "MIFA", "OPTIMIZERS", "REGISTRY", "SSGD", "STRATEGIES", "AsyncStrategy",
+    "AsyncflStrategy", "Checkpointer", "EvaluationSchedule", "FedAsync", "FedAvg", "FedBuff",
     "FedSGD", "FedSGDWeights", "FedStaleWeight", "NoClientLeftError", "ReplyGuard", "RunningMean",
     "ServerOptimizer", "SyncStrategy", "constant", "hinge", "polynomial", "staleness_function",
 ]
