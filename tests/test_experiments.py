@@ -121,3 +121,19 @@ def test_own_data_trains_digits_written_as_a_parquet_folder(tmp_path):
     for row in rows:  # both tasks test on the same 360 held-out digits
         assert float(row["accuracy"]) * 360 == pytest.approx(round(float(row["accuracy"]) * 360),
                                                              abs=0.05)
+
+
+def test_fleets_loses_tasks_only_where_clients_come_and_go(tmp_path):
+    done = run_script("fleets.py", "--strategies", "fedavg,fedbuff", "--availability",
+                      "always,sparse", "--networks", "mixed", "--budget", "60",
+                      "--out", str(tmp_path / "fl"), *ONE_SEED, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import csv
+
+    with (tmp_path / "fl" / "table.csv").open() as f:
+        rows = {(r["strategy"], r["availability"]): r for r in csv.DictReader(f)}
+    for name in ("fedavg", "fedbuff"):
+        assert float(rows[(name, "always")]["lost_share"]) == 0
+        assert float(rows[(name, "sparse")]["lost_share"]) > 0
+        assert int(float(rows[(name, "sparse")]["updates"])) > 0
+    assert (tmp_path / "fl" / "accuracy_vs_time.png").exists()
