@@ -322,6 +322,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("availability-trace", str, "", "availability = trace: CSV of online windows "
             "(client, start, end in seconds), cycled over clients", check=_path,
             allowed=f"a path to a CSV file of at most {TRACE_MAX_BYTES // 2**20} MiB"),
+    Setting("arrival-rate", float, 0.0, "clients joining per second (virtual clock): "
+            "after the first clients-at-start, the others arrive as a Poisson process, "
+            "offline before; 0: every client from the start", check=_non_negative,
+            allowed=_NON_NEGATIVE),
+    Setting("clients-at-start", int, 1, "arrival-rate > 0: clients there from the start",
+            check=_non_negative, allowed="an integer >= 0"),
     Setting("comm-latency", float, 0.0, "one-way message latency, seconds",
             check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("comm-bandwidth", float, 0.0, "bytes per second each way; 0 = unlimited",
@@ -433,6 +439,9 @@ def validate_run_config(overrides: Mapping[str, Any]) -> dict[str, ConfigValue]:
     if config["availability"] != "always" and config["clock"] != "virtual":
         raise ConfigError(f"run-config 'availability' = {config['availability']!r} needs "
                           "clock = 'virtual': who is online is a matter of simulated time")
+    if config["arrival-rate"] > 0 and config["clock"] != "virtual":
+        raise ConfigError("run-config 'arrival-rate' > 0 needs clock = 'virtual': clients "
+                          "join in simulated time")
     if config["availability"] == "trace" and not config["availability-trace"]:
         raise ConfigError("run-config 'availability' = 'trace' needs 'availability-trace': "
                           "the CSV file of online windows (client, start, end)")

@@ -28,7 +28,12 @@ from asyncfl.engine import (
     draw_step_times,
     profile_step_times,
 )
-from asyncfl.engine.availability import Availability, OnOffWindows, TraceWindows
+from asyncfl.engine.availability import (
+    Arrivals,
+    Availability,
+    OnOffWindows,
+    TraceWindows,
+)
 from asyncfl.engine.checkpoint import CheckpointError, load_checkpoint
 from asyncfl.engine.delays import parse_network_profile, parse_profile, read_trace
 from asyncfl.engine.nodes import fixed_federation, wait_for_nodes
@@ -98,12 +103,16 @@ def make_delays(config: Mapping[str, Any]) -> DelayModel:
 
 def make_availability(config: Mapping[str, Any]) -> Availability | None:
     """When clients are online, as the run config says (None: always)."""
+    windows: Availability | None = None
     if config["availability"] == "exponential":
-        return OnOffWindows(config["availability-on"], config["availability-off"],
-                            config["seed"])
-    if config["availability"] == "trace":
-        return TraceWindows(config["availability-trace"])
-    return None
+        windows = OnOffWindows(config["availability-on"], config["availability-off"],
+                               config["seed"])
+    elif config["availability"] == "trace":
+        windows = TraceWindows(config["availability-trace"])
+    if config["arrival-rate"] > 0:
+        return Arrivals(config["arrival-rate"], config["clients-at-start"], config["seed"],
+                        windows)
+    return windows
 
 
 def make_strategy(

@@ -131,3 +131,33 @@ def test_the_plug_in_argument_needs_a_virtual_clock():
 
     with pytest.raises(ValueError, match="VirtualClock"):
         FedBuff(clock=WallClock(), availability=OnOffWindows(10.0, 5.0))
+
+
+def test_poisson_arrivals_join_one_by_one_and_then_follow_their_windows():
+    from asyncfl.engine.availability import Arrivals
+
+    joins = Arrivals(rate=0.5, initial=2, seed=1)
+    times = [joins.arrival(c) for c in range(10)]
+    assert times[:2] == [0.0, 0.0] and times[2:] == sorted(times[2:]) and times[2] > 0
+    assert all(not joins.online(c, t - 1e-9) and joins.online(c, t) for c, t in
+               enumerate(times) if t > 0)
+    assert joins.next_online(5, 0.0) == times[5] and joins.next_offline(5, times[5]) == math.inf
+    windows = OnOffWindows(20.0, 10.0, seed=1)
+    both = Arrivals(rate=0.5, initial=2, seed=1, then=windows)
+    assert both.next_online(5, 0.0) == windows.next_online(5, times[5])
+
+
+@pytest.mark.parametrize("strategy", ["fedbuff", "fedavg"])
+def test_clients_that_join_later_get_tasks_only_once_they_are_there(out, strategy):
+    from asyncfl.engine.availability import Arrivals
+
+    result = asyncfl.simulate(strategy=strategy, num_clients=8, num_server_rounds=12,
+                              buffer_size=2, local_steps=2, delay_dist="constant",
+                              delay_mean=1.0, arrival_rate=0.2, clients_at_start=2,
+                              run_name=f"join-{strategy}", **out)
+    joins = Arrivals(0.2, 2, result.config["seed"])
+    rows = read_rows(result.output_dir / "events.csv")
+    for row in rows:
+        assert float(row["dispatch_time"]) >= joins.arrival(int(row["client"])), row
+    assert {r["client"] for r in rows} > {"0", "1"}  # latecomers trained too
+    assert result.summary["final_version"] == 12

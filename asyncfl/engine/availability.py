@@ -11,6 +11,10 @@ comes back instead of waiting. Two sources, both replayable from the run's seed:
   mean_on / (mean_on + mean_off).
 - `TraceWindows`: online windows read from a CSV (`client,start,end` in seconds), cycled over
   clients as delay traces are; a client is offline outside its windows.
+
+`Arrivals` makes clients join during the run: the first `initial` are there from the start,
+the others arrive one by one as a Poisson process (exponential gaps of mean 1 / `rate`
+seconds), each offline before its arrival and then as the underlying availability says.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Protocol
 import numpy as np
 
 _AVAILABILITY_STREAM = 7
+_ARRIVAL_STREAM = 8
 
 
 class Availability(Protocol):
@@ -131,6 +136,41 @@ class TraceWindows(_Windows):
 
     def _windows(self, client: int, until: float) -> tuple[list[float], list[float]]:
         return self._traced[client % len(self._traced)]
+
+
+class Arrivals:
+    """Clients joining as a Poisson process on top of another availability (see the module
+    docstring); arrival times depend only on the seed."""
+
+    def __init__(self, rate: float, initial: int, seed: int = 0,
+                 then: Availability | None = None) -> None:
+        if not (rate > 0 and math.isfinite(rate)) or initial < 0:
+            raise ValueError(f"arrivals need a finite rate > 0 and initial >= 0, got rate "
+                             f"{rate}, initial {initial}")
+        self.rate, self.initial, self.then = rate, initial, then
+        self._rng = np.random.default_rng([seed, _ARRIVAL_STREAM])
+        self._times: list[float] = []
+
+    def arrival(self, client: int) -> float:
+        """When the client joins (0 for the first `initial`)."""
+        if client < self.initial:
+            return 0.0
+        while len(self._times) <= client - self.initial:
+            last = self._times[-1] if self._times else 0.0
+            self._times.append(last + float(self._rng.exponential(1.0 / self.rate)))
+        return self._times[client - self.initial]
+
+    def online(self, client: int, t: float) -> bool:
+        return t >= self.arrival(client) and (self.then is None or self.then.online(client, t))
+
+    def next_online(self, client: int, t: float) -> float:
+        t = max(t, self.arrival(client))
+        return t if self.then is None else self.then.next_online(client, t)
+
+    def next_offline(self, client: int, t: float) -> float:
+        if not self.online(client, t):
+            return t
+        return math.inf if self.then is None else self.then.next_offline(client, t)
 
 
 def first_online(availability: Availability, clients: list[int], t: float) -> float:
