@@ -161,3 +161,15 @@ def test_clients_that_join_later_get_tasks_only_once_they_are_there(out, strateg
         assert float(row["dispatch_time"]) >= joins.arrival(int(row["client"])), row
     assert {r["client"] for r in rows} > {"0", "1"}  # latecomers trained too
     assert result.summary["final_version"] == 12
+
+
+def test_the_results_hold_every_clients_online_windows(out):
+    result = asyncfl.simulate(strategy="fedbuff", run_name="windows", **RUN, **out)
+    _, windows = events_and_windows(result)
+    rows = read_rows(result.output_dir / "availability.csv")
+    end = result.summary["virtual_time"]
+    assert {r["client"] for r in rows} == {str(c) for c in range(8)}
+    for row in rows:
+        client, start, stop = int(row["client"]), float(row["start"]), float(row["end"])
+        assert windows.online(client, start) and start < stop <= end
+        assert stop == end or windows.next_offline(client, start) == stop

@@ -173,6 +173,20 @@ class Arrivals:
         return math.inf if self.then is None else self.then.next_offline(client, t)
 
 
+def online_windows(availability: Availability, num_clients: int, end: float
+                   ) -> list[dict[str, float]]:
+    """Every client's online windows that begin before `end`, cut at it: the rows of a
+    run's availability.csv (client, start, end), for its timeline."""
+    rows = []
+    for client in range(num_clients):
+        t = availability.next_online(client, 0.0)
+        while t < end:
+            leaves = availability.next_offline(client, t)
+            rows.append({"client": client, "start": t, "end": min(leaves, end)})
+            t = availability.next_online(client, leaves) if leaves < math.inf else math.inf
+    return rows
+
+
 def first_online(availability: Availability, clients: list[int], t: float) -> float:
     """The earliest time >= t at which any of `clients` is online (inf: none ever is)."""
     return min((availability.next_online(c, t) for c in clients), default=math.inf)

@@ -13,6 +13,7 @@ from flwr.common.logger import log
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from asyncfl.engine import Completion, EventLoop, TrafficCounters
+from asyncfl.engine.availability import online_windows
 from asyncfl.engine.checkpoint import Checkpointer
 from asyncfl.engine.dispatch import Dispatcher
 from asyncfl.engine.evaluation import (
@@ -249,8 +250,12 @@ class RunParts:
         return {**payload["state"], "extra": payload["extra"]}
 
     def finish(self, algorithm: TrafficCounters, versions_kept_peak: int = 0) -> None:
-        """Close the run's books: the totals go into the recorder."""
+        """Close the run's books: the totals go into the recorder (and, if clients come and
+        go, their online windows up to the end, as the `availability` table)."""
         self.loop.phases.enter("bookkeeping")
+        if self.loop.availability is not None:
+            self.recorder.tables["availability"] = online_windows(
+                self.loop.availability, self.num_clients, self.loop.virtual_clock.now)
         self.recorder.totals = RunTotals(
             virtual_time=self.loop.virtual_clock.now, traffic=self.loop.traffic,
             algorithm=algorithm, ignored_replies=self.loop.ignored_replies,
