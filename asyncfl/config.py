@@ -355,6 +355,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("retry-backoff", float, 2.0, "async strategies, wall clock: seconds a client "
             "rests after a failed task before it gets another, doubling with each failure in "
             "a row (at most 60 s); 0: at once", check=_non_negative, allowed=_NON_NEGATIVE),
+    Setting("work-window", float, 0.0, "buffered strategies: seconds of local work a task "
+            "should take; a client measured at t seconds a step gets min(local-steps, "
+            "max(1, floor(work-window / t))) steps (TimelyFL's adaptive local work); 0: "
+            "every task local-steps", check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("staleness-cutoff", int, 0, "async strategies: discard every update this many "
             "or more versions old and send its client the newest model (Ringmaster ASGD's R; "
             "R = concurrency keeps all but updates older than a full turn of the clients in "

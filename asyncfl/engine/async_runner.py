@@ -105,6 +105,7 @@ class AsyncRunner:
                 continue
             if self.tasks.continued(completion, self.arrays, self.version):
                 continue
+            self.tasks.finished(completion)
             schedule.until(self.version, self.arrays, loop.clock.now)
             arrived_at = self.version
             applied = self._fold(completion, num_rounds)

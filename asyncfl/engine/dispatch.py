@@ -118,6 +118,9 @@ class WholeTasks:
         """Whether `completion` ended only part of a task whose next part this sent."""
         return False
 
+    def finished(self, completion: Completion) -> None:
+        """Called with every completion of a whole task, before its update is checked."""
+
     def new_version(self, version: int, arrays: ArrayRecord) -> None:
         """Called once per new global model."""
 
@@ -130,6 +133,53 @@ class WholeTasks:
 
     def restore(self, state: dict) -> None:
         """Nothing to restore: the event loop's snapshot holds the tasks in flight."""
+
+
+class WindowedTasks(WholeTasks):
+    r"""Tasks sized to a time window (TimelyFL's adaptive local work, Zhang et al., 2023): a
+    client whose seconds per step t_i the server has measured is sent
+
+    .. math::
+        k_i = \min(K, \max(1, \lfloor T / t_i \rfloor))
+
+    steps, K the run's `local-steps`, T the `window`; before its first reply, K. t_i is its
+    latest task's seconds on the run's clock (communication included, as the server sees
+    it) over its steps. So slow clients send smaller, fresher updates instead of stale ones.
+    """
+
+    def __init__(self, dispatcher: Dispatcher, window: float) -> None:
+        super().__init__(dispatcher)
+        self.window = window
+        self.full = int(dispatcher.settings.get(LOCAL_STEPS, 0))
+        if self.full < 1:
+            raise ValueError("work_window sizes tasks in local steps: train_config needs "
+                             f"local-steps >= 1 (got {self.full})")
+        self.step_time: dict[int, float] = {}
+
+    def steps(self, client: int) -> int:
+        """k_i for the client's next task."""
+        seconds = self.step_time.get(client)
+        if not seconds:
+            return self.full
+        return min(self.full, max(1, math.floor(self.window / seconds)))
+
+    def start(self, arrays: ArrayRecord, version: int, clients: Iterable[int]) -> int:
+        clients = list(clients)
+        return self.dispatcher.send(arrays, version, clients,
+                                    {c: self.steps(c) for c in clients})
+
+    def finished(self, completion: Completion) -> None:
+        if completion.ok and completion.steps > 0:
+            sent, virtual = completion.dispatch, self.dispatcher.loop.virtual
+            began = sent.sent_virtual if virtual else sent.sent_wall
+            ended = completion.virtual_time if virtual else completion.wall_time
+            self.step_time[completion.client] = (ended - began) / completion.steps
+
+    def snapshot(self) -> dict:
+        return {"step_time": dict(self.step_time)}
+
+    def restore(self, state: dict) -> None:
+        self.step_time = dict(state.get("step_time", {}))
 
 
 class IdlePool:

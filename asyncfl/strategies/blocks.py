@@ -45,6 +45,7 @@ import numpy as np
 from asyncfl.engine import arguments
 from asyncfl.engine.base import AsyncStrategy
 from asyncfl.engine.checkpoint import state_class
+from asyncfl.engine.dispatch import WholeTasks, WindowedTasks
 from asyncfl.engine.runner import RunParts
 
 Arrays = dict[str, np.ndarray]
@@ -341,9 +342,11 @@ class BufferedStrategy(AsyncStrategy):
         server_lr: float | None = None,
         server_momentum: float = 0.0,
         server_optimizer: ServerOptimizer | str | None = None,
+        work_window: float = 0.0,
         **options,
     ) -> None:
         super().__init__(concurrency, **options)
+        self.work_window = arguments.non_negative("work_window", work_window)
         self.reply_kind = client_returns_arg(client_returns)
         self.buffer_size = checked_size(buffer_size)
         self.server_step = ServerStep(server_optimizer, server_lr, server_momentum,
@@ -353,6 +356,12 @@ class BufferedStrategy(AsyncStrategy):
     def new_rule(self, parts: RunParts | None = None) -> Any:
         in_flight = self.in_flight(parts) if parts is not None else None
         return self.buffered_rule(self.server_step.new(self.buffer_size, in_flight), parts)
+
+    def tasks(self, parts: RunParts) -> WholeTasks:
+        """With a `work_window`, tasks sized to it from each client's measured speed."""
+        if self.work_window > 0:
+            return WindowedTasks(parts.dispatcher, self.work_window)
+        return super().tasks(parts)
 
     def buffered_rule(self, optimizer: ServerOptimizer, parts: RunParts | None) -> Any:
         """The strategy's rule with this run's fresh `optimizer`."""

@@ -77,6 +77,10 @@ class FedBuff(BufferedStrategy):
             move the model as one synchronous average of the same updates would; for a
             named adaptive `server_optimizer`, None means its own default eta. Default: None.
         server_momentum: sgd's server momentum beta (FedAvgM when > 0). Default: 0.0.
+        work_window: T, seconds of local work a task should take (TimelyFL's adaptive
+            local work): a client measured at t seconds a step gets min(K, max(1,
+            floor(T / t))) of the run's K local steps; 0 means every task the K steps.
+            Default: 0.0.
         server_optimizer: None (sgd with `server_lr` and `server_momentum`), a name of
             `blocks.OPTIMIZERS` ("adam" for FedAdam's step, ...) or a `ServerOptimizer`
             (then leave `server_lr` and `server_momentum` at their defaults). Each run

@@ -72,6 +72,10 @@ class FedStaleWeight(BufferedStrategy):
         server_lr: the server step's eta; None means min(1, K / M) for sgd (see `FedBuff`),
             the optimizer's own default otherwise. Default: None.
         server_momentum: sgd's server momentum (FedAvgM when > 0). Default: 0.0.
+        work_window: T, seconds of local work a task should take (TimelyFL's adaptive
+            local work): a client measured at t seconds a step gets min(K, max(1,
+            floor(T / t))) of the run's K local steps; 0 means every task the K steps.
+            Default: 0.0.
         server_optimizer: None (sgd), a name of `blocks.OPTIMIZERS` or a
             `ServerOptimizer`; each run starts from fresh moments. Default: None.
         **options: what every asyncfl strategy takes (`AsyncflStrategy`) and

@@ -74,4 +74,4 @@ def buffered_settings(config: Mapping[str, Any], default_optimizer: str = "sgd"
             name, server_lr(config), config["server-momentum"],
             (config["server-beta1"], config["server-beta2"]), config["server-epsilon"])}
     return {**async_settings(config), "buffer_size": config["buffer-size"],
-            "client_returns": "delta", **step}
+            "client_returns": "delta", "work_window": config["work-window"], **step}
