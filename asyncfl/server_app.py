@@ -31,9 +31,9 @@ from asyncfl.engine import (
 from asyncfl.engine.checkpoint import CheckpointError, load_checkpoint
 from asyncfl.engine.delays import parse_profile, read_trace
 from asyncfl.engine.nodes import fixed_federation, wait_for_nodes
-from asyncfl.engine.recorder import EVENT_COLUMNS
+from asyncfl.engine.recorder import EVENT_COLUMNS, RunRecorder
 from asyncfl.protocol import NUM_EXAMPLES, PARTITION_ID, QUERY, arrays_to_record, record_to_arrays
-from asyncfl.results import claim_run_dir, run_dir, write_results
+from asyncfl.results import FINISHED, STOPPED, claim_run_dir, run_dir, write_results
 from asyncfl.strategies import (
     REGISTRY,
     AsyncflStrategy,
@@ -107,7 +107,7 @@ def make_strategy(
         node_ids=node_ids, partition_sizes=partition_sizes, phases=phases,
         fraction_evaluate=config["fraction-evaluate"], min_evaluate_nodes=1,
         guard=ReplyGuard(config["max-faults"], config["update-norm-bound"],
-                         config["norm-action"]),
+                         config["norm-action"], outlier_factor=config["outlier-factor"]),
         evaluation=EvaluationSchedule(config["eval-every"], config["eval-interval"]),
         checkpoints=Checkpointer(run_dir(config) / CHECKPOINT, config["checkpoint-every"],
                                  resume, meta={"config": dict(config)}),
@@ -202,11 +202,15 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
     log(INFO, "asyncfl: %s on %s, %d clients, results in %s", config["strategy"],
         config["task"], config["num-clients"], out)
     started = time.monotonic()
-    result = strategy.start(
-        grid, arrays_to_record(task.initial_arrays(config["seed"])),
-        num_rounds=config["num-server-rounds"], train_config=train_config(config),
-        evaluate_fn=evaluate, timeout=config["reply-timeout"],
-    )
+    try:
+        result = strategy.start(
+            grid, arrays_to_record(task.initial_arrays(config["seed"])),
+            num_rounds=config["num-server-rounds"], train_config=train_config(config),
+            evaluate_fn=evaluate, timeout=config["reply-timeout"],
+        )
+    except Exception as error:
+        write_stopped(out, config, strategy.recorder, error, time.monotonic() - started)
+        raise
     wall = time.monotonic() - started
     phases.enter("results")
     recorder = strategy.recorder
@@ -216,6 +220,7 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
     updates = len(events)
     staleness = [row["staleness"] for row in events]
     summary = {
+        "status": FINISHED,
         "strategy": config["strategy"],
         "task": config["task"],
         "clock": config["clock"],
@@ -260,3 +265,30 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
     )
     log(INFO, "asyncfl: results written to %s", out.resolve())
     return out
+
+
+def write_stopped(out: Path, config: Mapping[str, Any], recorder: RunRecorder,
+                  error: Exception, wall: float) -> None:
+    """What a run that stopped with `error` (DivergenceError, a configuration error found at
+    the first replies, ...) did until then: events, evaluations, config and a summary with
+    status 'stopped' and the reason; no final model. A failure to write is logged, and the
+    run's own error is what the caller raises."""
+    applied = recorder.applied()
+    summary = {
+        "status": STOPPED, "reason": f"{type(error).__name__}: {error}",
+        "strategy": config["strategy"], "task": config["task"], "clock": config["clock"],
+        "wall_time": wall, "updates": len(applied),
+        "virtual_time": max((row["virtual_time"] for row in recorder.events), default=0.0),
+        "skipped_replies": sum(recorder.failures.values()),
+        "skipped_by_reason": dict(recorder.failures),
+    }
+    try:
+        write_results(out, config, events=recorder.events, event_columns=EVENT_COLUMNS,
+                      evals=recorder.evals, clients=[], final_arrays=None, summary=summary,
+                      tables=recorder.tables)
+    except OSError as failure:
+        log(WARNING, "asyncfl: the stopped run's partial results were not written: %s",
+            failure)
+        return
+    log(WARNING, "asyncfl: the run stopped (%s); what it did until then is in %s", error,
+        out.resolve())

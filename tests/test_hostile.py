@@ -51,4 +51,4 @@ def test_one_hostile_client_of_four_is_named_counted_and_survived(out, warnings,
                for line in warnings)
     assert applied and HOSTILE not in applied and result.summary["updates"] >= 4
     assert all(np.isfinite(v).all() for v in result.final_arrays().values())
-    assert result.summary.get("status", "finished") == "finished"
+    assert result.summary["status"] == "finished"
