@@ -14,7 +14,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from asyncfl.engine.delays import SPEED_CLASSES, parse_profile
+from asyncfl.engine.delays import (
+    MAX_PROFILE_ENTRIES,
+    MAX_STEP_TIME,
+    SPEED_CLASSES,
+    parse_profile,
+)
 from asyncfl.strategies.registry import REGISTRY
 from asyncfl.tasks import (
     BUILTIN_MODEL_NAMES,
@@ -93,14 +98,20 @@ def _unit_interval(x: float) -> bool:
 
 
 def _delay_profile(text: str) -> bool:
+    """Whether `text` is a delay profile; ConfigError with parse_profile's reason if not."""
     if text == "":
         return True
     try:
         parse_profile(text)
-    except (ValueError, KeyError):
-        return False
+    except (ValueError, KeyError) as err:
+        raise ConfigError(f"run-config 'delay-profile' = {text!r}: {err}; allowed: "
+                          f"{PROFILE_ALLOWED}") from None
     return True
 
+
+PROFILE_ALLOWED = (f"empty, or comma-separated numbers in (0, {MAX_STEP_TIME:g}] or classes "
+                   f"{', '.join(f'{k} ({v:g} s)' for k, v in SPEED_CLASSES.items())}, each "
+                   f"optionally *count; at most {MAX_PROFILE_ENTRIES:,} in all")
 
 FAULT_KINDS = ("raise", "nan", "shape", "silent")
 
@@ -289,9 +300,7 @@ SETTINGS: tuple[Setting, ...] = (
             "client's own (0 = none)", check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("delay-profile", str, "", "per-step times '1,2,4,8' or speed classes "
             "'gpu-fast*2,cpu', cycled over clients; overrides delay-dist", check=_delay_profile,
-            allowed="empty, or comma-separated numbers > 0 or classes "
-            f"{', '.join(f'{k} ({v:g} s)' for k, v in SPEED_CLASSES.items())}, each "
-            "optionally *count"),
+            allowed=PROFILE_ALLOWED),
     Setting("delay-trace", str, "", "delay-dist = trace: CSV of recorded per-task times "
             "(client + step_time, or client + duration + steps, e.g. a wall-clock run's "
             "events.csv), replayed per client and task", check=_path,

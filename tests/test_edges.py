@@ -160,3 +160,27 @@ def test_federated_evaluation_never_averages_nan_or_inf():
                        reply_to=instruction()) for acc in (0.5, math.nan, math.inf, 0.7)]
     assert evaluation.aggregate_replies(1, replies)["acc"] == pytest.approx(0.6)
     assert evaluation.skipped == 2
+
+
+@pytest.mark.parametrize(("profile", "reason"), [
+    ("gpu-fast*1000000000", "lists 1,000,000,000 times; at most 100,000"),
+    ("1,inf", "bad delay-profile entry 'inf'"),
+    ("1,nan", "bad delay-profile entry 'nan'"),
+    ("1e308,1e308", "bad delay-profile entry '1e308'"),
+])
+def test_delay_profiles_are_bounded_and_finite_before_any_work(profile, reason):
+    from asyncfl.config import ConfigError, validate_run_config
+
+    assert validate_run_config({"delay-profile": "1,2*99999"})  # the cap itself is allowed
+    with pytest.raises(ConfigError, match=rf"run-config 'delay-profile' = .*{reason}"):
+        validate_run_config({"delay-profile": profile})
+
+
+def test_a_trace_time_too_large_to_add_up_is_refused(tmp_path):
+    from asyncfl.engine.delays import read_trace
+
+    trace = tmp_path / "trace.csv"
+    trace.write_text("client,step_time\n0,1.0\n1,1e308\n")
+    with pytest.raises(ValueError, match=r"line 3: per-step time 1e\+308 is not a number in "
+                                         r"\(0, 1e\+09\] seconds"):
+        read_trace(trace)
