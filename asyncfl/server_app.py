@@ -16,6 +16,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from asyncfl.config import (
+    MAX_CLIENTS,
     check_local_files,
     config_warnings,
     validate_run_config,
@@ -32,6 +33,7 @@ from asyncfl.engine.checkpoint import CheckpointError, load_checkpoint
 from asyncfl.engine.delays import parse_profile, read_trace
 from asyncfl.engine.nodes import fixed_federation, wait_for_nodes
 from asyncfl.engine.recorder import EVENT_COLUMNS, RunRecorder
+from asyncfl.engine.utils import MAX_EXAMPLES, number_problem
 from asyncfl.protocol import NUM_EXAMPLES, PARTITION_ID, QUERY, arrays_to_record, record_to_arrays
 from asyncfl.results import FINISHED, STOPPED, claim_run_dir, run_dir, write_results
 from asyncfl.strategies import (
@@ -148,11 +150,10 @@ def discover_clients(
             if reply.metadata.reply_to_message_id not in pending:
                 continue  # a duplicate, or a reply to something this did not ask
             pending.discard(reply.metadata.reply_to_message_id)
-            if not reply.has_error():
-                metrics = reply.content["metrics"]
-                pid = int(metrics[PARTITION_ID])
+            answer = query_answer(reply)
+            if answer is not None:
+                pid, sizes[pid] = answer
                 by_partition[pid] = reply.metadata.src_node_id
-                sizes[pid] = int(metrics[NUM_EXAMPLES])
         if pending:
             time.sleep(0.01)
     if sorted(by_partition)[:num_clients] != list(range(num_clients)):
@@ -161,6 +162,22 @@ def discover_clients(
         return nodes[:num_clients], None
     return ([by_partition[i] for i in range(num_clients)],
             [sizes[i] for i in range(num_clients)])
+
+
+def query_answer(reply: Message) -> tuple[int, int] | None:
+    """A query reply's partition id and example count; None (logged) for an error reply or
+    one whose numbers are not whole numbers in range, which then counts as no answer."""
+    if reply.has_error():
+        return None
+    metrics = reply.content.metric_records.get("metrics", MetricRecord())
+    pid, size = metrics.get(PARTITION_ID), metrics.get(NUM_EXAMPLES)
+    problem = (number_problem(pid, integral=True, low=0, high=MAX_CLIENTS)
+               or number_problem(size, integral=True, low=1, high=MAX_EXAMPLES))
+    if problem:
+        log(WARNING, "node %d answered the query with %s = %r, %s = %r (%s): not used",
+            reply.metadata.src_node_id, PARTITION_ID, pid, NUM_EXAMPLES, size, problem)
+        return None
+    return int(pid), int(size)
 
 
 CHECKPOINT = "checkpoint.bin"

@@ -184,3 +184,18 @@ def test_a_trace_time_too_large_to_add_up_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"line 3: per-step time 1e\+308 is not a number in "
                                          r"\(0, 1e\+09\] seconds"):
         read_trace(trace)
+
+
+def test_a_query_answer_with_numbers_out_of_range_counts_as_no_answer():
+    from asyncfl.server_app import discover_clients
+
+    app = ClientApp()
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        pid = math.inf if context.node_id == 101 else context.node_id - 100
+        return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid,
+                                                            "num-examples": 5})}),
+                       reply_to=msg)
+
+    assert discover_clients(RecordingGrid(app, num_nodes=3), 3) == ([100, 101, 102], None)
