@@ -3,6 +3,7 @@ when the server's own steps have made the model diverge."""
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 from collections import deque
@@ -100,7 +101,8 @@ class ReplyGuard:
     bigger partition, an early step); a hundredfold one moves the model as far as a hundred
     honest ones and dominates any average it enters. A median of three or more is not moved
     by one client, whatever it sends. Outliers in a row from two or more clients (and half
-    of those seen) are the server's doing: the run stops with `DivergenceError`.
+    of those seen) are the server's doing: the run stops with `DivergenceError`. A strategy
+    whose replies are data values (RunningMean) keeps only the divergence limit (`for_run`).
 
     With `norm_bound` > 0 an update larger than the bound is scaled down to it
     (`norm_action = "clip"`) or rejected; the outlier rule then looks at the bounded update.
@@ -128,6 +130,7 @@ class ReplyGuard:
         self.norm_action = norm_action
         self.divergence_factor = divergence_factor
         self.outlier_factor = outlier_factor
+        self.median_rule = True
         self._scale: float | None = None  # the norm the divergence limit is relative to
         self.faults: dict[int, int] = {}
         self.dropped: set[int] = set()
@@ -167,6 +170,14 @@ class ReplyGuard:
         for key, value in reply.metrics.items():
             self.metric_shapes.setdefault(key, len(value) if isinstance(value, list) else None)
         return reply
+
+    def for_run(self, median_rule: bool = True) -> ReplyGuard:
+        """A fresh copy with these settings for one run; `median_rule` False keeps only the
+        divergence limit of the outlier rule (for replies that are data values, whose
+        spread around the estimate is the data's own)."""
+        guard = copy.deepcopy(self)
+        guard.median_rule = median_rule
+        return guard
 
     def expect_model(self, initial: dict[str, np.ndarray]) -> None:
         """Take the run's initial (or resumed) model: its norm is the scale, unless it is 0."""
@@ -238,7 +249,7 @@ class ReplyGuard:
             return (f"outlier update: norm {norm:.4g} alone would carry the model past the "
                     f"divergence limit {self.divergence_limit():.4g}")
         norms = self.norms.get(kind, ())
-        if len(norms) >= OUTLIER_AFTER:
+        if self.median_rule and len(norms) >= OUTLIER_AFTER:
             median = statistics.median(norms)
             if norm > self.outlier_factor * median:
                 return (f"outlier update: norm {norm:.4g} > {self.outlier_factor:g} x the "
