@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 import asyncfl
+from asyncfl.engine import DelayModel, VirtualClock
+from asyncfl.protocol import record_to_arrays
 from asyncfl.strategies import REGISTRY
 from tests.helpers import read_rows
-from tests.hostile import hostile_grid
+from tests.hostile import HostileApp, hostile_grid
 
 HOSTILE = 3
 #: fault -> the reason its replies are skipped with
@@ -52,3 +54,21 @@ def test_one_hostile_client_of_four_is_named_counted_and_survived(out, warnings,
     assert applied and HOSTILE not in applied and result.summary["updates"] >= 4
     assert all(np.isfinite(v).all() for v in result.final_arrays().values())
     assert result.summary["status"] == "finished"
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+@pytest.mark.parametrize("strategy", ["fedavg", "fedbuff", "apsb"])
+def test_a_plug_in_strategy_survives_a_hostile_client_app(strategy, fault):
+    """The same through the plug-in path: a Flower app's own ClientApp (with asyncfl's
+    helper), one node of four hostile."""
+    from tests.test_flower_plugin import RecordingGrid, helped_app, initial, train_config
+
+    grid = RecordingGrid(HostileApp(helped_app, 100 + HOSTILE, fault))
+    chosen = REGISTRY[strategy].cls(fraction_evaluate=0.0, clock=VirtualClock(),
+                                    delays=DelayModel(np.array([1.0, 1.3, 1.7, 2.2])))
+    result = chosen.start(grid, initial(), num_rounds=6, train_config=train_config())
+    recorder = chosen.recorder
+    assert list(recorder.failures) == [FAULTS[fault]]
+    assert {row["client"] for row in recorder.events if row["rejected"]} == {HOSTILE}
+    assert {row["client"] for row in recorder.applied()} == {0, 1, 2}
+    assert all(np.isfinite(v).all() for v in record_to_arrays(result.arrays).values())
