@@ -76,3 +76,15 @@ def test_a_full_disk_names_the_file_and_output_dir_and_leaves_no_finished_run(sm
     for path in folder.iterdir():  # whatever is there is complete
         if path.suffix == ".json":
             json.loads(path.read_text())
+
+
+def test_a_checkpoint_on_a_full_disk_names_its_file(small_disk):
+    import numpy as np
+
+    from asyncfl.engine.checkpoint import save_checkpoint
+
+    path = small_disk / "run" / "checkpoint.bin"
+    with pytest.raises(OSError, match=rf"cannot write the checkpoint {path} \(No space left "
+                                      r"on device\).*output-dir"):
+        save_checkpoint(path, {"model": np.zeros(50_000)})
+    assert list(path.parent.iterdir()) == []
