@@ -260,6 +260,7 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
         "skipped_by_reason": dict(recorder.failures),
         "dropped_clients": totals.dropped,
         "ignored_replies": totals.ignored_replies,
+        "skipped_evaluate_replies": strategy.federated_evaluation.skipped,
     }
     counts = Counter(row["client"] for row in events)
     clients = [

@@ -11,10 +11,10 @@ from flwr.clientapp import ClientApp
 
 from asyncfl.client import always_reply
 from asyncfl.engine.evaluation import FederatedEvaluation
-from asyncfl.engine.guard import DivergenceError, NoClientLeftError, ReplyGuard, SettingError
+from asyncfl.engine.guard import DivergenceError, NoClientLeftError, ReplyGuard
 from asyncfl.engine.utils import check_reply
 from asyncfl.protocol import ARRAYS, arrays_to_record, reply_steps
-from asyncfl.strategies import FedAvg, FedBuff
+from asyncfl.strategies import FedAvg, FedBuff, SettingError
 from tests.test_flower_plugin import RecordingGrid, initial, train_config
 
 W = {"w": np.ones((2, 2), np.float32)}
