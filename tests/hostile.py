@@ -18,14 +18,12 @@ from asyncfl.protocol import (
 from asyncfl.tools.inline import InlineGrid
 
 
-def spoil(reply: Message, instruction: Message, fault: str) -> Message | str | None:
+def spoil(reply: Message, instruction: Message, fault: str) -> Message | None:
     """What a hostile client sends instead of its honest train `reply` to `instruction`
     (a segment's reply without arrays, APSB's mid-task check-in, goes as it is unless the
     fault replaces the whole reply)."""
     if fault == "none":
         return None
-    if fault == "str":
-        return "not a message"
     if not reply.content.array_records:
         return reply
     parsed = parse_reply(reply)
@@ -35,8 +33,6 @@ def spoil(reply: Message, instruction: Message, fault: str) -> Message | str | N
         metrics[MODEL_VERSION] = math.inf
     elif fault == "nan-metric":
         metrics[TRAIN_LOSS] = math.nan
-    elif fault == "list-metric":
-        metrics[TRAIN_LOSS] = [1.0, 2.0]
     elif fault == "huge":
         arrays = {k: (v * np.asarray(1e6, v.dtype) if np.issubdtype(v.dtype, np.floating)
                       else v) for k, v in arrays.items()}
