@@ -73,6 +73,7 @@ from asyncfl.protocol import (
     WEIGHT_KEY,
     WEIGHTS,
     arrays_to_record,
+    not_a_message,
     pseudo_gradient,
     record_to_arrays,
     update_kind_metric,
@@ -82,8 +83,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = ["LocalTraining", "TorchTraining", "TrainInstruction", "Trained", "TrainingFactory",
-           "UpdateTransform", "evaluate_reply", "handle_train", "pseudo_gradient",
-           "read_instruction", "register", "task_reply", "task_update"]
+           "UpdateTransform", "always_reply", "evaluate_reply", "handle_train",
+           "pseudo_gradient", "read_instruction", "register", "task_reply", "task_update"]
 
 Arrays = dict[str, np.ndarray]
 R = TypeVar("R", ArrayRecord, ConfigRecord)
@@ -348,6 +349,15 @@ def handle_train(message: Message, context: Context, training: LocalTraining, *,
         instruction = read_instruction(message)
     handle = _segment if instruction.segment else _whole_task
     return handle(message, context, instruction, training, transform)
+
+
+def always_reply(message: Message, context: Context,
+                 call_next: Callable[[Message, Context], Message]) -> Message:
+    """A Flower mod (`ClientApp(mods=[always_reply])`) that answers a call whose function
+    returned None or anything but a Message with an error reply: Flower's runtimes send
+    nothing back for it, and the server would wait for a silent node until reply-timeout."""
+    reply = call_next(message, context)
+    return reply if isinstance(reply, Message) else not_a_message(reply, message)
 
 
 def register(app: ClientApp, make_training: TrainingFactory, *,

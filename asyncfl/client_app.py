@@ -10,13 +10,13 @@ import numpy as np
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from asyncfl.client import LocalTraining, Trained, TrainInstruction, register
+from asyncfl.client import LocalTraining, Trained, TrainInstruction, always_reply, register
 from asyncfl.config import validate_run_config, with_node_count
 from asyncfl.protocol import METRICS, NUM_EXAMPLES, PARTITION_ID, record_to_arrays
 from asyncfl.tasks import TrainOutcome, TrainSettings, load_task
 from asyncfl.tasks.base import resolve_device
 
-app = ClientApp()
+app = ClientApp(mods=[always_reply])
 
 
 class NodeSilent(Exception):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from asyncfl.engine.delays import (
+    MAX_PROFILE_ENTRIES,
+    MAX_STEP_TIME,
     NETWORK_CLASSES,
     SPEED_CLASSES,
     parse_network_profile,
@@ -98,12 +100,14 @@ def _unit_interval(x: float) -> bool:
 
 
 def _delay_profile(text: str) -> bool:
+    """Whether `text` is a delay profile; ConfigError with parse_profile's reason if not."""
     if text == "":
         return True
     try:
         parse_profile(text)
-    except (ValueError, KeyError):
-        return False
+    except (ValueError, KeyError) as err:
+        raise ConfigError(f"run-config 'delay-profile' = {text!r}: {err}; allowed: "
+                          f"{PROFILE_ALLOWED}") from None
     return True
 
 
@@ -116,6 +120,9 @@ def _network_profile(text: str) -> bool:
         return False
     return True
 
+PROFILE_ALLOWED = (f"empty, or comma-separated numbers in (0, {MAX_STEP_TIME:g}] or classes "
+                   f"{', '.join(f'{k} ({v:g} s)' for k, v in SPEED_CLASSES.items())}, each "
+                   f"optionally *count; at most {MAX_PROFILE_ENTRIES:,} in all")
 
 FAULT_KINDS = ("raise", "nan", "shape", "silent")
 
@@ -304,9 +311,7 @@ SETTINGS: tuple[Setting, ...] = (
             "client's own (0 = none)", check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("delay-profile", str, "", "per-step times '1,2,4,8' or speed classes "
             "'gpu-fast*2,cpu', cycled over clients; overrides delay-dist", check=_delay_profile,
-            allowed="empty, or comma-separated numbers > 0 or classes "
-            f"{', '.join(f'{k} ({v:g} s)' for k, v in SPEED_CLASSES.items())}, each "
-            "optionally *count"),
+            allowed=PROFILE_ALLOWED),
     Setting("delay-trace", str, "", "delay-dist = trace: CSV of recorded per-task times "
             "(client + step_time, or client + duration + steps, e.g. a wall-clock run's "
             "events.csv), replayed per client and task", check=_path,
@@ -347,6 +352,10 @@ SETTINGS: tuple[Setting, ...] = (
             allowed=_NON_NEGATIVE),
     Setting("norm-action", str, "clip", "what to do with an update above the bound",
             choices=("clip", "reject")),
+    Setting("outlier-factor", float, 100.0, "reject (as the client's fault) an update whose "
+            "L2 norm passes this many times the median of the last 50 accepted ones (after "
+            "3), or the divergence limit alone; 0: off", check=lambda x: x == 0 or x > 1,
+            allowed="0 or a number > 1"),
     Setting("reply-timeout", float, 0.0, "wall seconds without any reply after which "
             "the oldest task in flight counts as failed; 0: 3600 s for a node's first reply, "
             "then ten times the slowest task seen (or, with a wall clock, expected from the "

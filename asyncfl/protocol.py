@@ -15,7 +15,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 
 # message types
 TRAIN = "train"
@@ -130,6 +131,15 @@ def train_instruction(
                    group_id=group_id)
 
 
+def not_a_message(returned: object, message: Message) -> Message:
+    """The error reply that stands for a ClientApp call that returned `returned` (None, or
+    anything else that is not a Message) instead of a reply to `message`: a fault now, not
+    a silent node the server would wait for."""
+    return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                         f"the ClientApp returned {type(returned).__name__}, not a Message"),
+                   reply_to=message)
+
+
 def reply_records(reply: Message) -> tuple[ArrayRecord, MetricRecord]:
     """The single ArrayRecord and MetricRecord of a train reply (Flower's FedAvg contract)."""
     arrays = [r for r in reply.content.values() if isinstance(r, ArrayRecord)]
@@ -149,12 +159,20 @@ def parse_reply(reply: Message) -> TrainReply:
         raise ValueError(str(err)) from err
 
 
+#: the most local steps a reply may say it ran
+MAX_STEPS = 10**9
+
+
 def reply_steps(reply: Message | None, fallback: int | None) -> int:
-    """Local steps a reply says it ran; else the steps dispatched; else 1."""
+    """Local steps a reply says it ran (a whole number in [0, MAX_STEPS]; anything else is
+    the reply guard's to reject); else the steps dispatched; else 1."""
     if reply is not None and not reply.has_error():
         for record in reply.content.values():
             if isinstance(record, MetricRecord) and STEPS in record:
-                return int(record[STEPS])
+                steps = record[STEPS]
+                if (isinstance(steps, (int, float)) and not isinstance(steps, bool)
+                        and 0 <= steps <= MAX_STEPS and steps == int(steps)):
+                    return int(steps)
     return fallback if fallback is not None else 1
 
 

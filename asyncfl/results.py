@@ -8,16 +8,87 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from asyncfl.config import ConfigError
 
 EVAL_BASE_COLUMNS = ("version", "virtual_time", "wall_time")
+#: summary.json's status: the run went to its end, or stopped with an error (`reason`)
+FINISHED, STOPPED = "finished", "stopped"
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # (read back at once: the mode a plain open() would give a new file)
+
+
+class ResultsError(OSError):
+    """A results file could not be written (disk full, permissions): the message names the
+    file and the setting that chose the folder."""
+
+
+@contextmanager
+def atomic_file(path: Path, mode: str = "w", newline: str | None = None) -> Iterator[IO]:
+    """A file that appears at `path` complete or not at all: written to a temporary file
+    with a unique name in the same folder, flushed to disk, then renamed over `path`. Any
+    OSError is a ResultsError naming `path` and the output-dir setting."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, mode, newline=newline) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        if tmp is not None:
+            with suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(error, OSError) and not isinstance(error, ResultsError):
+            raise results_error(path, error) from error
+        raise
+
+
+def results_error(path: Path, error: OSError) -> ResultsError:
+    """The error for a results file that could not be written, naming it and the setting."""
+    return ResultsError(f"cannot write {path} ({error.strerror or error}): free space or "
+                        f"choose another run-config 'output-dir'; a run folder without a "
+                        f"complete summary.json counts as unfinished")
+
+
+def strict_json(value: Any) -> str:
+    """JSON that every parser reads: a NaN or infinite number is written as null."""
+    def finite(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+    return json.dumps(finite(value), indent=2, sort_keys=True, allow_nan=False)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """`value` as strict JSON (`strict_json`), written atomically."""
+    with atomic_file(path) as f:
+        f.write(strict_json(value))
+
+
+def finished_summary(folder: Path) -> dict[str, Any] | None:
+    """The summary of a run that went to its end, or None: no summary.json, one that does
+    not parse, or one whose status is not 'finished' (a stopped run)."""
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("status") == FINISHED else None
 CLIENT_COLUMNS = ("client", "node_id", "step_time", "num_examples", "updates")
 
 
@@ -103,14 +174,15 @@ def find_launched_run(config: Mapping[str, Any]) -> Path | None:
             written = json.loads((folder / "config.json").read_text())
         except (OSError, ValueError):
             continue
-        if written.get("launch-id") == config["launch-id"] and (folder / "summary.json").exists():
+        if written.get("launch-id") == config["launch-id"] and finished_summary(folder):
             return folder
     return None
 
 
 def write_rows(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
-    """A CSV with fixed columns; floats written with repr so they read back exactly."""
-    with path.open("w", newline="") as f:
+    """A CSV with fixed columns, written atomically; floats written with repr so they read
+    back exactly."""
+    with atomic_file(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for row in rows:
@@ -133,32 +205,41 @@ def write_results(
     event_columns: Sequence[str],
     evals: Sequence[Mapping[str, Any]],
     clients: Sequence[Mapping[str, Any]],
-    final_arrays: Mapping[str, np.ndarray],
+    final_arrays: Mapping[str, np.ndarray] | None,
     summary: dict[str, Any],
     tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     finalize: Callable[[dict[str, Any]], None] | None = None,
 ) -> Path:
-    """Write every file of the results folder and return the folder."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write every file of the results folder and return the folder. Each file is written
+    atomically and summary.json last, so a folder whose writing failed (a full disk) has
+    no summary.json and counts as unfinished. `final_arrays` None (a stopped run): no
+    final_model.npz."""
     write_rows(out / "events.csv", events, event_columns)
     metric_keys = sorted({k for row in evals for k in row} - set(EVAL_BASE_COLUMNS))
     write_rows(out / "evals.csv", evals, (*EVAL_BASE_COLUMNS, *metric_keys))
-    (out / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True))
+    write_json(out / "config.json", dict(config))
     write_rows(out / "clients.csv", clients, CLIENT_COLUMNS)
     for name, rows in (tables or {}).items():
         write_rows(out / f"{name}.csv", rows, list(rows[0]) if rows else [])
-    np.savez(out / "final_model.npz", **final_arrays)
+    if final_arrays is not None:
+        with atomic_file(out / "final_model.npz", "wb") as f:
+            np.savez(f, **final_arrays)
     if evals:
         last = evals[-1]
         summary.update({k: last[k] for k in metric_keys if k in last})
         summary["final_version"] = last["version"]
     summary["time_to_target_accuracy"] = time_to_target(evals, float(config["target-accuracy"]))
-    if finalize is not None:
-        finalize(summary)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     from asyncfl.plots import plot_run
 
-    plot_run(out)
+    try:
+        plot_run(out)
+    except OSError as error:
+        with suppress(OSError):
+            (out / "accuracy.png").unlink()  # a figure cut short
+        raise results_error(out / "accuracy.png", error) from error
+    if finalize is not None:
+        finalize(summary)
+    write_json(out / "summary.json", summary)
     return out
 
 
@@ -179,5 +260,6 @@ def write_table(stem: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence
     stem.parent.mkdir(parents=True, exist_ok=True)
     write_rows(stem.with_suffix(".csv"), rows, columns)
     text = markdown_table(rows, columns)
-    stem.with_suffix(".md").write_text(text)
+    with atomic_file(stem.with_suffix(".md")) as f:
+        f.write(text)
     return text

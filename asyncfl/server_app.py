@@ -16,6 +16,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from asyncfl.config import (
+    MAX_CLIENTS,
     check_local_files,
     config_warnings,
     validate_run_config,
@@ -37,9 +38,10 @@ from asyncfl.engine.availability import (
 from asyncfl.engine.checkpoint import CheckpointError, load_checkpoint
 from asyncfl.engine.delays import parse_network_profile, parse_profile, read_trace
 from asyncfl.engine.nodes import fixed_federation, wait_for_nodes
-from asyncfl.engine.recorder import EVENT_COLUMNS
+from asyncfl.engine.recorder import EVENT_COLUMNS, RunRecorder
+from asyncfl.engine.utils import MAX_EXAMPLES, number_problem
 from asyncfl.protocol import NUM_EXAMPLES, PARTITION_ID, QUERY, arrays_to_record, record_to_arrays
-from asyncfl.results import claim_run_dir, run_dir, write_results
+from asyncfl.results import FINISHED, STOPPED, claim_run_dir, run_dir, write_results
 from asyncfl.strategies import (
     REGISTRY,
     AsyncflStrategy,
@@ -130,7 +132,7 @@ def make_strategy(
         node_ids=node_ids, partition_sizes=partition_sizes, phases=phases,
         fraction_evaluate=config["fraction-evaluate"], min_evaluate_nodes=1,
         guard=ReplyGuard(config["max-faults"], config["update-norm-bound"],
-                         config["norm-action"]),
+                         config["norm-action"], outlier_factor=config["outlier-factor"]),
         evaluation=EvaluationSchedule(config["eval-every"], config["eval-interval"]),
         checkpoints=Checkpointer(run_dir(config) / CHECKPOINT, config["checkpoint-every"],
                                  resume, meta={"config": dict(config)}),
@@ -171,11 +173,10 @@ def discover_clients(
             if reply.metadata.reply_to_message_id not in pending:
                 continue  # a duplicate, or a reply to something this did not ask
             pending.discard(reply.metadata.reply_to_message_id)
-            if not reply.has_error():
-                metrics = reply.content["metrics"]
-                pid = int(metrics[PARTITION_ID])
+            answer = query_answer(reply)
+            if answer is not None:
+                pid, sizes[pid] = answer
                 by_partition[pid] = reply.metadata.src_node_id
-                sizes[pid] = int(metrics[NUM_EXAMPLES])
         if pending:
             time.sleep(0.01)
     if sorted(by_partition)[:num_clients] != list(range(num_clients)):
@@ -184,6 +185,22 @@ def discover_clients(
         return nodes[:num_clients], None
     return ([by_partition[i] for i in range(num_clients)],
             [sizes[i] for i in range(num_clients)])
+
+
+def query_answer(reply: Message) -> tuple[int, int] | None:
+    """A query reply's partition id and example count; None (logged) for an error reply or
+    one whose numbers are not whole numbers in range, which then counts as no answer."""
+    if reply.has_error():
+        return None
+    metrics = reply.content.metric_records.get("metrics", MetricRecord())
+    pid, size = metrics.get(PARTITION_ID), metrics.get(NUM_EXAMPLES)
+    problem = (number_problem(pid, integral=True, low=0, high=MAX_CLIENTS)
+               or number_problem(size, integral=True, low=1, high=MAX_EXAMPLES))
+    if problem:
+        log(WARNING, "node %d answered the query with %s = %r, %s = %r (%s): not used",
+            reply.metadata.src_node_id, PARTITION_ID, pid, NUM_EXAMPLES, size, problem)
+        return None
+    return int(pid), int(size)
 
 
 CHECKPOINT = "checkpoint.bin"
@@ -225,11 +242,15 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
     log(INFO, "asyncfl: %s on %s, %d clients, results in %s", config["strategy"],
         config["task"], config["num-clients"], out)
     started = time.monotonic()
-    result = strategy.start(
-        grid, arrays_to_record(task.initial_arrays(config["seed"])),
-        num_rounds=config["num-server-rounds"], train_config=train_config(config),
-        evaluate_fn=evaluate, timeout=config["reply-timeout"],
-    )
+    try:
+        result = strategy.start(
+            grid, arrays_to_record(task.initial_arrays(config["seed"])),
+            num_rounds=config["num-server-rounds"], train_config=train_config(config),
+            evaluate_fn=evaluate, timeout=config["reply-timeout"],
+        )
+    except Exception as error:
+        write_stopped(out, config, strategy.recorder, error, time.monotonic() - started)
+        raise
     wall = time.monotonic() - started
     phases.enter("results")
     recorder = strategy.recorder
@@ -239,6 +260,7 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
     updates = len(events)
     staleness = [row["staleness"] for row in events]
     summary = {
+        "status": FINISHED,
         "strategy": config["strategy"],
         "task": config["task"],
         "clock": config["clock"],
@@ -261,6 +283,7 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
         "skipped_by_reason": dict(recorder.failures),
         "dropped_clients": totals.dropped,
         "ignored_replies": totals.ignored_replies,
+        "skipped_evaluate_replies": strategy.federated_evaluation.skipped,
     }
     counts = Counter(row["client"] for row in events)
     clients = [
@@ -283,3 +306,30 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
     )
     log(INFO, "asyncfl: results written to %s", out.resolve())
     return out
+
+
+def write_stopped(out: Path, config: Mapping[str, Any], recorder: RunRecorder,
+                  error: Exception, wall: float) -> None:
+    """What a run that stopped with `error` (DivergenceError, a configuration error found at
+    the first replies, ...) did until then: events, evaluations, config and a summary with
+    status 'stopped' and the reason; no final model. A failure to write is logged, and the
+    run's own error is what the caller raises."""
+    applied = recorder.applied()
+    summary = {
+        "status": STOPPED, "reason": f"{type(error).__name__}: {error}",
+        "strategy": config["strategy"], "task": config["task"], "clock": config["clock"],
+        "wall_time": wall, "updates": len(applied),
+        "virtual_time": max((row["virtual_time"] for row in recorder.events), default=0.0),
+        "skipped_replies": sum(recorder.failures.values()),
+        "skipped_by_reason": dict(recorder.failures),
+    }
+    try:
+        write_results(out, config, events=recorder.events, event_columns=EVENT_COLUMNS,
+                      evals=recorder.evals, clients=[], final_arrays=None, summary=summary,
+                      tables=recorder.tables)
+    except OSError as failure:
+        log(WARNING, "asyncfl: the stopped run's partial results were not written: %s",
+            failure)
+        return
+    log(WARNING, "asyncfl: the run stopped (%s); what it did until then is in %s", error,
+        out.resolve())

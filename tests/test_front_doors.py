@@ -254,7 +254,7 @@ def test_simulate_never_reads_another_runs_folder(out, tmp_path):
     other = tmp_path / "outputs" / "x"
     other.mkdir(parents=True)
     (other / "config.json").write_text(json.dumps({"launch-id": "someone-else"}))
-    (other / "summary.json").write_text(json.dumps({"updates": -1}))
+    (other / "summary.json").write_text(json.dumps({"updates": -1, "status": "finished"}))
     result = asyncfl.simulate(strategy="running-mean", task="mean", num_clients=3,
                               num_server_rounds=4, run_name="x", **out)
     assert result.output_dir.name == "x-2" and result.summary["updates"] == 4

@@ -1,6 +1,7 @@
 """asyncfl-sweep: grid x seeds, runs.csv / summary.csv / figures, failures, resume, Ray."""
 
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -215,3 +216,45 @@ def descendants(roots: list[int]) -> set[int]:
         found.add(pid)
         todo += children.get(pid, [])
     return found
+
+
+def test_a_second_sweep_on_a_busy_folder_is_refused_and_no_row_is_lost(tmp_path, monkeypatch):
+    """Sweep B starts while sweep A is between two runs on the same --output-dir: B is
+    refused (it used to rewrite runs.csv under A's appends, and A's later rows vanished);
+    run again afterwards, B adds its rows next to all of A's."""
+    import asyncfl.tools.sweep.execute as execute
+
+    out, started, refusals = tmp_path / "sweep", [], []
+    first, plain = grid_points({"lr": [0.05, 0.1]}), execute.run_one
+
+    def run_one_then_start_b(overrides):
+        outcome = plain(overrides)
+        if not started:
+            started.append(overrides)
+            try:
+                run_sweep(grid_points({"lr": [0.2]}), [0], TINY, out, progress=False)
+            except ConfigError as refused:
+                refusals.append(str(refused))
+        return outcome
+
+    monkeypatch.setattr(execute, "run_one", run_one_then_start_b)
+    run_sweep(first, [0], TINY, out, progress=False)
+    assert refusals == [f"--output-dir {out}: another asyncfl-sweep (pid {os.getpid()}) is "
+                        "writing there; wait for it to finish or choose another --output-dir"]
+    monkeypatch.setattr(execute, "run_one", plain)
+    run_sweep(grid_points({"lr": [0.2]}), [0], TINY, out, progress=False)
+    rows = read_rows(out / "runs.csv")
+    assert sorted((r["lr"], r["status"]) for r in rows) == [
+        ("0.05", "ok"), ("0.1", "ok"), ("0.2", "ok")]
+
+
+def test_a_rerun_replaces_a_half_finished_run_folder(tmp_path):
+    out = tmp_path / "sweep"
+    done = run_sweep(grid_points({"lr": [0.05]}), [0], TINY, out, progress=False)
+    folder = Path(done.runs[0]["results_dir"])
+    (folder / "summary.json").unlink()  # killed while it wrote its results
+    (out / "runs.csv").write_text((out / "runs.csv").read_text().splitlines()[0] + "\n")
+    again = run_sweep(grid_points({"lr": [0.05]}), [0], TINY, out, progress=False)
+    assert again.runs[0]["results_dir"] == str(folder)
+    assert [p.name for p in (out / "runs").iterdir()] == [folder.name]
+    assert (folder / "summary.json").exists()

@@ -81,6 +81,10 @@ class AsyncflStrategy(Strategy):
     fixed_train_config: dict = {}
     #: stream of the run seed that drives the strategy's sampling
     rng_stream = 0
+    #: whether the guard's median rule for outlier updates applies (`ReplyGuard`): not to a
+    #: rule whose replies are data values rather than training updates (the divergence
+    #: limit still does)
+    median_outliers = True
     #: the setting that sizes the server's step: named when the global model diverges
     step_setting = "lr (the clients' learning rate)"
     #: the strategy this one becomes with a ClientApp that runs its own training (reports no
@@ -182,7 +186,8 @@ class AsyncflStrategy(Strategy):
         return RunParts(
             name=type(self).__name__, loop=loop, without_the_helper=self.without_the_helper,
             dispatcher=dispatcher,
-            guard=copy.deepcopy(self.guard), schedule=copy.deepcopy(self.evaluation),
+            guard=self.guard.for_run(self.median_outliers),
+            schedule=copy.deepcopy(self.evaluation),
             checkpointer=self.checkpoints,
             recorder=self.recorder, rng=np.random.default_rng([self.seed, self.rng_stream]),
             reply_kind=self.reply_kind, time_budget=self.time_budget,

@@ -135,7 +135,7 @@ class _Decoder:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write `payload` to `path` atomically."""
+    """Write `payload` to `path` atomically; an OSError (a full disk) names the file."""
     encoder = _Encoder()
     state = json.dumps(encoder.encode(payload)).encode()
     buffer = io.BytesIO()
@@ -151,8 +151,12 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise OSError(error.errno, f"cannot write the checkpoint {path} ({error.strerror}): "
+                          "free space, or choose another output-dir or checkpoint-every"
+                          ) from error
         raise
 
 

@@ -70,16 +70,30 @@ def draw_step_times(
 SPEED_CLASSES = {"gpu-fast": 1.0, "gpu-mid": 2.0, "gpu-slow": 4.0, "cpu": 16.0}
 
 
+#: most per-client times a delay-profile may list (no run has more clients)
+MAX_PROFILE_ENTRIES = 100_000
+#: longest per-step time, seconds (about 30 years): sums of such times stay finite
+MAX_STEP_TIME = 1e9
+
+
 def parse_profile(text: str) -> list[float]:
-    """'1,2,4,8' or 'gpu-fast*2,gpu-slow,cpu' (classes from SPEED_CLASSES, *n repeats)."""
-    times: list[float] = []
+    """'1,2,4,8' or 'gpu-fast*2,gpu-slow,cpu' (classes from SPEED_CLASSES, *n repeats). Every
+    time is in (0, MAX_STEP_TIME] and there are at most MAX_PROFILE_ENTRIES, counted before
+    any list is built."""
+    entries: list[tuple[float, int]] = []
     for item in text.split(","):
         name, _, count = item.strip().partition("*")
         value = SPEED_CLASSES[name] if name in SPEED_CLASSES else float(name)
-        if not value > 0 or (count and int(count) < 1):
-            raise ValueError(f"bad delay-profile entry {item!r}")
-        times.extend([value] * (int(count) if count else 1))
-    return times
+        repeat = int(count) if count else 1
+        if not 0 < value <= MAX_STEP_TIME or repeat < 1:
+            raise ValueError(f"bad delay-profile entry {item!r}: a per-step time in (0, "
+                             f"{MAX_STEP_TIME:g}] seconds, *count >= 1")
+        entries.append((value, repeat))
+    total = sum(repeat for _, repeat in entries)
+    if total > MAX_PROFILE_ENTRIES:
+        raise ValueError(f"delay-profile lists {total:,} times; at most "
+                         f"{MAX_PROFILE_ENTRIES:,} (one per client, and no run has more)")
+    return [value for value, repeat in entries for _ in range(repeat)]
 
 
 def profile_step_times(profile: Sequence[float], n: int) -> np.ndarray:
@@ -115,9 +129,9 @@ def read_trace(path: str | Path) -> list[np.ndarray]:
             client = int(row["client"])
         except (TypeError, ValueError):
             raise ValueError(f"delay-trace {path}, line {line}: not a number in {row}") from None
-        if not (np.isfinite(value) and value > 0):
+        if not 0 < value <= MAX_STEP_TIME:
             raise ValueError(f"delay-trace {path}, line {line}: per-step time {value} is not "
-                             "a positive number")
+                             f"a number in (0, {MAX_STEP_TIME:g}] seconds")
         times.setdefault(client, []).append(value)
     if not times:
         raise ValueError(f"delay-trace {path}: no usable rows")

@@ -17,6 +17,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from asyncfl.engine import EventLoop
 from asyncfl.engine.recorder import RunRecorder
+from asyncfl.engine.utils import metric_problem, number_problem
 from asyncfl.protocol import ARRAYS, CONFIG, EVALUATE, NUM_EXAMPLES, SERVER_ROUND, WEIGHT_KEY
 
 if TYPE_CHECKING:
@@ -84,8 +85,8 @@ class FederatedEvaluation:
 
     def aggregate_replies(self, version: int, replies: Iterable[Message]) -> MetricRecord | None:
         """The valid replies' metrics aggregated (Flower's `aggregate_evaluate`); replies
-        without one MetricRecord holding a positive `weighted_by_key` are skipped and
-        counted."""
+        without one MetricRecord holding a positive `weighted_by_key`, or with a metric that
+        is not a finite number (or list of them), are skipped and counted."""
         valid = []
         for reply in replies:
             reason = self._invalid(reply)
@@ -116,9 +117,9 @@ class FederatedEvaluation:
         if len(metrics) != 1:
             return f"expected one MetricRecord, found {len(metrics)}"
         weight = metrics[0].get(self.weighted_by_key)
-        if not isinstance(weight, (int, float)) or not weight > 0 or not math.isfinite(weight):
+        if number_problem(weight, low=math.ulp(0.0)):
             return f"bad {self.weighted_by_key}: {weight!r}"
-        return ""
+        return metric_problem(metrics[0])  # NaN or Inf: never averaged in
 
     def run(self, version: int, arrays: ArrayRecord, clients: list[int],
             rng: np.random.Generator) -> MetricRecord | None:

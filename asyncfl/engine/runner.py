@@ -3,7 +3,7 @@ turning a checked reply into the update a rule takes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any, Protocol
 
@@ -21,7 +21,7 @@ from asyncfl.engine.evaluation import (
     FederatedEvaluation,
     MetricsAggregationFn,
 )
-from asyncfl.engine.guard import NoClientLeftError, ReplyGuard
+from asyncfl.engine.guard import NoClientLeftError, ReplyGuard, SettingCheck
 from asyncfl.engine.model_state import ModelState
 from asyncfl.engine.nodes import NodeWatch
 from asyncfl.engine.recorder import RunRecorder, RunTotals
@@ -116,6 +116,11 @@ class RunParts:
     without_the_helper: str | None = None
     _warned_kind: bool = False
     _warned_own_training: bool = False
+    _setting: SettingCheck = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._setting = SettingCheck(self.weighted_by_key, self.dispatcher.keys,
+                                     min(3, self.num_clients))
 
     @property
     def num_clients(self) -> int:
@@ -137,7 +142,8 @@ class RunParts:
         known = sizes is not None and completion.client < len(sizes)
         verdict = self.guard.check(completion, reference, start,
                                    sizes[completion.client] if known else MAX_EXAMPLES,
-                                   self.weighted_by_key)
+                                   self.weighted_by_key, self.step_setting)
+        self._setting.observe(completion, verdict)
         if isinstance(verdict, str):
             self.recorder.rejected(completion, version, verdict)
             if completion.client in self.guard.dropped:

@@ -9,7 +9,7 @@ import math
 import numpy as np
 from flwr.app import MetricRecord
 
-from asyncfl.protocol import MODEL_VERSION, NUM_EXAMPLES
+from asyncfl.protocol import COMPUTE_TIME, MAX_STEPS, MODEL_VERSION, NUM_EXAMPLES, STEPS
 
 #: the most examples a reply may claim when the client's partition size is unknown
 MAX_EXAMPLES = 10**9
@@ -29,34 +29,76 @@ def sample_clients(rng: np.random.Generator, num_clients: int, fraction: float,
     return sorted(int(c) for c in chosen)
 
 
-
-
 def task_seed(seed: int, version: int, client: int) -> int:
     """Seed for a client's local shuffling, fixed by (run seed, model version, client)."""
     digest = hashlib.blake2b(f"{seed}:{version}:{client}".encode(), digest_size=7).digest()
     return int.from_bytes(digest, "little")
 
 
+def number_problem(value: object, *, integral: bool = False, low: float = -math.inf,
+                   high: float = math.inf) -> str:
+    """Why `value` is not a finite number (an integral one in [low, high] where asked), or
+    '': lists, strings, NaN, Inf and floats too large for an int are all caught here, so
+    no reader of a metric converts one and crashes."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{value!r} is not a number"
+    if not math.isfinite(value):
+        return f"{value!r} is not finite"
+    if integral and value != int(value):
+        return f"{value!r} is not a whole number"
+    if not low <= value <= high:
+        return f"{value!r} is outside [{low:g}, {high:g}]"
+    return ""
 
 
+#: metrics the server reads from a train reply: each must be a finite number in range
+READ_METRICS = {MODEL_VERSION: dict(integral=True, low=0),
+                STEPS: dict(integral=True, low=0, high=MAX_STEPS),
+                COMPUTE_TIME: dict(low=0)}
+
+
+def metric_problem(metrics: MetricRecord, shapes: dict[str, int | None] | None = None) -> str:
+    """Why a reply's metrics must not be used, or '': a metric the server reads that is not a
+    finite number in range (`READ_METRICS`), any NaN or Inf (it would be averaged into the
+    run's metrics), or a metric that is a list where earlier replies sent a number, or
+    a list of another length (`shapes`: key -> None for a number, the length for a list)."""
+    for key, value in metrics.items():
+        if key in READ_METRICS:
+            problem = number_problem(value, **READ_METRICS[key])
+        else:
+            items = value if isinstance(value, list) else [value]
+            problem = next((p for v in items if (p := number_problem(v))), "")
+            shape = len(value) if isinstance(value, list) else None
+            if not problem and shapes is not None and shapes.get(key, shape) != shape:
+                seen = shapes[key]
+                problem = (f"{'a list of ' + str(shape) if shape is not None else 'a number'}"
+                           f" where earlier replies sent "
+                           f"{'a number' if seen is None else f'a list of {seen}'}")
+        if problem:
+            return f"bad metric {key!r}: {problem}"
+    return ""
 
 
 def check_reply(
     arrays: dict[str, np.ndarray], metrics: MetricRecord, reference: dict[str, np.ndarray],
     *, version_sent: int | None = None, max_examples: int = MAX_EXAMPLES,
-    weighted_by_key: str = NUM_EXAMPLES,
+    weighted_by_key: str = NUM_EXAMPLES, shapes: dict[str, int | None] | None = None,
 ) -> str:
     """Why a parsed train reply must not touch the global model, or '' if it is usable:
-    bad or absurd example counts, a model version that was not the one sent, arrays whose
-    keys, shapes or dtypes differ from the model's, NaN or Inf."""
+    bad or absurd example counts, a model version that was not the one sent, malformed
+    metrics (`metric_problem`), arrays whose keys, shapes or dtypes differ from the model's,
+    NaN or Inf."""
     examples = metrics.get(weighted_by_key)
-    if not isinstance(examples, (int, float)) or not examples > 0 or not math.isfinite(examples):
+    if number_problem(examples, low=math.ulp(0.0)):
         return f"bad {weighted_by_key}: {examples!r}"
     if examples > max_examples:
         return (f"bad {weighted_by_key}: {examples!r} is more than the client holds "
                 f"({max_examples})")
+    problem = metric_problem(metrics, shapes)
+    if problem:
+        return problem
     version = metrics.get(MODEL_VERSION)
-    if version_sent is not None and version is not None and int(version) != version_sent:
+    if version_sent is not None and version is not None and version != version_sent:
         return f"wrong model version: {version} was never sent to this client ({version_sent} was)"
     if list(arrays) != list(reference):
         return f"wrong arrays: keys {list(arrays)[:4]} do not match the model's"

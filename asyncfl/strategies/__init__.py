@@ -10,7 +10,13 @@ MetricRecord holding `num-examples` (Flower's FedAvg contract).
 from asyncfl.engine.base import AsyncflStrategy, AsyncStrategy, SyncStrategy
 from asyncfl.engine.checkpoint import Checkpointer
 from asyncfl.engine.evaluation import EvaluationSchedule
-from asyncfl.engine.guard import CapabilityError, DivergenceError, NoClientLeftError, ReplyGuard
+from asyncfl.engine.guard import (
+    CapabilityError,
+    DivergenceError,
+    NoClientLeftError,
+    ReplyGuard,
+    SettingError,
+)
 from asyncfl.strategies.alsgd import ALSGD
 from asyncfl.strategies.apsb import APSB
 from asyncfl.strategies.asgd import ASGD
@@ -45,5 +51,6 @@ __all__ = [
     "LSGD", "MIFA", "OPTIMIZERS", "REGISTRY", "SSGD", "STRATEGIES", "AsyncStrategy",
     "AsyncflStrategy", "Checkpointer", "EvaluationSchedule", "FedAsync", "FedAvg", "FedBuff",
     "FedSGD", "FedSGDWeights", "FedStaleWeight", "NoClientLeftError", "ReplyGuard", "RunningMean",
-    "ServerOptimizer", "SyncStrategy", "constant", "hinge", "polynomial", "staleness_function",
+    "ServerOptimizer", "SettingError", "SyncStrategy", "constant", "hinge", "polynomial",
+    "staleness_function",
 ]

@@ -61,6 +61,9 @@ class RunningMean(AsyncStrategy):
     """
 
     reply_kind = WEIGHTS
+    #: the replies are the clients' values: values far from the estimate are data, not
+    #: outliers (a value past the divergence limit still is one)
+    median_outliers = False
 
     def __init__(self, concurrency: int = 0, **options) -> None:
         super().__init__(concurrency, **options)

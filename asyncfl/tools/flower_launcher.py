@@ -12,8 +12,8 @@ wrapper instead:
 4. stops every process group it started (the SuperLink's, `flwr run`'s, and those their
    processes opened: SuperExec, the simulation) by PID, whatever happened, also on SIGTERM or
    SIGINT, and removes FLWR_HOME;
-5. exits 0 only if the ServerApp wrote this run's summary.json (`flwr run` itself exits 0
-   when the ServerApp fails).
+5. exits 0 only if the ServerApp wrote this run's summary.json with status "finished" (`flwr run`
+   itself exits 0 when the ServerApp fails).
 
 `flwr run`'s output passes through, its progress lines drawn as a progress bar. With no
 `strategy` in `--run-config` (the main job) it runs FedAvg, then FedBuff, on the same clients

@@ -30,7 +30,7 @@ from asyncfl.config import (
     from_python_kwargs,
     validate_run_config,
 )
-from asyncfl.protocol import PARTITION_ID
+from asyncfl.protocol import PARTITION_ID, not_a_message
 from asyncfl.results import check_output_dir, default_run_name, find_launched_run, run_dir
 from asyncfl.tools.together import together_for
 
@@ -142,7 +142,7 @@ class InlineGrid(Grid):
         except Exception as err:  # a failing client must not stop the run: it is an error reply
             reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                                   f"{type(err).__name__}: {err}"), reply_to=message)
-        return reply
+        return reply if isinstance(reply, Message) else not_a_message(reply, message)
 
 
 @dataclass

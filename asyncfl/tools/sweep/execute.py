@@ -5,14 +5,18 @@ run finishes (an interrupted sweep resumes), then summary.csv and the figures.""
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import logging
 import math
+import os
+import shutil
 import sys
 import time
 import traceback
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -20,8 +24,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from asyncfl.config import validate_run_config
-from asyncfl.results import check_writable
+from asyncfl.config import ConfigError, validate_run_config
+from asyncfl.results import atomic_file, check_writable, finished_summary
 from asyncfl.tools.sweep.figures import plot_sweep
 from asyncfl.tools.sweep.grid import Point, Run, plan
 from asyncfl.tools.sweep.statistics import METRICS, summarize
@@ -142,12 +146,10 @@ class CsvLog:
 
     def __init__(self, path: Path, columns: Sequence[str], keep: Iterable[Mapping[str, Any]]):
         self.columns = list(columns)
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_file(path, newline="") as f:
             writer = csv.DictWriter(f, self.columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(keep)
-        tmp.replace(path)
         self.file = path.open("a", newline="")
         self.writer = csv.DictWriter(self.file, self.columns, extrasaction="ignore")
 
@@ -155,9 +157,48 @@ class CsvLog:
         self.writer.writerows({k: "" if v is None else v for k, v in row.items()}
                               for row in rows)
         self.file.flush()
+        os.fsync(self.file.fileno())
 
     def close(self) -> None:
         self.file.close()
+
+
+#: the file a running sweep holds locked in its output folder
+LOCK_NAME = ".sweep.lock"
+
+
+@contextmanager
+def sweep_lock(out: Path) -> Iterator[None]:
+    """Hold `out`'s lock while a sweep writes there: a second sweep on the same folder is
+    refused with a ConfigError (it would rewrite runs.csv under the first one's appends).
+    The lock is the kernel's (flock), so a killed sweep leaves none behind."""
+    with (out / LOCK_NAME).open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise ConfigError(f"--output-dir {out}: another asyncfl-sweep ({holder}) is "
+                              "writing there; wait for it to finish or choose another "
+                              "--output-dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def clear_unfinished(todo: Sequence[Run]) -> None:
+    """Remove the results folders the runs still to do left half-written (an interrupted
+    sweep; no finished summary.json): the rerun writes its folder under the same name, not
+    `<name>-2`. A finished run's folder (another sweep's, by the same name) stays."""
+    for run in todo:
+        folder = Path(run.overrides["output-dir"]) / run.run_name
+        if folder.is_dir() and finished_summary(folder) is None:
+            shutil.rmtree(folder)
 
 
 def run_sweep(points: Sequence[Point], seeds: Sequence[int], fixed: Mapping[str, Any],
@@ -166,11 +207,18 @@ def run_sweep(points: Sequence[Point], seeds: Sequence[int], fixed: Mapping[str,
     """Run every (point, seed) not already finished in `output_dir`, then write summary.csv
     and the figures. `workers` > 1: that many spawned processes; `ray_address`: Ray tasks on
     that cluster instead. Raises ConfigError (naming the key) before any run if a setting is
-    wrong."""
+    wrong, or if another sweep is writing in `output_dir`."""
     out = Path(output_dir).resolve()
     runs = plan(points, seeds, fixed, out)
     out.mkdir(parents=True, exist_ok=True)
     check_writable(out, "output-dir")
+    with sweep_lock(out):
+        return _run_locked(points, runs, fixed, out, workers, ray_address, progress)
+
+
+def _run_locked(points: Sequence[Point], runs: Sequence[Run], fixed: Mapping[str, Any],
+                out: Path, workers: int, ray_address: str, progress: bool) -> SweepResult:
+    """`run_sweep` once the folder's lock is held."""
     grid_keys = list(dict.fromkeys(k for p in points for k in p.settings))
     planned = {run.config_id for run in runs}
     # finished runs are kept (those of other sweeps in this folder too); failed ones rerun
@@ -182,6 +230,7 @@ def run_sweep(points: Sequence[Point], seeds: Sequence[int], fixed: Mapping[str,
     runs_log = CsvLog(out / "runs.csv", columns, kept)
     curves_log = CsvLog(out / "curves.csv", CURVE_COLUMNS, curve_rows)
     todo = [run for run in runs if run.config_id not in done]
+    clear_unfinished(todo)
     if ray_address:
         outcomes = run_ray(todo, ray_address)
     elif workers > 1 and len(todo) > 1:
@@ -212,7 +261,7 @@ def run_sweep(points: Sequence[Point], seeds: Sequence[int], fixed: Mapping[str,
         curves.setdefault(r["config_id"], []).append((float(r["virtual_time"]),
                                                       float(r["accuracy"])))
     summary = summarize(points, rows, grid_keys)
-    with (out / "summary.csv").open("w", newline="") as f:
+    with atomic_file(out / "summary.csv", newline="") as f:
         writer = csv.DictWriter(f, list(summary[0]))
         writer.writeheader()
         writer.writerows({k: "" if isinstance(v, float) and math.isnan(v) else v
