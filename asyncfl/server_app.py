@@ -16,6 +16,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from asyncfl.config import (
+    changed_strategy_settings,
     check_local_files,
     config_warnings,
     validate_run_config,
@@ -33,7 +34,13 @@ from asyncfl.engine.delays import parse_profile, read_trace
 from asyncfl.engine.nodes import fixed_federation, wait_for_nodes
 from asyncfl.engine.recorder import EVENT_COLUMNS
 from asyncfl.protocol import NUM_EXAMPLES, PARTITION_ID, QUERY, arrays_to_record, record_to_arrays
-from asyncfl.results import claim_run_dir, run_dir, write_results
+from asyncfl.results import (
+    claim_run_dir,
+    dominance_note,
+    participation,
+    run_dir,
+    write_results,
+)
 from asyncfl.strategies import (
     REGISTRY,
     AsyncflStrategy,
@@ -245,6 +252,11 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
          "num_examples": sizes[i] if sizes else None, "updates": counts[i]}
         for i, node in enumerate(node_ids)
     ]
+
+    summary["changed_settings"] = changed_strategy_settings(config)
+    summary["participation"] = participation([c["updates"] for c in clients])
+    if note := dominance_note(config["strategy"], summary["participation"]):
+        log(WARNING, "%s", note)
 
     def finalize(summary: dict) -> None:
         """The ServerApp's time by phase, up to writing summary.json."""

@@ -38,8 +38,14 @@ from types import FrameType
 from tqdm import tqdm
 
 from asyncfl.config import SIMULATED_CLIENTS, ConfigError, validate_run_config
-from asyncfl.plots import plot_comparison, read_csv
-from asyncfl.results import claim_run_dir, time_to_target, write_table
+from asyncfl.plots import plot_comparison, read_csv, setup
+from asyncfl.results import (
+    claim_run_dir,
+    dominance_note,
+    participation,
+    time_to_target,
+    write_table,
+)
 from asyncfl.tools.processes import stop_process_group
 from asyncfl.tools.run_config import (
     format_run_config,
@@ -50,8 +56,9 @@ from asyncfl.tools.run_config import (
 from asyncfl.tools.superlink import CONNECTION, flower_executable, local_superlink
 
 DEFAULT_COMPARISON = "fedavg,fedbuff"  # the main job: synchronous against asynchronous
-COMPARISON_COLUMNS = ("strategy", "run", "final_accuracy", "virtual_time_s", "time_to_target_s",
-                      "speedup")
+COMPARISON_COLUMNS = ("strategy", "run", "final_accuracy", "virtual_time_s", "target_accuracy",
+                      "time_to_target_s", "speedup", "updates", "top_client", "top_client_share",
+                      "gini_updates", "dominated")
 #: the ServerApp's log lines that move the bar: the start (how many versions or rounds), the
 #: periodic progress line, each evaluation and the closing summary
 STARTED_LINE = re.compile(r"Starting \w+ for (\d+) (round|version)s")
@@ -124,26 +131,51 @@ def compare_runs(outs: list[Path], overrides: dict) -> Path:
 
 def write_comparison(outs: list[Path], dest: Path) -> Path:
     """comparison.png (`plot_comparison`: test accuracy against virtual time, each run marked
-    where it first reaches the first run's `target-accuracy`) and comparison.md / .csv: final
-    accuracy, virtual time, time to that target and the speed-up over the first run."""
-    runs, configs = [], []
+    where it first reaches the first run's `target-accuracy`, and updates per client) and
+    comparison.md / .csv: final accuracy, virtual time, the target, time to it, the speed-up
+    over the first run, and participation (top client's share, Gini); comparison.md names
+    the target and says which run, if any, one client dominates."""
+    runs = []
     for out in map(Path, outs):
-        configs.append(json.loads((out / "config.json").read_text()))
-        runs.append((configs[-1]["strategy"], out, read_csv(out / "evals.csv")))
-    reference = configs[0]["target-accuracy"]
-    reached = [time_to_target(evals, reference) for _, _, evals in runs]
-    reference_time = reached[0]
-    path = plot_comparison([(strategy, evals, when) for (strategy, _, evals), when
-                            in zip(runs, reached, strict=True)], reference, dest)
+        config = json.loads((out / "config.json").read_text())
+        summary = json.loads((out / "summary.json").read_text())
+        clients = read_csv(out / "clients.csv")
+        runs.append({"label": config["strategy"], "out": out, "config": config,
+                     "summary": summary, "evals": read_csv(out / "evals.csv"),
+                     "participation": participation([c["updates"] for c in clients])})
+    target = runs[0]["config"]["target-accuracy"]
+    for run in runs:
+        run["reached"] = time_to_target(run["evals"], target)
+    first = runs[0]["reached"]
+    notes = [note for run in runs if (note := dominance_note(run["label"], run["participation"]))]
+    title = (f"{' vs '.join(r['label'] for r in runs)} on {setup(runs[0]['config'])}"
+             + "".join(f"\nWARNING: {note}" for note in notes))
+    path = plot_comparison(runs, target, title, dest)
     rows = []
-    for (strategy, out, evals), when in zip(runs, reached, strict=True):
-        rows.append({"strategy": strategy, "run": out.name,
-                     "final_accuracy": round(evals[-1]["accuracy"], 4),
-                     "virtual_time_s": round(evals[-1]["virtual_time"], 2),
-                     "time_to_target_s": "" if when is None else round(when, 2),
-                     "speedup": "" if None in (when, reference_time) or not when else
-                     round(reference_time / when, 1)})
-    write_table(Path(dest) / "comparison", rows, COMPARISON_COLUMNS)
+    for run in runs:
+        when, report = run["reached"], run["participation"]
+        rows.append({
+            "strategy": run["label"], "run": run["out"].name,
+            "final_accuracy": round(run["evals"][-1]["accuracy"], 4),
+            "virtual_time_s": round(run["summary"]["virtual_time"], 2),
+            "target_accuracy": target,
+            "time_to_target_s": "" if when is None else round(when, 2),
+            "speedup": "" if None in (when, first) or not when else round(first / when, 1),
+            "updates": sum(report["updates_per_client"]),
+            "top_client": report["top_client"],
+            "top_client_share": None if report["top_share"] is None
+            else round(report["top_share"], 3),
+            "gini_updates": None if report["gini"] is None else round(report["gini"], 3),
+            "dominated": "yes" if report["dominated"] else "no"})
+    table = write_table(Path(dest) / "comparison", rows, COMPARISON_COLUMNS)
+    head = (f"Target accuracy: {target:g} (`target-accuracy` of the first run, "
+            f"{runs[0]['label']}). time_to_target_s: the virtual time at which a run's test "
+            f"accuracy first reaches it; speedup: {runs[0]['label']}'s time to it / the run's. "
+            "top_client_share: the share of the run's updates made by its busiest client; "
+            "gini_updates: the Gini coefficient of the updates per client (0: all equal).\n")
+    tail = "".join(f"\n**Warning:** {note}.\n" for note in notes) or (
+        "\nNo client made more than a third of any run's updates.\n")
+    (Path(dest) / "comparison.md").write_text(f"{head}\n{table}{tail}")
     return path
 
 

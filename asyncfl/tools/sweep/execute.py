@@ -218,5 +218,8 @@ def run_sweep(points: Sequence[Point], seeds: Sequence[int], fixed: Mapping[str,
         writer.writerows({k: "" if isinstance(v, float) and math.isnan(v) else v
                           for k, v in s.items()} for s in summary)
     target = float(validate_run_config(dict(fixed))["target-accuracy"])
-    plot_sweep(points, rows, curves, summary, out, target)
+    given = ", ".join(f"{k}={v}" for k, v in fixed.items()) or "defaults"
+    swept = ", ".join(grid_keys) or "the points' settings"
+    plot_sweep(points, rows, curves, summary, out, target,
+               f"{given}; {len(seeds)} seeds; swept: {swept}")
     return SweepResult(out, rows, summary, curves)
