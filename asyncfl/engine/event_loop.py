@@ -20,7 +20,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from logging import WARNING
+from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
@@ -380,9 +380,13 @@ class EventLoop:
             time.sleep(self.poll_interval)
 
     def _report_wait(self, waited: float, timeout: float) -> None:
+        """Say what the run waits for: before the first reply a runtime is still starting its
+        ClientApps (Ray's workers, importing torch, loading data), which is no fault."""
         pending = sorted((self._in_flight[mid] for mid in self._waiting), key=_send_order)
-        log(WARNING, "no reply for %.0f s; waiting for client(s) %s (nodes %s); the oldest task "
-            "is given up after %.3g s without any reply (reply-timeout)", waited,
+        first = self.traffic.replies_received == 0
+        log(INFO if first else WARNING, "%s for %.0f s; waiting for client(s) %s (nodes %s); the "
+            "oldest task is given up after %.3g s without any reply (reply-timeout)",
+            "no reply yet: the ClientApps are starting" if first else "no reply", waited,
             [d.client for d in pending][:10], [d.node_id for d in pending][:10], timeout)
 
     def drain(self, deadline: float | None = None) -> list[Completion]:

@@ -34,6 +34,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 from tqdm import tqdm
 
@@ -67,12 +68,27 @@ EVALUATED_LINE = re.compile(r"\bversion (\d+) \| (?:virtual|wall) ")
 FINISHED_LINE = re.compile(r" finished in [\d.]+ s[^:]*: (\d+) (?:round|version)s")
 
 
+#: a line of Flower's log: its level after the ANSI colour codes
+LOG_LEVEL = re.compile(r"^(?:\x1b\[[\d;]*m)*(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")
+#: lines that are harmless here, kept in the log file only: Flower's note on its default
+#: federation size (it is printed whatever the size; the launcher sets it), Ray's tip about a
+#: future default (the launcher keeps Ray's present behaviour) and the dependency note
+HARMLESS = re.compile(r"default simulated SuperNodes changed from 10 to 2|FutureWarning: Tip: "
+                      r"In future versions of Ray|Skipping `flwr` dependency")
+#: what each phase of a start-up says, keyed by the line that begins it
+PHASES = ((re.compile(r"Starting Flower Simulation"), "starting Ray and the SuperNodes"),
+          (re.compile(r"asyncfl: \S+ on \S+, \d+ clients"), "the first model"))
+SHOWN_INFO = re.compile(r"asyncfl: results written to| finished in [\d.]+ s")
+
+
 def run_flower(overrides: dict, app_dir: Path, cpus_per_client: int = 1,
                gpus_per_client: float = 0.0, ray_address: str = "") -> Path:
     """Validate, run `flwr run` on a private SuperLink, stop it; return the results folder.
     `gpus_per_client` is the share of a GPU Ray gives each ClientApp (0.25: four share one).
     `ray_address`: the simulation runs on that existing Ray cluster (its ClientApps on every
-    node's CPUs), not on a Ray started for this machine's cores."""
+    node's CPUs), not on a Ray started for this machine's cores. Flower's whole output goes
+    to the results folder's flwr.log (to output-dir/<run-name>.flwr.log if the run wrote no
+    results); the terminal gets a start-up line, the bar, warnings and errors."""
     if validate_run_config(overrides)["num-clients"] == 0:
         overrides = {**overrides, "num-clients": SIMULATED_CLIENTS}
     overrides, config = resolve_run(overrides)
@@ -81,32 +97,53 @@ def run_flower(overrides: dict, app_dir: Path, cpus_per_client: int = 1,
                   f"client-resources-num-gpus={gpus_per_client:g}")
     if not ray_address:  # joining a cluster, ray.init must not be given a CPU count
         federation += f" init-args-num-cpus={os.cpu_count() or 1}"
-    with local_superlink(app_dir, ray_address) as (_, env):
+    log_path = Path(config["output-dir"]) / f"{config['run-name']}.flwr.log"
+    print(f"asyncfl-flwr-run: {config['strategy']}: starting Flower's simulation engine (Ray, "
+          f"{config['num-clients']} SuperNodes), then the first model; Flower's log: "
+          f"{log_path}", flush=True)
+    with local_superlink(app_dir, ray_address) as (_, env), log_path.open("w") as log_file:
         command = [flower_executable("flwr"), "run", str(app_dir), CONNECTION, "--stream",
                    "--run-config", format_run_config(overrides), "--federation-config", federation]
         flwr = subprocess.Popen(command, env=env, start_new_session=True, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
-            follow_output(flwr.stdout, config["strategy"])
+            follow_output(flwr.stdout, config["strategy"], log_file)
             code = flwr.wait()
         finally:
             stop_process_group(flwr)
-    return written_results(config, f" (flwr run exited with code {code})")
+    out = written_results(config, f" (flwr run exited with code {code}; see {log_path})")
+    log_path.replace(out / "flwr.log")
+    return out
 
 
-def follow_output(lines: Iterable[str], label: str) -> None:
-    """Pass `flwr run`'s output through, drawing the ServerApp's progress as a bar: its
-    start line sets the total, progress and evaluation lines move it, the summary ends it.
-    Progress lines are the bar's alone; every other line is printed."""
-    with tqdm(desc=label, unit="version", file=sys.stderr, dynamic_ncols=True) as bar:
+def follow_output(lines: Iterable[str], label: str, log_file: TextIO) -> None:
+    """Write `flwr run`'s output to `log_file`, drawing the ServerApp's progress as a bar: its
+    start line sets the total, progress and evaluation lines move it, the summary ends it; the
+    bar's label says which start-up phase runs. The terminal gets only warnings and errors
+    (with their continuation lines, such as a traceback) that are not HARMLESS, and the lines
+    that say where the results are and how the run ended."""
+    shown = False
+    with tqdm(desc=f"{label}: starting", unit="version", file=sys.stderr,
+              dynamic_ncols=True) as bar:
         for line in lines:
-            progress = PROGRESS_LINE.search(line)
-            if progress is not None:
+            log_file.write(line)
+            if progress := PROGRESS_LINE.search(line):
                 bar.total = int(progress.group(2))
                 bar.update(int(progress.group(1)) - bar.n)
                 continue
-            bar.write(line.rstrip("\n"), file=sys.stdout)
+            level = LOG_LEVEL.match(line)
+            if HARMLESS.search(line):  # it and its continuation lines
+                shown = False
+            elif level is not None:
+                shown = (level.group(1) in ("WARNING", "ERROR", "CRITICAL")
+                         or SHOWN_INFO.search(line) is not None)
+            if shown:
+                bar.write(line.rstrip("\n"), file=sys.stdout)
+            for begins, phase in PHASES:
+                if begins.search(line):
+                    bar.set_description(f"{label}: {phase}")
             if started := STARTED_LINE.search(line):
+                bar.set_description(label)
                 bar.reset(total=int(started.group(1)))
                 bar.unit = started.group(2)
             elif done := (EVALUATED_LINE.search(line) or FINISHED_LINE.search(line)):
