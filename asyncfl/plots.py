@@ -76,15 +76,18 @@ def setup(config: Mapping[str, Any]) -> str:
 
 
 def run_title(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
-    """Two lines: strategy and setup; local work, client lr and the strategy's settings that
-    differ from their defaults (summary.json's changed_settings)."""
+    """Two lines: strategy and setup; local work, client lr, the strategy's settings that
+    differ from their defaults (summary.json's changed_settings), rounds and time budget."""
     work = (f"{config['local-steps']} local steps" if config.get("local-steps")
             else f"{config['local-epochs']} local epochs")
     changed = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
                         for k, v in summary.get("changed_settings", {}).items())
+    budget = (f"time-budget {config['time-budget']:.4g} s" if config.get("time-budget")
+              else "")
     second = ", ".join(p for p in (work, f"batch {config['batch-size']}",
-                                   f"lr {config['lr']:g}", changed, f"seed {config['seed']}")
-                       if p)
+                                   f"lr {config['lr']:g}", changed,
+                                   f"num-server-rounds {config['num-server-rounds']}", budget,
+                                   f"seed {config['seed']}") if p)
     title = f"{config['strategy']} on {setup(config)}\n{second}"
     report = summary.get("participation", {})
     if report.get("dominated"):

@@ -72,9 +72,11 @@ FINISHED_LINE = re.compile(r" finished in [\d.]+ s[^:]*: (\d+) (?:round|version)
 LOG_LEVEL = re.compile(r"^(?:\x1b\[[\d;]*m)*(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")
 #: lines that are harmless here, kept in the log file only: Flower's note on its default
 #: federation size (it is printed whatever the size; the launcher sets it), Ray's tip about a
-#: future default (the launcher keeps Ray's present behaviour) and the dependency note
+#: future default (the launcher keeps Ray's present behaviour), the dependency note and the
+#: ClientApp actors' goodbye when the simulation ends
 HARMLESS = re.compile(r"default simulated SuperNodes changed from 10 to 2|FutureWarning: Tip: "
-                      r"In future versions of Ray|Skipping `flwr` dependency")
+                      r"In future versions of Ray|Skipping `flwr` dependency|"
+                      r"Manually terminating ClientAppActor")
 #: what each phase of a start-up says, keyed by the line that begins it
 PHASES = ((re.compile(r"Starting Flower Simulation"), "starting Ray and the SuperNodes"),
           (re.compile(r"asyncfl: \S+ on \S+, \d+ clients"), "the first model"))
