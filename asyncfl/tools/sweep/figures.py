@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from textwrap import fill
 from typing import Any
 
 import numpy as np
@@ -65,7 +66,7 @@ def plot_sweep(points: Sequence[Point], rows: Sequence[Mapping[str, str]],
     ax.axhline(target, color="grey", lw=0.8, ls="--", label=f"target {target:g}")
     time_axis(ax, times, "virtual time (s")
     ax.set(ylabel="test accuracy",
-           title=f"{title}\nmean across seeds, band: +- 1 std (within [0, 1])")
+           title=f"{fill(title, 80)}\nmean across seeds, band: +- 1 std (within [0, 1])")
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     if ax.lines[1:]:
@@ -86,7 +87,8 @@ def plot_sweep(points: Sequence[Point], rows: Sequence[Mapping[str, str]],
         ax.set_xscale("symlog", linthresh=min(m for m in means if m > 0))
     ax.set(xlabel=f"virtual time to accuracy {target:g} (s); whiskers: 95% interval, cut at 0"
            + (", log scale" if spans_decades(means) else ""),
-           title=f"{title}\ntime to target (runs that reached it / runs)")
+           title=f"{fill(title, 80)}\ntime to target (runs that reached it / runs)")
+    ax.set_xlim(left=0)
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
