@@ -17,7 +17,8 @@ MAX_LINES = 80
 
 
 def test_main_job_is_short_on_the_terminal_and_fair_on_disk(tmp_path):
-    done = subprocess.run([str(Path(sys.executable).parent / "asyncfl-flwr-run"), "--app",
+    # the module behind the `asyncfl-flwr-run` script, so any interpreter with asyncfl runs it
+    done = subprocess.run([sys.executable, "-m", "asyncfl.tools.flower_launcher", "--app",
                            str(ROOT)], cwd=tmp_path, capture_output=True, text=True,
                           timeout=1800)
     terminal = done.stdout + done.stderr

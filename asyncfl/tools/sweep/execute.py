@@ -79,7 +79,8 @@ def run_one(overrides: Mapping[str, Any]) -> dict[str, Any]:
         "updates": s["updates"], "messages": s["comm_messages_down"] + s["comm_messages_up"],
         "bytes": s["comm_bytes_down"] + s["comm_bytes_up"],
         "wall_time": time.perf_counter() - start, "results_dir": str(result.output_dir),
-        "curve": curve,
+        "top_client_share": s["participation"]["top_share"],
+        "gini_updates": s["participation"]["gini"], "curve": curve,
     }
 
 
