@@ -465,6 +465,19 @@ def test_flwr_output_goes_to_the_log_and_progress_lines_become_a_bar(capsys):
     assert "starting Ray and the SuperNodes" in captured.err and "the first model" in captured.err
 
 
+def test_flowers_real_output_of_the_main_job_leaves_two_lines_on_the_terminal(capsys):
+    """tests/data holds what `flwr run` printed for the main job's FedBuff run (408 lines,
+    most of them Flower's per-round result dicts): the terminal keeps how it ended and where
+    its results are; the log file keeps every line."""
+    recorded = (Path(__file__).parent / "data" / "main_job_fedbuff_flwr.log").read_text()
+    log = io.StringIO()
+    follow_output(recorded.splitlines(keepends=True), "fedbuff", log)
+    assert log.getvalue() == recorded
+    shown = capsys.readouterr().out.splitlines()
+    assert len(shown) == 2
+    assert "FedBuff finished in" in shown[0] and "asyncfl: results written to" in shown[1]
+
+
 def test_a_short_run_without_progress_lines_still_fills_the_bar(capsys):
     """A run shorter than the progress interval logs no progress line: the start line sets
     the total, evaluations move the bar and the summary completes it."""
