@@ -44,14 +44,15 @@ def spans_decades(times: Iterable[float]) -> bool:
     return len(positive) > 1 and max(positive) / min(positive) >= DECADES
 
 
-def time_axis(ax: Any, times: Sequence[float], label: str) -> None:
-    """Label a time axis; symmetric-log (linear up to the smallest positive time, so t = 0
-    stays on it) when the times span decades."""
+def time_axis(ax: Any, times: Sequence[float], clock: str = "virtual") -> None:
+    """A time axis from 0 in seconds of `clock`; symmetric-log (linear up to the smallest
+    positive time, so t = 0 stays on it) when the times span decades."""
+    scale = ""
     if spans_decades(times):
         ax.set_xscale("symlog", linthresh=min(t for t in times if t > 0))
-        label += ", log scale"
+        scale = ", log scale"
     ax.set_xlim(left=0)
-    ax.set_xlabel(f"{label})")
+    ax.set_xlabel(f"{clock} time (s{scale})")
 
 
 def speeds(config: Mapping[str, Any]) -> str:
@@ -109,7 +110,7 @@ def plot_run(out: Path) -> Path:
     values = [r[metric] for r in rows]
     times = [r["virtual_time"] for r in rows]
     ax_time.plot(times, values, marker="o", ms=3)
-    time_axis(ax_time, times, f"{config.get('clock', 'virtual')} time (s")
+    time_axis(ax_time, times, config.get("clock", "virtual"))
     ax_version.plot([r["version"] for r in rows], values, marker="o", ms=3)
     ax_version.set_xlabel("global model version")
     ax_version.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -123,10 +124,6 @@ def plot_run(out: Path) -> Path:
         ax_time.legend(loc="lower right")
     fig.suptitle(run_title(config, summary), fontsize=10)
     return save(fig, out / "accuracy.png")
-
-
-#: the kinds of a client's time in the timeline, and their colours (training: by staleness)
-TIMELINE_KINDS = ("training", "transfer", "idle", "rejected")
 
 
 def timeline_segments(out: Path) -> list[dict[str, Any]]:
@@ -225,8 +222,7 @@ def plot_comparison(runs: Sequence[Mapping[str, Any]], target: float, title: str
         if reached is not None:
             ax.axvline(reached, color=line.get_color(), ls=":", lw=1)
     ax.axhline(target, color="grey", lw=0.8, ls="--")
-    time_axis(ax, [r["virtual_time"] for run in runs for r in run["evals"]],
-              "virtual time (s")
+    time_axis(ax, [r["virtual_time"] for run in runs for r in run["evals"]])
     ax.set(ylabel="test accuracy", title=f"time to target accuracy {target:g}")
     ax.legend(title="reaches the target at", fontsize=8)
     ax.grid(alpha=0.3)

@@ -452,6 +452,11 @@ def test_flwr_output_goes_to_the_log_and_progress_lines_become_a_bar(capsys):
              "INFO :      progress: version 7/10 | virtual 4.00 s | 70 updates | ...\n",
              "INFO :      Final results:\n", "INFO :      \t{ 1: {'train-loss': 0.3},\n",
              "ERROR :     ServerApp raised an exception\n", "Traceback (most recent call last):\n",
+             "\x1b[36m(ClientAppActor pid=26013)\x1b[0m \x1b[92mINFO \x1b[0m:      loading\n",
+             "\x1b[36m(ClientAppActor pid=26013)\x1b[0m \x1b[91mERROR \x1b[0m:     ClientApp "
+             "raised\n",
+             "\x1b[36m(ClientAppActor pid=26014)\x1b[0m \x1b[93mWARNING \x1b[0m:   Manually "
+             "terminating ClientAppActor\n",
              "INFO :      asyncfl: results written to /x/outputs/y\n"]
     log = io.StringIO()
     follow_output(lines, "fedbuff", log)
@@ -460,7 +465,7 @@ def test_flwr_output_goes_to_the_log_and_progress_lines_become_a_bar(capsys):
     assert captured.out.splitlines() == [
         "WARNING :   skipped reply of client 2 at version 4: not finite",
         "ERROR :     ServerApp raised an exception", "Traceback (most recent call last):",
-        "INFO :      asyncfl: results written to /x/outputs/y"]
+        lines[-3].rstrip(), "INFO :      asyncfl: results written to /x/outputs/y"]
     assert "fedbuff" in captured.err and "7/10" in captured.err
     assert "starting Ray and the SuperNodes" in captured.err and "the first model" in captured.err
 

@@ -15,7 +15,8 @@ wrapper instead:
 5. exits 0 only if the ServerApp wrote this run's summary.json (`flwr run` itself exits 0
    when the ServerApp fails).
 
-`flwr run`'s output passes through, its progress lines drawn as a progress bar. With no
+`flwr run`'s output goes to the run's flwr.log; the terminal gets a start-up line, the
+ServerApp's progress as a bar, warnings, errors and where the results are. With no
 `strategy` in `--run-config` (the main job) it runs FedAvg, then FedBuff, on the same clients
 and draws both against virtual time (`--compare` picks others; `--compare ""`: one run).
 
@@ -68,8 +69,10 @@ EVALUATED_LINE = re.compile(r"\bversion (\d+) \| (?:virtual|wall) ")
 FINISHED_LINE = re.compile(r" finished in [\d.]+ s[^:]*: (\d+) (?:round|version)s")
 
 
-#: a line of Flower's log: its level after the ANSI colour codes
-LOG_LEVEL = re.compile(r"^(?:\x1b\[[\d;]*m)*(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")
+#: a line of Flower's log: its level after the ANSI colour codes and, for a line a Ray
+#: actor printed, the actor's "(ClientAppActor pid=...)" prefix
+LOG_LEVEL = re.compile(r"^(?:\x1b\[[\d;]*m)*(?:\(\w+ pid=\d+\)(?:\x1b\[[\d;]*m)* )?"
+                       r"(?:\x1b\[[\d;]*m)*(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")
 #: lines that are harmless here, kept in the log file only: Flower's note on its default
 #: federation size (it is printed whatever the size; the launcher sets it), Ray's tip about a
 #: future default (the launcher keeps Ray's present behaviour), the dependency note and the

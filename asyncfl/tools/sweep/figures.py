@@ -64,7 +64,7 @@ def plot_sweep(points: Sequence[Point], rows: Sequence[Mapping[str, str]],
         plot_band(ax, runs, f"{point.name} (n={len(runs)})")
         times += [t for curve in runs for t, _ in curve]
     ax.axhline(target, color="grey", lw=0.8, ls="--", label=f"target {target:g}")
-    time_axis(ax, times, "virtual time (s")
+    time_axis(ax, times)
     ax.set(ylabel="test accuracy",
            title=f"{fill(title, 80)}\nmean across seeds, band: +- 1 std (within [0, 1])")
     ax.title.set_fontsize(9)
