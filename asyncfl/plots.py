@@ -184,15 +184,17 @@ def plot_timeline(out: Path) -> Path:
     shown = min(int(config["num-clients"]), TIMELINE_CLIENTS)
     stalest = max((s["staleness"] for s in segments if s["kind"] == "training"), default=0)
     norm = Normalize(vmin=0, vmax=max(1, stalest))
-    colours = {"transfer": "0.6", "rejected": "tab:red", "idle": "none"}
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.22 * shown))
-    for s in segments:
-        colour = (plt.cm.viridis(norm(s["staleness"])) if s["kind"] == "training"
-                  else colours[s["kind"]])
+    colours = {"transfer": "0.6", "rejected": "tab:red"}
+    fig, ax = plt.subplots(figsize=(10, 2.0 + 0.22 * shown))
+    bars: dict[tuple[int, str, int | None], list[tuple[float, float]]] = {}
+    for s in segments:  # one collection per row and colour: long runs draw quickly
         if s["kind"] != "idle":
-            ax.broken_barh([(s["start"], s["end"] - s["start"])], (s["client"] - 0.4, 0.8),
-                           facecolors=colour, edgecolor="white", linewidth=0.3,
-                           hatch="//" if s["kind"] == "rejected" else None)
+            key = (s["client"], s["kind"], s["staleness"])
+            bars.setdefault(key, []).append((s["start"], s["end"] - s["start"]))
+    for (client, kind, staleness), spans in bars.items():
+        colour = plt.cm.viridis(norm(staleness)) if kind == "training" else colours[kind]
+        ax.broken_barh(spans, (client - 0.4, 0.8), facecolors=colour, edgecolor="white",
+                       linewidth=0.3, hatch="//" if kind == "rejected" else None)
     fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=ax, pad=0.01,
                  ticks=MaxNLocator(integer=True), label="staleness of the update (versions)")
     ax.set_ylim(shown - 0.5, -0.5)

@@ -155,8 +155,8 @@ def dominance_note(label: str, report: Mapping[str, Any]) -> str | None:
         return None
     counts = report["updates_per_client"]
     return (f"{label}: client {report['top_client']} made {counts[report['top_client']]} of "
-            f"its {sum(counts)} updates ({report['top_share']:.1%}, more than a third): the run "
-            "mostly measures that one client, not the strategy")
+            f"its {sum(counts)} updates ({report['top_share']:.1%}, more than a third): a "
+            "comparison of this run measures that client's speed as much as the strategy")
 
 
 def write_results(
