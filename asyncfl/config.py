@@ -297,7 +297,10 @@ SETTINGS: tuple[Setting, ...] = (
             "worker's step", check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("clock", str, "virtual", "virtual: durations computed; wall: real time",
             choices=("virtual", "wall")),
-    Setting("delay-dist", str, "exponential", "distribution of per-step compute times",
+    Setting("delay-dist", str, "lognormal", "distribution of per-step compute times; the "
+            "default, lognormal with delay-std 0.5 at delay-mean 1, keeps 90% of the clients "
+            "within 0.41-1.95 s and the fastest of 100,000 about 9x quicker than the mean "
+            "(exponential: one client in 1,000 is 1,000x quicker)",
             choices=("normal", "exponential", "uniform", "lognormal", "constant", "trace")),
     Setting("delay-mean", float, 1.0, "mean per-step time, seconds (normal, exponential, "
             "lognormal, constant)", check=_positive, allowed=_POSITIVE),
@@ -555,6 +558,27 @@ def _check_parallel_clients(config: Mapping[str, Any]) -> None:
     if why:
         raise ConfigError(f"run-config 'parallel-clients' = {size}: {why}; set "
                           "parallel-clients = 1")
+
+
+class _Reads(dict):
+    """A run config that records which keys are read from it."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        super().__init__(config)
+        self.read: list[str] = []
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.read:
+            self.read.append(key)
+        return super().__getitem__(key)
+
+
+def changed_strategy_settings(config: Mapping[str, Any]) -> dict[str, ConfigValue]:
+    """The run-config keys the strategy reads (through its registered settings) that differ
+    from their defaults: what a figure's title must name beside the strategy."""
+    reads = _Reads(config)
+    REGISTRY[config["strategy"]].settings(reads)
+    return {key: config[key] for key in reads.read if config[key] != DEFAULTS[key]}
 
 
 def config_warnings(config: Mapping[str, Any]) -> list[str]:

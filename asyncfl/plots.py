@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def read_csv(path: Path) -> list[dict[str, float]]:
@@ -21,54 +25,233 @@ def read_csv(path: Path) -> list[dict[str, float]]:
                 for row in csv.DictReader(f)]
 
 
-def plot_run(out: Path) -> Path:
-    """accuracy.png: the evaluated metric against virtual time and against version."""
+def save(fig: Any, path: Path, dpi: int = 100) -> Path:
+    """Lay out, write and close a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+#: a time axis becomes logarithmic when its positive times span this factor or more
+DECADES = 100.0
+
+
+def spans_decades(times: Iterable[float]) -> bool:
+    """Whether positive times span DECADES or more: a linear axis would squeeze the short
+    curves onto x = 0."""
+    positive = [t for t in times if t > 0]
+    return len(positive) > 1 and max(positive) / min(positive) >= DECADES
+
+
+def time_axis(ax: Any, times: Sequence[float], clock: str = "virtual") -> None:
+    """A time axis from 0 in seconds of `clock`; symmetric-log (linear up to the smallest
+    positive time, so t = 0 stays on it) when the times span decades."""
+    scale = ""
+    if spans_decades(times):
+        ax.set_xscale("symlog", linthresh=min(t for t in times if t > 0))
+        scale = ", log scale"
+    ax.set_xlim(left=0)
+    ax.set_xlabel(f"{clock} time (s{scale})")
+
+
+def speeds(config: Mapping[str, Any]) -> str:
+    """The delay model in words."""
+    if config.get("delay-profile"):
+        return f"step times {config['delay-profile']} s"
+    dist = config.get("delay-dist", "lognormal")
+    if dist == "trace":
+        return "traced step times"
+    if dist == "uniform":
+        return f"uniform step times {config['delay-low']:g}-{config['delay-high']:g} s"
+    spread = f", std {config['delay-std']:g} s" if dist in ("normal", "lognormal") else ""
+    return f"{dist} step times (mean {config['delay-mean']:g} s{spread})"
+
+
+def setup(config: Mapping[str, Any]) -> str:
+    """Task, clients, split and speeds: what the runs of one comparison share."""
+    split = config.get("partition", "iid")
+    if split == "dirichlet":
+        split += f" {config['alpha']:g}"
+    return f"{config['task']}, {config['num-clients']} clients ({split}), {speeds(config)}"
+
+
+def run_title(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+    """Two lines: strategy and setup; local work, client lr, the strategy's settings that
+    differ from their defaults (summary.json's changed_settings), rounds and time budget."""
+    work = (f"{config['local-steps']} local steps" if config.get("local-steps")
+            else f"{config['local-epochs']} local epochs")
+    changed = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in summary.get("changed_settings", {}).items())
+    budget = (f"time-budget {config['time-budget']:.4g} s" if config.get("time-budget")
+              else "")
+    second = ", ".join(p for p in (work, f"batch {config['batch-size']}",
+                                   f"lr {config['lr']:g}", changed,
+                                   f"num-server-rounds {config['num-server-rounds']}", budget,
+                                   f"seed {config['seed']}") if p)
+    title = f"{config['strategy']} on {setup(config)}\n{second}"
+    report = summary.get("participation", {})
+    if report.get("dominated"):
+        counts = report["updates_per_client"]
+        title += (f"\nWARNING: client {report['top_client']} made "
+                  f"{counts[report['top_client']]} of the {sum(counts)} updates")
+    return title
+
+
+def read_summary(out: Path) -> dict[str, Any]:
+    """A results folder's summary.json."""
+    return json.loads((out / "summary.json").read_text())
+
+
+def plot_run(out: Path, summary: Mapping[str, Any] | None = None) -> Path:
+    """accuracy.png: the evaluated metric against the run's clock and against version, with
+    the target accuracy, titled with the strategy and its settings (`summary`: the run's,
+    before summary.json is written; else read from it)."""
     out = Path(out)
     rows = read_csv(out / "evals.csv")
+    config = json.loads((out / "config.json").read_text())
+    summary = summary if summary is not None else read_summary(out)
     metric = "accuracy" if rows and "accuracy" in rows[0] else "loss"
-    fig, (ax_time, ax_version) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig, (ax_time, ax_version) = plt.subplots(1, 2, figsize=(10, 4.3), sharey=True)
     values = [r[metric] for r in rows]
-    ax_time.plot([r["virtual_time"] for r in rows], values, marker="o", ms=3)
-    clock = json.loads((out / "config.json").read_text()).get("clock", "virtual")
-    ax_time.set_xlabel(f"{clock} time (s)")
+    times = [r["virtual_time"] for r in rows]
+    ax_time.plot(times, values, marker="o", ms=3)
+    time_axis(ax_time, times, config.get("clock", "virtual"))
     ax_version.plot([r["version"] for r in rows], values, marker="o", ms=3)
     ax_version.set_xlabel("global model version")
+    ax_version.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_time.set_ylabel(f"test {metric}")
     for ax in (ax_time, ax_version):
         ax.grid(alpha=0.3)
-    fig.suptitle(out.name)
-    fig.tight_layout()
-    path = out / "accuracy.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+        if metric == "accuracy":
+            ax.axhline(config["target-accuracy"], color="grey", lw=0.8, ls="--",
+                       label=f"target {config['target-accuracy']:g}")
+    if metric == "accuracy":
+        ax_time.legend(loc="lower right")
+    fig.suptitle(run_title(config, summary), fontsize=10)
+    return save(fig, out / "accuracy.png")
 
 
-def plot_comparison(runs: Sequence[tuple[str, Sequence[Mapping[str, float]], float | None]],
-                    reference: float, dest: Path) -> Path:
-    """comparison.png: test accuracy of several runs, each (strategy, its evals, the virtual
-    time it first reaches `reference` accuracy or None), against virtual time, each marked
-    where it reaches `reference`."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for strategy, evals, reached in runs:
-        times = [r["virtual_time"] for r in evals]
-        line, = ax.plot(times, [r["accuracy"] for r in evals], marker="o", ms=3,
-                        label=strategy if reached is None else f"{strategy}: {reached:.3g} s")
+def timeline_segments(out: Path) -> list[dict[str, Any]]:
+    """What every client did when, from events.csv and config.json: per task a transfer of
+    the model down (comm-latency + bytes down / comm-bandwidth), training, a transfer up, or
+    the whole task as `rejected`; between tasks and up to the run's end, `idle`. Each
+    segment: client, start, end, kind, staleness (training of an applied update; else None).
+    Times are on the run's clock (dispatch_time and duration of events.csv; a rejected reply
+    ends at its arrival)."""
+    out = Path(out)
+    config = json.loads((out / "config.json").read_text())
+    latency, bandwidth = config.get("comm-latency", 0.0), config.get("comm-bandwidth", 0.0)
+    with (out / "events.csv").open() as f:
+        events = list(csv.DictReader(f))
+    finished = "virtual_time" if config.get("clock", "virtual") == "virtual" else "wall_time"
+    segments: list[dict[str, Any]] = []
+    for row in events:
+        start = float(row["dispatch_time"])
+        # a rejected row has no duration: it ends when its reply came in
+        end = start + float(row["duration"]) if row["duration"] else float(row[finished])
+        client = int(row["client"])
+        if row["rejected"]:
+            segments.append(dict(client=client, start=start, end=end, kind="rejected",
+                                 staleness=None))
+            continue
+        down = latency + (float(row["bytes_down"]) / bandwidth if bandwidth else 0.0)
+        up = latency + (float(row["bytes_up"]) / bandwidth if bandwidth else 0.0)
+        parts = ((start, start + down, "transfer", None),
+                 (start + down, end - up, "training", int(row["staleness"])),
+                 (end - up, end, "transfer", None))
+        segments += [dict(client=client, start=a, end=b, kind=k, staleness=tau)
+                     for a, b, k, tau in parts if b > a]
+    finish = max((s["end"] for s in segments), default=0.0)
+    busy: dict[int, list[tuple[float, float]]] = {}
+    for s in segments:
+        busy.setdefault(s["client"], []).append((s["start"], s["end"]))
+    for client in range(int(config["num-clients"])):
+        at = 0.0
+        for a, b in sorted(busy.get(client, [])) + [(finish, finish)]:
+            if a > at:
+                segments.append(dict(client=client, start=at, end=a, kind="idle",
+                                     staleness=None))
+            at = max(at, b)
+    return sorted(segments, key=lambda s: (s["client"], s["start"]))
+
+
+#: at most this many clients (the first ones) get a row in the timeline
+TIMELINE_CLIENTS = 40
+
+
+def plot_timeline(out: Path, summary: Mapping[str, Any] | None = None) -> Path:
+    """timeline.png: clients x time, each task's training coloured by the staleness of its
+    update, transfers grey, rejected tasks red, idle time blank: who waits, who works
+    (`summary` as for `plot_run`)."""
+    out = Path(out)
+    config = json.loads((out / "config.json").read_text())
+    summary = summary if summary is not None else read_summary(out)
+    segments = [s for s in timeline_segments(out) if s["client"] < TIMELINE_CLIENTS]
+    shown = min(int(config["num-clients"]), TIMELINE_CLIENTS)
+    stalest = max((s["staleness"] for s in segments if s["kind"] == "training"), default=0)
+    norm = Normalize(vmin=0, vmax=max(1, stalest))
+    colours = {"transfer": "0.6", "rejected": "tab:red"}
+    fig, ax = plt.subplots(figsize=(10, 2.0 + 0.22 * shown))
+    bars: dict[tuple[int, str, int | None], list[tuple[float, float]]] = {}
+    for s in segments:  # one collection per row and colour: long runs draw quickly
+        if s["kind"] != "idle":
+            key = (s["client"], s["kind"], s["staleness"])
+            bars.setdefault(key, []).append((s["start"], s["end"] - s["start"]))
+    for (client, kind, staleness), spans in bars.items():
+        colour = plt.cm.viridis(norm(staleness)) if kind == "training" else colours[kind]
+        ax.broken_barh(spans, (client - 0.4, 0.8), facecolors=colour, edgecolor="white",
+                       linewidth=0.3, hatch="//" if kind == "rejected" else None)
+    fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=ax, pad=0.01,
+                 ticks=MaxNLocator(integer=True), label="staleness of the update (versions)")
+    ax.set_ylim(shown - 0.5, -0.5)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("client" + (f" (first {shown} of {config['num-clients']})"
+                              if shown < int(config["num-clients"]) else ""))
+    ax.set_xlim(left=0)
+    ax.set_xlabel(f"{config.get('clock', 'virtual')} time (s); grey: transfer, red: rejected, "
+                  "blank: idle")
+    ax.set_title(run_title(config, summary), fontsize=10)
+    return save(fig, out / "timeline.png")
+
+
+def plot_comparison(runs: Sequence[Mapping[str, Any]], target: float, title: str,
+                    dest: Path) -> Path:
+    """comparison.png: left, test accuracy against virtual time of several runs (each a
+    mapping with label, evals, reached: when it first reached `target` or None, and
+    participation: `results.participation`), marked where each reaches the target; right,
+    each run's share of updates per client, with a line at a third."""
+    fig, (ax, ax_share) = plt.subplots(1, 2, figsize=(12, 4.8),
+                                       gridspec_kw={"width_ratios": [3, 2]})
+    for run in runs:
+        evals, reached = run["evals"], run["reached"]
+        line, = ax.plot([r["virtual_time"] for r in evals], [r["accuracy"] for r in evals],
+                        marker="o", ms=3, label=run["label"] + (
+                            "" if reached is None else f": {reached:.3g} s"))
         if reached is not None:
             ax.axvline(reached, color=line.get_color(), ls=":", lw=1)
-    ax.axhline(reference, color="grey", lw=0.8, ls="--")
-    positive = [r["virtual_time"] for _, e, _ in runs for r in e if r["virtual_time"] > 0]
-    ax.set_xscale("symlog", linthresh=min(positive, default=1.0))
-    ax.set_xlim(left=0)
-    ax.set(xlabel="virtual time (s, log scale)", ylabel="test accuracy",
-           title=f"time to accuracy {reference:g} on the same clients")
-    ax.legend(title="reaches it at")
+    ax.axhline(target, color="grey", lw=0.8, ls="--")
+    time_axis(ax, [r["virtual_time"] for run in runs for r in run["evals"]])
+    ax.set(ylabel="test accuracy", title=f"time to target accuracy {target:g}")
+    ax.legend(title="reaches the target at", fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(dest) / "comparison.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    width = 0.8 / max(1, len(runs))
+    for i, run in enumerate(runs):
+        report = run["participation"]
+        counts = report["updates_per_client"]
+        total = sum(counts) or 1
+        label = run["label"] + ("" if report["top_share"] is None else
+                                f": top {report['top_share']:.1%}, Gini {report['gini']:.2f}")
+        ax_share.bar([c + (i - (len(runs) - 1) / 2) * width for c in range(len(counts))],
+                     [n / total for n in counts], width=width, label=label)
+    ax_share.axhline(1 / 3, color="tab:red", lw=0.8, ls="--", label="a third")
+    ax_share.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_share.set(xlabel="client", ylabel="share of the run's updates",
+                 title="participation: updates per client")
+    ax_share.legend(fontsize=8)
+    ax_share.grid(alpha=0.3, axis="y")
+    fig.suptitle(title, fontsize=10, color="tab:red" if "WARNING" in title else "black")
+    return save(fig, Path(dest) / "comparison.png")
 
 
 def plot_async_mean(out: Path, title: str = "") -> Path:
@@ -90,8 +273,4 @@ def plot_async_mean(out: Path, title: str = "") -> Path:
     ax[3].hist([e["staleness"] for e in events], bins=40)
     ax[3].set(title="Staleness (versions)", xlabel="staleness", ylabel="updates")
     fig.suptitle(title or out.name)
-    fig.tight_layout()
-    path = out / "mean_panels.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save(fig, out / "mean_panels.png", dpi=90)

@@ -197,6 +197,40 @@ def time_to_target(evals: Sequence[Mapping[str, Any]], target: float) -> float |
     return None
 
 
+#: a client that makes more than this share of a run's updates (and more than twice an
+#: equal share, so that with 2 or 3 clients an even run is not flagged) dominates it
+DOMINANT_SHARE = 1 / 3
+
+
+def participation(updates: Sequence[int]) -> dict[str, Any]:
+    """Who made a run's updates: per client (index = client), the top client, its share and
+    the Gini coefficient of the counts (0: all equal; (n - 1) / n: one client made all).
+    A comparison of strategies measures strategies only while no client dominates (makes
+    more than DOMINANT_SHARE of the updates and more than twice 1 / n)."""
+    counts = [int(u) for u in updates]
+    total = sum(counts)
+    if not total:
+        return {"updates_per_client": counts, "top_client": None, "top_share": None,
+                "gini": None, "dominated": False}
+    top = max(range(len(counts)), key=counts.__getitem__)
+    ranked = sorted(counts)
+    n = len(ranked)
+    gini = sum((2 * i - n - 1) * x for i, x in enumerate(ranked, start=1)) / (n * total)
+    share = counts[top] / total
+    return {"updates_per_client": counts, "top_client": top, "top_share": share,
+            "gini": gini, "dominated": share > max(DOMINANT_SHARE, 2 / n)}
+
+
+def dominance_note(label: str, report: Mapping[str, Any]) -> str | None:
+    """The sentence that says one client dominates `label`'s run, or None when none does."""
+    if not report["dominated"]:
+        return None
+    counts = report["updates_per_client"]
+    return (f"{label}: client {report['top_client']} made {counts[report['top_client']]} of "
+            f"its {sum(counts)} updates ({report['top_share']:.1%}, more than a third): a "
+            "comparison of this run measures that client's speed as much as the strategy")
+
+
 def write_results(
     out: Path,
     config: Mapping[str, Any],
@@ -229,14 +263,15 @@ def write_results(
         summary.update({k: last[k] for k in metric_keys if k in last})
         summary["final_version"] = last["version"]
     summary["time_to_target_accuracy"] = time_to_target(evals, float(config["target-accuracy"]))
-    from asyncfl.plots import plot_run
+    from asyncfl.plots import plot_run, plot_timeline
 
-    try:
-        plot_run(out)
-    except OSError as error:
-        with suppress(OSError):
-            (out / "accuracy.png").unlink()  # a figure cut short
-        raise results_error(out / "accuracy.png", error) from error
+    for name, plot in (("accuracy.png", plot_run), ("timeline.png", plot_timeline)):
+        try:
+            plot(out, summary)
+        except OSError as error:
+            with suppress(OSError):
+                (out / name).unlink()  # a figure cut short
+            raise results_error(out / name, error) from error
     if finalize is not None:
         finalize(summary)
     write_json(out / "summary.json", summary)

@@ -17,6 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from asyncfl.config import (
     MAX_CLIENTS,
+    changed_strategy_settings,
     check_local_files,
     config_warnings,
     validate_run_config,
@@ -41,7 +42,15 @@ from asyncfl.engine.nodes import fixed_federation, wait_for_nodes
 from asyncfl.engine.recorder import EVENT_COLUMNS, RunRecorder
 from asyncfl.engine.utils import MAX_EXAMPLES, number_problem
 from asyncfl.protocol import NUM_EXAMPLES, PARTITION_ID, QUERY, arrays_to_record, record_to_arrays
-from asyncfl.results import FINISHED, STOPPED, claim_run_dir, run_dir, write_results
+from asyncfl.results import (
+    FINISHED,
+    STOPPED,
+    claim_run_dir,
+    dominance_note,
+    participation,
+    run_dir,
+    write_results,
+)
 from asyncfl.strategies import (
     REGISTRY,
     AsyncflStrategy,
@@ -291,6 +300,11 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
          "num_examples": sizes[i] if sizes else None, "updates": counts[i]}
         for i, node in enumerate(node_ids)
     ]
+
+    summary["changed_settings"] = changed_strategy_settings(config)
+    summary["participation"] = participation([c["updates"] for c in clients])
+    if note := dominance_note(config["strategy"], summary["participation"]):
+        log(WARNING, "%s", note)
 
     def finalize(summary: dict) -> None:
         """The ServerApp's time by phase, up to writing summary.json."""

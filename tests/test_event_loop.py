@@ -126,13 +126,16 @@ def test_a_long_wait_says_whom_it_waits_for_then_gives_up_on_the_oldest(caplog):
     arrays = ArrayRecord([np.zeros(2, dtype=np.float32)])
     for client in (2, 1):  # two sends: client 2's task is the older
         loop.send([(train_instruction(arrays, CONFIG, nodes[client], "1"), client, 1, None)])
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO, logger="flwr"):
         given_up = loop.next_completion()
     assert given_up.reply is None and given_up.failure_reason == "no reply before timeout"
     assert given_up.client == 2  # sent first
-    waiting = [r.getMessage() for r in caplog.records if "waiting for client(s)" in r.getMessage()]
-    assert waiting and f"[2, 1] (nodes [{nodes[2]}, {nodes[1]}])" in waiting[0]
-    assert "given up after 0.2 s" in waiting[0]
+    waiting = [r for r in caplog.records if "waiting for client(s)" in r.getMessage()]
+    assert waiting and f"[2, 1] (nodes [{nodes[2]}, {nodes[1]}])" in waiting[0].getMessage()
+    assert "given up after 0.2 s" in waiting[0].getMessage()
+    # no reply has come in yet: a runtime starting its ClientApps, said without alarm
+    assert waiting[0].levelno == logging.INFO
+    assert "no reply yet: the ClientApps are starting" in waiting[0].getMessage()
 
 
 class FakeTime:

@@ -2,6 +2,7 @@
 num-clients = 0, the wrapper's command line (fast tests; the ones that start Flower are in
 test_flower_simulation.py)."""
 
+import io
 import json
 import math
 import os
@@ -438,18 +439,48 @@ def test_the_main_job_compares_fedavg_and_fedbuff_on_the_same_clients(tmp_path, 
     assert [run.get("strategy") for run in launched] == ["esync", None]  # None: the default
 
 
-def test_flwr_output_passes_through_and_progress_lines_become_a_bar(capsys):
-    lines = ["INFO :      asyncfl: fedbuff on digits\n",
+def test_flwr_output_goes_to_the_log_and_progress_lines_become_a_bar(capsys):
+    lines = ["\x1b[92mINFO \x1b[0m:      Starting Flower Simulation\n",
+             "\x1b[93mWARNING \x1b[0m:   Since flwr 1.32, default simulated SuperNodes changed "
+             "from 10 to 2.\n",
+             "/ray/_private/worker.py:2051: FutureWarning: Tip: In future versions of Ray, ...\n",
+             "  warnings.warn(\n",
+             "INFO :      asyncfl: fedbuff on digits, 10 clients, results in outputs/x\n",
              "INFO :      Starting FedBuff for 10 versions\n",
              "INFO :      progress: version 3/10 | virtual 2.00 s | 30 updates | ...\n",
+             "WARNING :   skipped reply of client 2 at version 4: not finite\n",
              "INFO :      progress: version 7/10 | virtual 4.00 s | 70 updates | ...\n",
-             "INFO :      run finished\n"]
-    follow_output(lines, "fedbuff")
+             "INFO :      Final results:\n", "INFO :      \t{ 1: {'train-loss': 0.3},\n",
+             "ERROR :     ServerApp raised an exception\n", "Traceback (most recent call last):\n",
+             "\x1b[36m(ClientAppActor pid=26013)\x1b[0m \x1b[92mINFO \x1b[0m:      loading\n",
+             "\x1b[36m(ClientAppActor pid=26013)\x1b[0m \x1b[91mERROR \x1b[0m:     ClientApp "
+             "raised\n",
+             "\x1b[36m(ClientAppActor pid=26014)\x1b[0m \x1b[93mWARNING \x1b[0m:   Manually "
+             "terminating ClientAppActor\n",
+             "INFO :      asyncfl: results written to /x/outputs/y\n"]
+    log = io.StringIO()
+    follow_output(lines, "fedbuff", log)
     captured = capsys.readouterr()
-    assert captured.out.splitlines() == ["INFO :      asyncfl: fedbuff on digits",
-                                         "INFO :      Starting FedBuff for 10 versions",
-                                         "INFO :      run finished"]
+    assert log.getvalue() == "".join(lines)  # every line in the log file
+    assert captured.out.splitlines() == [
+        "WARNING :   skipped reply of client 2 at version 4: not finite",
+        "ERROR :     ServerApp raised an exception", "Traceback (most recent call last):",
+        lines[-3].rstrip(), "INFO :      asyncfl: results written to /x/outputs/y"]
     assert "fedbuff" in captured.err and "7/10" in captured.err
+    assert "starting Ray and the SuperNodes" in captured.err and "the first model" in captured.err
+
+
+def test_flowers_real_output_of_the_main_job_leaves_two_lines_on_the_terminal(capsys):
+    """tests/data holds what `flwr run` printed for the main job's FedBuff run (408 lines,
+    most of them Flower's per-round result dicts): the terminal keeps how it ended and where
+    its results are; the log file keeps every line."""
+    recorded = (Path(__file__).parent / "data" / "main_job_fedbuff_flwr.log").read_text()
+    log = io.StringIO()
+    follow_output(recorded.splitlines(keepends=True), "fedbuff", log)
+    assert log.getvalue() == recorded
+    shown = capsys.readouterr().out.splitlines()
+    assert len(shown) == 2
+    assert "FedBuff finished in" in shown[0] and "asyncfl: results written to" in shown[1]
 
 
 def test_a_short_run_without_progress_lines_still_fills_the_bar(capsys):
@@ -459,9 +490,9 @@ def test_a_short_run_without_progress_lines_still_fills_the_bar(capsys):
              "INFO :      version 4 | virtual 670.32 s | wall 2.90 s | loss=0.35 accuracy=0.90\n",
              "INFO :      FedAvg finished in 4.72 s, 1675.79 s of virtual time: 10 rounds, "
              "100 updates applied, 0 replies skipped\n"]
-    follow_output(lines, "fedavg")
+    follow_output(lines, "fedavg", io.StringIO())
     captured = capsys.readouterr()
-    assert len(captured.out.splitlines()) == 3  # every line passes through
+    assert captured.out.splitlines() == [lines[-1].rstrip()]  # how the run ended
     assert "10/10" in captured.err and "4/10" in captured.err and "round" in captured.err
 
 

@@ -404,14 +404,13 @@ class EventLoop:
             time.sleep(self.poll_interval)
 
     def _report_wait(self, waited: float, timeout: float) -> None:
+        """Say what the run waits for: before the first reply a runtime is still starting its
+        ClientApps (Ray's workers, importing torch, loading data), which is no fault."""
         pending = sorted((self._in_flight[mid] for mid in self._waiting), key=_send_order)
-        if not self._answered_nodes and not self.timeout:
-            log(INFO, "waiting %.0f s for the first replies (the runtime may still be starting: "
-                "Ray, SuperNodes, ClientApps importing their libraries); clients %s",
-                waited, [d.client for d in pending][:10])
-            return
-        log(WARNING, "no reply for %.0f s; waiting for client(s) %s (nodes %s); the oldest task "
-            "is given up after %.3g s without any reply (reply-timeout)", waited,
+        first = not self._answered_nodes
+        log(INFO if first else WARNING, "%s for %.0f s; waiting for client(s) %s (nodes %s); the "
+            "oldest task is given up after %.3g s without any reply (reply-timeout)",
+            "no reply yet: the ClientApps are starting" if first else "no reply", waited,
             [d.client for d in pending][:10], [d.node_id for d in pending][:10], timeout)
 
     def drain(self, deadline: float | None = None) -> list[Completion]:

@@ -15,7 +15,8 @@ wrapper instead:
 5. exits 0 only if the ServerApp wrote this run's summary.json with status "finished" (`flwr run`
    itself exits 0 when the ServerApp fails).
 
-`flwr run`'s output passes through, its progress lines drawn as a progress bar. With no
+`flwr run`'s output goes to the run's flwr.log; the terminal gets a start-up line, the
+ServerApp's progress as a bar, warnings, errors and where the results are. With no
 `strategy` in `--run-config` (the main job) it runs FedAvg, then FedBuff, on the same clients
 and draws both against virtual time (`--compare` picks others; `--compare ""`: one run).
 
@@ -34,12 +35,19 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 from tqdm import tqdm
 
 from asyncfl.config import SIMULATED_CLIENTS, ConfigError, validate_run_config
-from asyncfl.plots import plot_comparison, read_csv
-from asyncfl.results import claim_run_dir, time_to_target, write_table
+from asyncfl.plots import plot_comparison, read_csv, setup
+from asyncfl.results import (
+    claim_run_dir,
+    dominance_note,
+    participation,
+    time_to_target,
+    write_table,
+)
 from asyncfl.tools.processes import stop_process_group
 from asyncfl.tools.run_config import (
     format_run_config,
@@ -50,8 +58,9 @@ from asyncfl.tools.run_config import (
 from asyncfl.tools.superlink import CONNECTION, flower_executable, local_superlink
 
 DEFAULT_COMPARISON = "fedavg,fedbuff"  # the main job: synchronous against asynchronous
-COMPARISON_COLUMNS = ("strategy", "run", "final_accuracy", "virtual_time_s", "time_to_target_s",
-                      "speedup")
+COMPARISON_COLUMNS = ("strategy", "run", "final_accuracy", "virtual_time_s", "target_accuracy",
+                      "time_to_target_s", "speedup", "updates", "top_client", "top_client_share",
+                      "gini_updates", "dominated")
 #: the ServerApp's log lines that move the bar: the start (how many versions or rounds), the
 #: periodic progress line, each evaluation and the closing summary
 STARTED_LINE = re.compile(r"Starting \w+ for (\d+) (round|version)s")
@@ -60,12 +69,31 @@ EVALUATED_LINE = re.compile(r"\bversion (\d+) \| (?:virtual|wall) ")
 FINISHED_LINE = re.compile(r" finished in [\d.]+ s[^:]*: (\d+) (?:round|version)s")
 
 
+#: a line of Flower's log: its level after the ANSI colour codes and, for a line a Ray
+#: actor printed, the actor's "(ClientAppActor pid=...)" prefix
+LOG_LEVEL = re.compile(r"^(?:\x1b\[[\d;]*m)*(?:\(\w+ pid=\d+\)(?:\x1b\[[\d;]*m)* )?"
+                       r"(?:\x1b\[[\d;]*m)*(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")
+#: lines that are harmless here, kept in the log file only: Flower's note on its default
+#: federation size (it is printed whatever the size; the launcher sets it), Ray's tip about a
+#: future default (the launcher keeps Ray's present behaviour), the dependency note and the
+#: ClientApp actors' goodbye when the simulation ends
+HARMLESS = re.compile(r"default simulated SuperNodes changed from 10 to 2|FutureWarning: Tip: "
+                      r"In future versions of Ray|Skipping `flwr` dependency|"
+                      r"Manually terminating ClientAppActor")
+#: what each phase of a start-up says, keyed by the line that begins it
+PHASES = ((re.compile(r"Starting Flower Simulation"), "starting Ray and the SuperNodes"),
+          (re.compile(r"asyncfl: \S+ on \S+, \d+ clients"), "the first model"))
+SHOWN_INFO = re.compile(r"asyncfl: results written to| finished in [\d.]+ s")
+
+
 def run_flower(overrides: dict, app_dir: Path, cpus_per_client: int = 1,
                gpus_per_client: float = 0.0, ray_address: str = "") -> Path:
     """Validate, run `flwr run` on a private SuperLink, stop it; return the results folder.
     `gpus_per_client` is the share of a GPU Ray gives each ClientApp (0.25: four share one).
     `ray_address`: the simulation runs on that existing Ray cluster (its ClientApps on every
-    node's CPUs), not on a Ray started for this machine's cores."""
+    node's CPUs), not on a Ray started for this machine's cores. Flower's whole output goes
+    to the results folder's flwr.log (to output-dir/<run-name>.flwr.log if the run wrote no
+    results); the terminal gets a start-up line, the bar, warnings and errors."""
     if validate_run_config(overrides)["num-clients"] == 0:
         overrides = {**overrides, "num-clients": SIMULATED_CLIENTS}
     overrides, config = resolve_run(overrides)
@@ -74,32 +102,53 @@ def run_flower(overrides: dict, app_dir: Path, cpus_per_client: int = 1,
                   f"client-resources-num-gpus={gpus_per_client:g}")
     if not ray_address:  # joining a cluster, ray.init must not be given a CPU count
         federation += f" init-args-num-cpus={os.cpu_count() or 1}"
-    with local_superlink(app_dir, ray_address) as (_, env):
+    log_path = Path(config["output-dir"]) / f"{config['run-name']}.flwr.log"
+    print(f"asyncfl-flwr-run: {config['strategy']}: starting Flower's simulation engine (Ray, "
+          f"{config['num-clients']} SuperNodes), then the first model; Flower's log: "
+          f"{log_path}", flush=True)
+    with local_superlink(app_dir, ray_address) as (_, env), log_path.open("w") as log_file:
         command = [flower_executable("flwr"), "run", str(app_dir), CONNECTION, "--stream",
                    "--run-config", format_run_config(overrides), "--federation-config", federation]
         flwr = subprocess.Popen(command, env=env, start_new_session=True, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
-            follow_output(flwr.stdout, config["strategy"])
+            follow_output(flwr.stdout, config["strategy"], log_file)
             code = flwr.wait()
         finally:
             stop_process_group(flwr)
-    return written_results(config, f" (flwr run exited with code {code})")
+    out = written_results(config, f" (flwr run exited with code {code}; see {log_path})")
+    log_path.replace(out / "flwr.log")
+    return out
 
 
-def follow_output(lines: Iterable[str], label: str) -> None:
-    """Pass `flwr run`'s output through, drawing the ServerApp's progress as a bar: its
-    start line sets the total, progress and evaluation lines move it, the summary ends it.
-    Progress lines are the bar's alone; every other line is printed."""
-    with tqdm(desc=label, unit="version", file=sys.stderr, dynamic_ncols=True) as bar:
+def follow_output(lines: Iterable[str], label: str, log_file: TextIO) -> None:
+    """Write `flwr run`'s output to `log_file`, drawing the ServerApp's progress as a bar: its
+    start line sets the total, progress and evaluation lines move it, the summary ends it; the
+    bar's label says which start-up phase runs. The terminal gets only warnings and errors
+    (with their continuation lines, such as a traceback) that are not HARMLESS, and the lines
+    that say where the results are and how the run ended."""
+    shown = False
+    with tqdm(desc=f"{label}: starting", unit="version", file=sys.stderr,
+              dynamic_ncols=True) as bar:
         for line in lines:
-            progress = PROGRESS_LINE.search(line)
-            if progress is not None:
+            log_file.write(line)
+            if progress := PROGRESS_LINE.search(line):
                 bar.total = int(progress.group(2))
                 bar.update(int(progress.group(1)) - bar.n)
                 continue
-            bar.write(line.rstrip("\n"), file=sys.stdout)
+            level = LOG_LEVEL.match(line)
+            if HARMLESS.search(line):  # it and its continuation lines
+                shown = False
+            elif level is not None:
+                shown = (level.group(1) in ("WARNING", "ERROR", "CRITICAL")
+                         or SHOWN_INFO.search(line) is not None)
+            if shown:
+                bar.write(line.rstrip("\n"), file=sys.stdout)
+            for begins, phase in PHASES:
+                if begins.search(line):
+                    bar.set_description(f"{label}: {phase}")
             if started := STARTED_LINE.search(line):
+                bar.set_description(label)
                 bar.reset(total=int(started.group(1)))
                 bar.unit = started.group(2)
             elif done := (EVALUATED_LINE.search(line) or FINISHED_LINE.search(line)):
@@ -124,26 +173,51 @@ def compare_runs(outs: list[Path], overrides: dict) -> Path:
 
 def write_comparison(outs: list[Path], dest: Path) -> Path:
     """comparison.png (`plot_comparison`: test accuracy against virtual time, each run marked
-    where it first reaches the first run's `target-accuracy`) and comparison.md / .csv: final
-    accuracy, virtual time, time to that target and the speed-up over the first run."""
-    runs, configs = [], []
+    where it first reaches the first run's `target-accuracy`, and updates per client) and
+    comparison.md / .csv: final accuracy, virtual time, the target, time to it, the speed-up
+    over the first run, and participation (top client's share, Gini); comparison.md names
+    the target and says which run, if any, one client dominates."""
+    runs = []
     for out in map(Path, outs):
-        configs.append(json.loads((out / "config.json").read_text()))
-        runs.append((configs[-1]["strategy"], out, read_csv(out / "evals.csv")))
-    reference = configs[0]["target-accuracy"]
-    reached = [time_to_target(evals, reference) for _, _, evals in runs]
-    reference_time = reached[0]
-    path = plot_comparison([(strategy, evals, when) for (strategy, _, evals), when
-                            in zip(runs, reached, strict=True)], reference, dest)
+        config = json.loads((out / "config.json").read_text())
+        summary = json.loads((out / "summary.json").read_text())
+        clients = read_csv(out / "clients.csv")
+        runs.append({"label": config["strategy"], "out": out, "config": config,
+                     "summary": summary, "evals": read_csv(out / "evals.csv"),
+                     "participation": participation([c["updates"] for c in clients])})
+    target = runs[0]["config"]["target-accuracy"]
+    for run in runs:
+        run["reached"] = time_to_target(run["evals"], target)
+    first = runs[0]["reached"]
+    notes = [note for run in runs if (note := dominance_note(run["label"], run["participation"]))]
+    title = (f"{' vs '.join(r['label'] for r in runs)} on {setup(runs[0]['config'])}"
+             + "".join(f"\nWARNING: {note}" for note in notes))
+    path = plot_comparison(runs, target, title, dest)
     rows = []
-    for (strategy, out, evals), when in zip(runs, reached, strict=True):
-        rows.append({"strategy": strategy, "run": out.name,
-                     "final_accuracy": round(evals[-1]["accuracy"], 4),
-                     "virtual_time_s": round(evals[-1]["virtual_time"], 2),
-                     "time_to_target_s": "" if when is None else round(when, 2),
-                     "speedup": "" if None in (when, reference_time) or not when else
-                     round(reference_time / when, 1)})
-    write_table(Path(dest) / "comparison", rows, COMPARISON_COLUMNS)
+    for run in runs:
+        when, report = run["reached"], run["participation"]
+        rows.append({
+            "strategy": run["label"], "run": run["out"].name,
+            "final_accuracy": round(run["evals"][-1]["accuracy"], 4),
+            "virtual_time_s": round(run["summary"]["virtual_time"], 2),
+            "target_accuracy": target,
+            "time_to_target_s": "" if when is None else round(when, 2),
+            "speedup": "" if None in (when, first) or not when else round(first / when, 1),
+            "updates": sum(report["updates_per_client"]),
+            "top_client": report["top_client"],
+            "top_client_share": None if report["top_share"] is None
+            else round(report["top_share"], 3),
+            "gini_updates": None if report["gini"] is None else round(report["gini"], 3),
+            "dominated": "yes" if report["dominated"] else "no"})
+    table = write_table(Path(dest) / "comparison", rows, COMPARISON_COLUMNS)
+    head = (f"Target accuracy: {target:g} (`target-accuracy` of the first run, "
+            f"{runs[0]['label']}). time_to_target_s: the virtual time at which a run's test "
+            f"accuracy first reaches it; speedup: {runs[0]['label']}'s time to it / the run's. "
+            "top_client_share: the share of the run's updates made by its busiest client; "
+            "gini_updates: the Gini coefficient of the updates per client (0: all equal).\n")
+    tail = "".join(f"\n**Warning:** {note}.\n" for note in notes) or (
+        "\nNo client made more than a third of any run's updates.\n")
+    (Path(dest) / "comparison.md").write_text(f"{head}\n{table}{tail}")
     return path
 
 

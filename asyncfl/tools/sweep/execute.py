@@ -83,7 +83,8 @@ def run_one(overrides: Mapping[str, Any]) -> dict[str, Any]:
         "updates": s["updates"], "messages": s["comm_messages_down"] + s["comm_messages_up"],
         "bytes": s["comm_bytes_down"] + s["comm_bytes_up"],
         "wall_time": time.perf_counter() - start, "results_dir": str(result.output_dir),
-        "curve": curve,
+        "top_client_share": s["participation"]["top_share"],
+        "gini_updates": s["participation"]["gini"], "curve": curve,
     }
 
 
@@ -267,5 +268,8 @@ def _run_locked(points: Sequence[Point], runs: Sequence[Run], fixed: Mapping[str
         writer.writerows({k: "" if isinstance(v, float) and math.isnan(v) else v
                           for k, v in s.items()} for s in summary)
     target = float(validate_run_config(dict(fixed))["target-accuracy"])
-    plot_sweep(points, rows, curves, summary, out, target)
+    given = ", ".join(f"{k}={v}" for k, v in fixed.items()) or "defaults"
+    swept = ", ".join(grid_keys) or "the points' settings"
+    plot_sweep(points, rows, curves, summary, out, target,
+               f"{given}; {len({run.seed for run in runs})} seeds; swept: {swept}")
     return SweepResult(out, rows, summary, curves)

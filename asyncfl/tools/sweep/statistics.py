@@ -16,7 +16,7 @@ from asyncfl.tools.sweep.grid import Point
 
 #: per-run numbers in runs.csv that summary.csv aggregates
 METRICS = ("final_accuracy", "time_to_target", "virtual_time", "updates", "messages", "bytes",
-           "wall_time")
+           "wall_time", "top_client_share", "gini_updates")
 
 
 def t_interval(values: Iterable[float]) -> tuple[float, float, float]:
