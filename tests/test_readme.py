@@ -16,3 +16,29 @@ def test_readme_config_table_is_current():
 
     assert markdown_table() in (ROOT / "README.md").read_text(), (
         "README's run-config table is stale: regenerate it with python -m asyncfl.config README.md")
+
+
+def test_the_plug_in_snippet_runs_as_written():
+    """The README's ServerApp that swaps Flower's FedAvg for FedBuff, run on the inline
+    runtime with a plain Flower ClientApp (fewer versions, same code)."""
+    from flwr.app import Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    from asyncfl.tools.inline import InlineGrid
+
+    client = ClientApp()
+
+    @client.train()
+    def train(msg: Message, context: Context) -> Message:  # a Flower ClientApp: weights back
+        metrics = MetricRecord({"num-examples": 10})
+        return Message(RecordDict({"arrays": msg.content["arrays"], "metrics": metrics}),
+                       reply_to=msg)
+
+    readme = (ROOT / "README.md").read_text()
+    intro = "Swap Flower's strategy for one of ours in your own ServerApp"
+    code = readme.split(intro, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace("num_rounds=100", "num_rounds=3")
+    namespace: dict = {}
+    exec(code, namespace)
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    namespace["main"](InlineGrid(client, {}, 4), context)
