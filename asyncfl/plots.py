@@ -133,15 +133,16 @@ def plot_run(out: Path, summary: Mapping[str, Any] | None = None) -> Path:
 
 
 def timeline_segments(out: Path) -> list[dict[str, Any]]:
-    """What every client did when, from events.csv and config.json: per task a transfer of
-    the model down (comm-latency + bytes down / comm-bandwidth), training, a transfer up, or
-    the whole task as `rejected`; between tasks and up to the run's end, `idle`. Each
-    segment: client, start, end, kind, staleness (training of an applied update; else None).
-    Times are on the run's clock (dispatch_time and duration of events.csv; a rejected reply
-    ends at its arrival)."""
+    """What every client did when, from events.csv, clients.csv and config.json: per task a
+    transfer of the model down (the client's latency + bytes down / its bandwidth down),
+    training, a transfer up, or the whole task as `rejected`; between tasks and up to the
+    run's end, `idle`, or `offline` where availability.csv says the client was not online.
+    Each segment: client, start, end, kind, staleness (training of an applied update; else
+    None). Times are on the run's clock (dispatch_time and duration of events.csv; a
+    rejected reply ends at its arrival)."""
     out = Path(out)
     config = json.loads((out / "config.json").read_text())
-    latency, bandwidth = config.get("comm-latency", 0.0), config.get("comm-bandwidth", 0.0)
+    links = client_links(out, config)
     with (out / "events.csv").open() as f:
         events = list(csv.DictReader(f))
     finished = "virtual_time" if config.get("clock", "virtual") == "virtual" else "wall_time"
@@ -155,8 +156,9 @@ def timeline_segments(out: Path) -> list[dict[str, Any]]:
             segments.append(dict(client=client, start=start, end=end, kind="rejected",
                                  staleness=None))
             continue
-        down = latency + (float(row["bytes_down"]) / bandwidth if bandwidth else 0.0)
-        up = latency + (float(row["bytes_up"]) / bandwidth if bandwidth else 0.0)
+        latency, bandwidth_down, bandwidth_up = links.get(client, links[None])
+        down = latency + (float(row["bytes_down"]) / bandwidth_down if bandwidth_down else 0.0)
+        up = latency + (float(row["bytes_up"]) / bandwidth_up if bandwidth_up else 0.0)
         parts = ((start, start + down, "transfer", None),
                  (start + down, end - up, "training", int(row["staleness"])),
                  (end - up, end, "transfer", None))
@@ -166,14 +168,59 @@ def timeline_segments(out: Path) -> list[dict[str, Any]]:
     busy: dict[int, list[tuple[float, float]]] = {}
     for s in segments:
         busy.setdefault(s["client"], []).append((s["start"], s["end"]))
+    online = online_windows(out)
     for client in range(int(config["num-clients"])):
         at = 0.0
         for a, b in sorted(busy.get(client, [])) + [(finish, finish)]:
             if a > at:
-                segments.append(dict(client=client, start=at, end=a, kind="idle",
-                                     staleness=None))
+                segments += free_time(client, at, a, online.get(client) if online else None)
             at = max(at, b)
     return sorted(segments, key=lambda s: (s["client"], s["start"]))
+
+
+def client_links(out: Path, config: Mapping[str, Any]
+                 ) -> dict[int | None, tuple[float, float, float]]:
+    """Per client (and None: the run's shared link) latency and bandwidth down and up, from
+    clients.csv where it has them."""
+    shared = (config.get("comm-latency", 0.0), config.get("comm-bandwidth", 0.0),
+              config.get("comm-bandwidth", 0.0))
+    links: dict[int | None, tuple[float, float, float]] = {None: shared}
+    if (out / "clients.csv").exists():
+        for row in read_csv(out / "clients.csv"):
+            if "latency" in row:
+                links[int(row["client"])] = (row["latency"], row["bandwidth_down"],
+                                             row["bandwidth_up"])
+    return links
+
+
+def online_windows(out: Path) -> dict[int, list[tuple[float, float]]] | None:
+    """availability.csv's online windows per client; None if the run had no availability."""
+    if not (out / "availability.csv").exists():
+        return None
+    windows: dict[int, list[tuple[float, float]]] = {}
+    for row in read_csv(out / "availability.csv"):
+        windows.setdefault(int(row["client"]), []).append((row["start"], row["end"]))
+    return windows
+
+
+def free_time(client: int, start: float, end: float,
+              online: list[tuple[float, float]] | None) -> list[dict[str, Any]]:
+    """[start, end) of a client without a task: `idle` where it was online (always, without
+    availability), `offline` elsewhere."""
+    if online is None:
+        return [dict(client=client, start=start, end=end, kind="idle", staleness=None)]
+    parts, at = [], start
+    for a, b in sorted(online):
+        a, b = max(a, start), min(b, end)
+        if b <= a:
+            continue
+        if a > at:
+            parts.append(dict(client=client, start=at, end=a, kind="offline", staleness=None))
+        parts.append(dict(client=client, start=a, end=b, kind="idle", staleness=None))
+        at = b
+    if at < end:
+        parts.append(dict(client=client, start=at, end=end, kind="offline", staleness=None))
+    return parts
 
 
 #: at most this many clients (the first ones) get a row in the timeline
@@ -191,7 +238,7 @@ def plot_timeline(out: Path, summary: Mapping[str, Any] | None = None) -> Path:
     shown = min(int(config["num-clients"]), TIMELINE_CLIENTS)
     stalest = max((s["staleness"] for s in segments if s["kind"] == "training"), default=0)
     norm = Normalize(vmin=0, vmax=max(1, stalest))
-    colours = {"transfer": "0.6", "rejected": "tab:red"}
+    colours = {"transfer": "0.6", "rejected": "tab:red", "offline": "0.92"}
     fig, ax = plt.subplots(figsize=(10, 2.0 + 0.22 * shown))
     bars: dict[tuple[int, str, int | None], list[tuple[float, float]]] = {}
     for s in segments:  # one collection per row and colour: long runs draw quickly
@@ -210,7 +257,7 @@ def plot_timeline(out: Path, summary: Mapping[str, Any] | None = None) -> Path:
                               if shown < int(config["num-clients"]) else ""))
     ax.set_xlim(left=0)
     ax.set_xlabel(f"{config.get('clock', 'virtual')} time (s); grey: transfer, red: rejected, "
-                  "blank: idle")
+                  "blank: idle" + (", light grey: offline" if online_windows(out) else ""))
     ax.set_title(run_title(config, summary), fontsize=10)
     return save(fig, out / "timeline.png")
 

@@ -89,7 +89,8 @@ def finished_summary(folder: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return summary if isinstance(summary, dict) and summary.get("status") == FINISHED else None
-CLIENT_COLUMNS = ("client", "node_id", "step_time", "num_examples", "updates")
+CLIENT_COLUMNS = ("client", "node_id", "step_time", "num_examples", "updates", "latency",
+                  "bandwidth_down", "bandwidth_up")
 
 
 def default_run_name(config: Mapping[str, Any]) -> str:

@@ -297,7 +297,9 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
     counts = Counter(row["client"] for row in events)
     clients = [
         {"client": i, "node_id": node, "step_time": float(delays.step_times[i]),
-         "num_examples": sizes[i] if sizes else None, "updates": counts[i]}
+         "num_examples": sizes[i] if sizes else None, "updates": counts[i],
+         "latency": delays.link(i).latency, "bandwidth_down": delays.link(i).down,
+         "bandwidth_up": delays.link(i).up}
         for i, node in enumerate(node_ids)
     ]
 

@@ -109,6 +109,39 @@ def test_timeline_accounts_for_every_client_second(tmp_path):
     assert (result.output_dir / "timeline.png").stat().st_size > 0
 
 
+def test_timeline_draws_each_clients_own_link_and_its_offline_time(tmp_path):
+    """With per-client links the transfers are each client's own (clients.csv); with
+    availability the time a client had no task splits into idle where it was online and
+    offline elsewhere (availability.csv)."""
+    from asyncfl.engine.availability import OnOffWindows
+    from asyncfl.engine.delays import parse_network_profile
+
+    profile = "0.1:1e5:2e4,0.01:0:0"
+    result = run(tmp_path, "links", strategy="fedbuff", num_server_rounds=10, buffer_size=2,
+                 concurrency=3, comm_profile=profile, availability="exponential",
+                 availability_on=15.0, availability_off=10.0)
+    links = parse_network_profile(profile)
+    windows = OnOffWindows(15.0, 10.0, result.config["seed"])
+    segments = timeline_segments(result.output_dir)
+    with (result.output_dir / "events.csv").open() as f:
+        applied = [e for e in csv.DictReader(f) if not e["rejected"]]
+    for client in range(6):
+        mine = [s for s in segments if s["client"] == client]
+        training = [s for s in mine if s["kind"] == "training"]
+        for s, e in zip(training, [e for e in applied if int(e["client"]) == client],
+                        strict=True):
+            link = links[client % 2]
+            down = link.transfer_time(int(e["bytes_down"]), 0) - link.latency
+            assert s["start"] == pytest.approx(float(e["dispatch_time"]) + down)
+        for s in mine:
+            middle = (s["start"] + s["end"]) / 2
+            if s["kind"] == "offline":
+                assert not windows.online(client, middle), s
+            elif s["kind"] == "idle":
+                assert windows.online(client, middle), s
+    assert any(s["kind"] == "offline" for s in segments)
+
+
 def test_figures_numbers():
     assert spans_decades([0, 2.0, 1600]) and not spans_decades([0, 1, 50])
     times, mean, low, high = band([[(0, 0.05), (1, 0.9)], [(0, 0.5), (1, 1.0)],

@@ -245,6 +245,13 @@ class DelayModel:
         sigma2 = np.log1p(self.jitter**2)
         return rng.lognormal(-sigma2 / 2, np.sqrt(sigma2), steps)
 
+    def link(self, client: int) -> Network:
+        """The client's link: its own (`networks`, cycled) or the shared latency and
+        bandwidth."""
+        if self.networks:
+            return self.networks[client % len(self.networks)]
+        return Network(self.latency, self.bandwidth, self.bandwidth)
+
     def comm_time(self, client: int, bytes_down: int, bytes_up: int) -> float:
         """Seconds spent sending a model down to `client` and its reply up."""
         if self.networks:
