@@ -51,12 +51,13 @@ def test_tls_deployment_runs_fedbuff_and_refuses_strangers(tmp_path):
 
 def kill_during_first_task_then_restart(deployment: Deployment, name: str, down: float,
                                         stop: threading.Event) -> None:
-    """Stop node `name` as soon as it has received its first train task, bring it back
-    `down` seconds later."""
+    """Kill node `name` (SIGKILL: no goodbye to the SuperLink) as soon as it has received its
+    first train task, bring it back `down` seconds later; the SuperLink refuses it until its
+    heartbeat expires, and `restart_node` tries again until it is let in."""
     while "Receiving: train message" not in deployment.log(name):
         if stop.wait(0.2):
             return
-    deployment.stop_node(name)
+    deployment.stop_node(name, kill=True)
     if not stop.wait(down):
         deployment.restart_node(name)
 
@@ -69,7 +70,9 @@ def test_an_async_run_goes_on_when_a_node_dies_and_uses_it_again_when_it_is_back
         chaos.start()
         try:
             out = deployment.run({**RUN, "concurrency": 3, "num-server-rounds": 1000,
-                                  "time-budget": 90.0, "reply-timeout": 20.0,
+                                  # the node is refused for up to 2 x 30 s after the kill
+                                  # (its heartbeat), then needs a task of its own
+                                  "time-budget": 120.0, "reply-timeout": 20.0,
                                   "max-faults": 0, "retry-backoff": 1.0,
                                   "run-name": "node-lost", "output-dir": str(tmp_path / "out")},
                                  timeout=500)

@@ -23,12 +23,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from logging import INFO
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from flwr.common.logger import log
 
 from asyncfl.tools.processes import free_port, stop_process_group
 from asyncfl.tools.run_config import (
@@ -98,6 +100,13 @@ def make_node_key(folder: Path, name: str) -> tuple[Path, Path]:
     public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                      serialization.PublicFormat.OpenSSH))
     return private, public
+
+
+#: how long a restarted SuperNode may be refused: until the SuperLink has marked it offline
+#: (HEARTBEAT_PATIENCE x HEARTBEAT_DEFAULT_INTERVAL = 2 x 30 s in Flower 1.41-1.42), and more
+REJOIN_SECONDS = 120.0
+#: how long a start is watched for an activation refusal (which comes within seconds)
+ACTIVATION_SECONDS = 15.0
 
 
 @dataclass
@@ -198,14 +207,38 @@ class Deployment:
             command += ["--insecure"]
         return self._spawn(name, command, {**self.env, "FLWR_HOME": str(home)})
 
-    def stop_node(self, name: str) -> None:
-        stop_process_group(self.processes[name])
+    def stop_node(self, name: str, kill: bool = False) -> None:
+        """Stop node `name` by its process group; `kill`: SIGKILL, as a crash (the node
+        cannot sign off at the SuperLink)."""
+        stop_process_group(self.processes[name], kill)
 
-    def restart_node(self, name: str) -> subprocess.Popen:
+    def restart_node(self, name: str, rejoin: float = REJOIN_SECONDS) -> subprocess.Popen:
         """Start a stopped node again as it was (same key, port choice, partition): the
-        SuperLink knows it by its key, so it comes back as the same node."""
+        SuperLink knows it by its key, so it comes back as the same node. A node that died
+        without signing off stays online at the SuperLink until it has missed its heartbeats
+        (Flower 1.41-1.42: 2 x 30 s), and refuses it meanwhile ("Failed to activate
+        SuperNode", exit code 305): then it is started again with backoff (2, 4, 8, ... s,
+        each try logged) for up to `rejoin` seconds. Returns the running process."""
         stop_process_group(self.processes[name])
-        return self._spawn(name, *self.commands[name])
+        deadline, pause = time.monotonic() + rejoin, 2.0
+        while True:
+            seen = len(self.log(name))
+            process = self._spawn(name, *self.commands[name])
+            refused = self._refused(name, process, seen)
+            if not refused or time.monotonic() + pause > deadline:
+                return process
+            log(INFO, "%s: the SuperLink still holds the node online (its heartbeat has not "
+                "expired); trying again in %.0f s", name, pause)
+            time.sleep(pause)
+            pause = min(2 * pause, 16.0)
+
+    def _refused(self, name: str, process: subprocess.Popen, seen: int) -> bool:
+        """Whether the node just started was refused activation (it exits at once then)."""
+        deadline = time.monotonic() + ACTIVATION_SECONDS
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return (process.poll() not in (None, 0)
+                and "Failed to activate SuperNode" in self.log(name)[seen:])
 
     def stop(self) -> None:
         """Stop every process this started (nodes first), by process group."""

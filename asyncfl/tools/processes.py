@@ -90,12 +90,14 @@ def wait_groups_gone(groups: list[int], seconds: float) -> bool:
     return True
 
 
-def stop_process_group(process: subprocess.Popen) -> None:
+def stop_process_group(process: subprocess.Popen, kill: bool = False) -> None:
     """SIGTERM the process group led by `process` (by its PID) and the groups its
     descendants opened, SIGKILL what lingers, and wait until every process of those groups is
-    gone (the leader reaped)."""
+    gone (the leader reaped). `kill`: SIGKILL at once, as a crash would (nothing can sign
+    off)."""
     groups = descendant_groups(process.pid) or [process.pid]
-    for sig, wait in ((signal.SIGTERM, STOP_SECONDS), (signal.SIGKILL, 5.0)):
+    signals = ((signal.SIGTERM, STOP_SECONDS), (signal.SIGKILL, 5.0))
+    for sig, wait in signals[1:] if kill else signals:
         for group in groups:
             try:
                 os.killpg(group, sig)
