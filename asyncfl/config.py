@@ -348,6 +348,9 @@ SETTINGS: tuple[Setting, ...] = (
             "optionally *count"),
     Setting("time-budget", float, 0.0, "stop once the run's clock passes this many seconds "
             "(0: run all num-server-rounds)", check=_non_negative, allowed=_NON_NEGATIVE),
+    Setting("stop-file", str, "", "a path: once a file exists there, the run ends after the "
+            "update or round in progress and writes its results as finished (a graceful stop "
+            "from outside); empty: none", check=_path, allowed="a path, or empty"),
     Setting("max-faults", int, 3, "drop a client after this many faulty replies in a row "
             "(0: never)", check=_non_negative, allowed="an integer >= 0"),
     Setting("update-norm-bound", float, 0.0, "if > 0: L2 bound on every update (the delta "

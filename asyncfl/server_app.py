@@ -137,7 +137,7 @@ def make_strategy(
     registered = REGISTRY[config["strategy"]]
     return registered.cls(
         clock=clock, delays=delays, availability=make_availability(config),
-        seed=config["seed"], time_budget=config["time-budget"],
+        seed=config["seed"], time_budget=config["time-budget"], stop_file=config["stop-file"],
         node_ids=node_ids, partition_sizes=partition_sizes, phases=phases,
         fraction_evaluate=config["fraction-evaluate"], min_evaluate_nodes=1,
         guard=ReplyGuard(config["max-faults"], config["update-norm-bound"],

@@ -49,36 +49,50 @@ def test_tls_deployment_runs_fedbuff_and_refuses_strangers(tmp_path):
     assert all(p.poll() is not None and group_gone(p) for p in processes)
 
 
-def kill_during_first_task_then_restart(deployment: Deployment, name: str, down: float,
-                                        stop: threading.Event) -> None:
+def trains(deployment: Deployment, name: str) -> int:
+    """Train messages node `name` received so far (its log spans its restarts)."""
+    return deployment.log(name).count("Receiving: train message")
+
+
+def kill_restart_then_stop(deployment: Deployment, name: str, down: float, stop_file,
+                           done: threading.Event) -> None:
     """Kill node `name` (SIGKILL: no goodbye to the SuperLink) as soon as it has received its
-    first train task, bring it back `down` seconds later; the SuperLink refuses it until its
-    heartbeat expires, and `restart_node` tries again until it is let in."""
-    while "Receiving: train message" not in deployment.log(name):
-        if stop.wait(0.2):
-            return
+    first train task, bring it back `down` seconds later (the SuperLink refuses it until its
+    heartbeat expires; `restart_node` tries again until it is let in), and once it has been
+    sent two more tasks (so a reply of its came back in between) end the run by its stop
+    file. Each step waits on what the processes log, not on a clock."""
+    def wait_for(condition) -> bool:
+        while not condition():
+            if done.wait(0.2):
+                return False
+        return True
+
+    if not wait_for(lambda: trains(deployment, name) >= 1):
+        return
     deployment.stop_node(name, kill=True)
-    if not stop.wait(down):
-        deployment.restart_node(name)
+    if done.wait(down):
+        return
+    deployment.restart_node(name)
+    if wait_for(lambda: trains(deployment, name) >= 3):
+        stop_file.touch()
 
 
 def test_an_async_run_goes_on_when_a_node_dies_and_uses_it_again_when_it_is_back(tmp_path):
-    stop = threading.Event()
+    done, stop_file = threading.Event(), tmp_path / "STOP"
     with Deployment(tmp_path / "deploy", nodes=3) as deployment:
-        chaos = threading.Thread(target=kill_during_first_task_then_restart,
-                                 args=(deployment, "node2", 20.0, stop))
+        chaos = threading.Thread(target=kill_restart_then_stop,
+                                 args=(deployment, "node2", 20.0, stop_file, done))
         chaos.start()
         try:
-            out = deployment.run({**RUN, "concurrency": 3, "num-server-rounds": 1000,
-                                  # the node is refused for up to 2 x 30 s after the kill
-                                  # (its heartbeat), then needs a task of its own
-                                  "time-budget": 120.0, "reply-timeout": 20.0,
+            out = deployment.run({**RUN, "concurrency": 3, "num-server-rounds": 100_000,
+                                  "stop-file": str(stop_file), "reply-timeout": 20.0,
                                   "max-faults": 0, "retry-backoff": 1.0,
                                   "run-name": "node-lost", "output-dir": str(tmp_path / "out")},
                                  timeout=500)
         finally:
-            stop.set()
+            done.set()
             chaos.join()
+    assert stop_file.exists(), "the run ended before the node was back and trained again"
     events = read_rows(out / "events.csv")
     lost = [i for i, r in enumerate(events) if r["rejected"] and r["client"] == "2"]
     assert lost, "the killed node's task is not in events.csv"
@@ -89,6 +103,7 @@ def test_an_async_run_goes_on_when_a_node_dies_and_uses_it_again_when_it_is_back
     assert {"0", "1"} <= {r["client"] for r in events[lost[0]:] if not r["rejected"]}
     assert any(r["client"] == "2" and not r["rejected"] for r in events[lost[-1]:])
     assert '"dropped_clients": []' in (out / "summary.json").read_text()
+    assert '"status": "finished"' in (out / "summary.json").read_text()
 
 
 if __name__ == "__main__":

@@ -503,3 +503,29 @@ def test_an_app_folder_without_pyproject_is_refused_naming_asyncfls_own(tmp_path
     shown = capsys.readouterr().err
     assert f"{tmp_path} has no pyproject.toml" in shown
     assert f"asyncfl's own app is {Path(__file__).resolve().parents[1]}" in shown
+
+
+@pytest.mark.parametrize("strategy", ["fedbuff", "fedavg"])
+def test_a_stop_file_ends_the_run_gracefully(tmp_path, strategy):
+    """The file appears after the 6th reply (from outside, as `touch` would): the run ends
+    after the update or round in progress and writes finished results."""
+    import asyncfl
+    from asyncfl.tools.inline import InlineGrid
+
+    stop = tmp_path / "STOP"
+
+    class TouchingGrid(InlineGrid):
+        replies = 0
+
+        def pull_messages(self, message_ids):
+            replies = list(super().pull_messages(message_ids))
+            TouchingGrid.replies += len(replies)
+            if TouchingGrid.replies >= 6:
+                stop.touch()
+            return replies
+
+    result = asyncfl.simulate(grid_class=TouchingGrid, strategy=strategy, num_clients=3,
+                              num_server_rounds=1000, buffer_size=2, local_steps=1,
+                              stop_file=str(stop), output_dir=str(tmp_path / "out"))
+    assert result.summary["status"] == "finished"
+    assert 1 <= result.summary["final_version"] <= 4

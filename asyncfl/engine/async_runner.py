@@ -87,7 +87,7 @@ class AsyncRunner:
             self.bases = VersionStore(self._needs_start(parts.reply_kind)
                                       or self._needs_start(WEIGHTS))
             self._refill()
-        while self.version < num_rounds and not parts.out_of_time():
+        while self.version < num_rounds and not parts.should_stop():
             if not loop.in_flight:
                 if not self.resting:
                     parts.no_client_left(self.version)
@@ -109,7 +109,7 @@ class AsyncRunner:
             schedule.until(self.version, self.arrays, loop.clock.now)
             arrived_at = self.version
             applied = self._fold(completion, num_rounds)
-            if self.version < num_rounds and not parts.out_of_time():
+            if self.version < num_rounds and not parts.should_stop():
                 self._refill()
                 if applied and self.version > arrived_at:
                     parts.save(self.version, {
@@ -204,7 +204,7 @@ class AsyncRunner:
         parts.loop.phases.enter("bookkeeping")
         parts.recorder.applied_update(completion, reply.metrics, version, self.version,
                                       self.tasks.traffic())
-        last = self.version == num_rounds or parts.out_of_time()
+        last = self.version == num_rounds or parts.should_stop()
         if self.version > version:
             parts.schedule.new_version(self.version, self.arrays, last)
         return True

@@ -70,7 +70,9 @@ class AsyncflStrategy(Strategy):
     online: tasks go only to online clients, and one whose client goes offline first is lost.
     `guard`, `evaluation` and `checkpoints` are the reply guard, the evaluation schedule and
     the checkpointer (defaults: a client is dropped after `DEFAULT_MAX_FAULTS` faulty replies
-    in a row, every version evaluated, no checkpoints). After `start`, `recorder` holds what
+    in a row, every version evaluated, no checkpoints). `time_budget` (seconds on the run's
+    clock) and `stop_file` (a path; once a file exists there) end a run early, after the
+    update or round in progress. After `start`, `recorder` holds what
     the run did (events, evaluations, skips, totals).
     """
 
@@ -109,6 +111,7 @@ class AsyncflStrategy(Strategy):
         node_ids: Sequence[int] | None = None,
         partition_sizes: Sequence[int] | None = None,
         time_budget: float = 0.0,
+        stop_file: str = "",
         guard: ReplyGuard | None = None,
         evaluation: EvaluationSchedule | None = None,
         checkpoints: Checkpointer | None = None,
@@ -140,6 +143,7 @@ class AsyncflStrategy(Strategy):
         self.node_ids = list(node_ids) if node_ids is not None else None
         self.partition_sizes = partition_sizes
         self.time_budget = time_budget
+        self.stop_file = stop_file
         self.guard = guard if guard is not None else ReplyGuard(DEFAULT_MAX_FAULTS)
         self.evaluation = evaluation if evaluation is not None else EvaluationSchedule()
         self.checkpoints = checkpoints
@@ -190,7 +194,7 @@ class AsyncflStrategy(Strategy):
             schedule=copy.deepcopy(self.evaluation),
             checkpointer=self.checkpoints,
             recorder=self.recorder, rng=np.random.default_rng([self.seed, self.rng_stream]),
-            reply_kind=self.reply_kind, time_budget=self.time_budget,
+            reply_kind=self.reply_kind, time_budget=self.time_budget, stop_file=self.stop_file,
             step_setting=self.step_setting, client_lr=client_lr,
             weighted_by_key=self.weighted_by_key,
             train_metrics_aggr_fn=self.train_metrics_aggr_fn,

@@ -3,6 +3,7 @@ turning a checked reply into the update a rule takes."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any, Protocol
@@ -106,6 +107,7 @@ class RunParts:
     rng: np.random.Generator
     reply_kind: str
     time_budget: float = 0.0
+    stop_file: str = ""
     step_setting: str = "lr"  # what to lower when the global model diverges
     client_lr: float | None = None  # train_config's lr: turns weights into pseudo-gradients
     weighted_by_key: str = NUM_EXAMPLES
@@ -126,9 +128,12 @@ class RunParts:
     def num_clients(self) -> int:
         return len(self.dispatcher.node_ids)
 
-    def out_of_time(self) -> bool:
-        """Whether the run's clock has passed `time_budget` (0: no budget)."""
-        return self.time_budget > 0 and self.loop.clock.now >= self.time_budget
+    def should_stop(self) -> bool:
+        """Whether the run ends now, after the update or round in progress: its clock has
+        passed `time_budget` (0: no budget), or its `stop_file` exists (a graceful stop from
+        outside: `touch` it; the results are written as for a finished run)."""
+        return ((self.time_budget > 0 and self.loop.clock.now >= self.time_budget)
+                or bool(self.stop_file and os.path.exists(self.stop_file)))
 
     def check(self, completion: Completion, reference: Arrays, version: int,
               start: Arrays | None = None):

@@ -102,7 +102,7 @@ class SyncRunner:
                 if metrics is not None:
                     result.train_metrics_clientapp[server_round] = metrics
             self._record(accepted, server_round)
-            last = server_round == num_rounds or parts.out_of_time()
+            last = server_round == num_rounds or parts.should_stop()
             parts.recorder.progress(server_round, num_rounds, loop.virtual_clock.now)
             schedule.new_version(server_round, arrays, last)
             if last:
