@@ -41,6 +41,13 @@ def assert_same_run(a, b):
     ("ca2fl", dict(num_server_rounds=16, concurrency=4, buffer_size=2)),
     ("fedstaleweight", dict(num_server_rounds=16, concurrency=4, buffer_size=2)),
     ("fadas", dict(num_server_rounds=16, concurrency=4, buffer_size=2, fadas_threshold=0)),
+    # clients that come and go: offline clients waiting at the crash, lost tasks in flight
+    ("fedbuff", dict(num_server_rounds=16, concurrency=4, buffer_size=2,
+                     availability="exponential", availability_on=8.0, availability_off=4.0)),
+    ("mifa", dict(num_server_rounds=6, fraction=0.5, availability="exponential",
+                  availability_on=8.0, availability_off=4.0)),
+    ("fedbuff", dict(num_server_rounds=16, concurrency=4, buffer_size=2, work_window=2.0,
+                     staleness_cutoff=3)),
 ])
 def test_stopped_and_resumed_equals_uninterrupted(out, strategy, extra):
     kw = dict(strategy=strategy, num_clients=8, local_steps=3, batch_size=8,
@@ -176,3 +183,17 @@ def test_a_killed_writers_temp_files_are_removed_when_the_next_run_starts(out):
     stale.write_bytes(b"half a checkpoint")
     asyncfl.simulate(run_name="ck", resume=True, **kw)
     assert not stale.exists()
+
+
+def test_a_counter_comes_back_as_the_same_counts(tmp_path):
+    """A run's skip counts (a Counter) survive a checkpoint: a resumed run with skips before
+    its checkpoint used to get the (reason, count) pairs back as keys, and its summary.json
+    could not be written."""
+    from collections import Counter
+
+    path = tmp_path / "c.bin"
+    counts = Counter({"unavailable": 3, "stale": 1})
+    save_checkpoint(path, {"failures": counts, "by_client": {2: 5}})
+    loaded = load_checkpoint(path)
+    assert loaded["failures"] == counts and type(loaded["failures"]) is Counter
+    assert loaded["by_client"] == {2: 5}

@@ -77,6 +77,8 @@ class AsyncRunner:
             self.version, self.global_arrays = resumed["version"], resumed["global"]
             self.arrays = result.arrays = arrays_to_record(self.global_arrays)
             self.idle = IdlePool(resumed["idle"], parts.rng)
+            for client, until in resumed.get("offline", {}).items():
+                self.resting.rest(client, until)
             self.bases = resumed["bases"]
             self.tasks.restore(resumed["extra"])
         else:
@@ -112,15 +114,24 @@ class AsyncRunner:
             if self.version < num_rounds and not parts.should_stop():
                 self._refill()
                 if applied and self.version > arrived_at:
-                    parts.save(self.version, {
-                        "version": self.version, "global": self.global_arrays,
-                        "idle": self.idle.items() + self.resting.clients(), "bases": self.bases,
-                    }, self.rule, self.state, self.tasks.snapshot())
+                    parts.save(self.version, self._snapshot(), self.rule, self.state,
+                               self.tasks.snapshot())
             parts.recorder.progress(self.version, num_rounds, loop.virtual_clock.now)
         schedule.until(self.version, self.arrays, loop.clock.now, inclusive=True)
         result.arrays = self.arrays
         parts.finish(self.tasks.traffic(), self.bases.peak)
         return result
+
+    def _snapshot(self) -> dict:
+        """The loop's state for a checkpoint. In virtual time the resting clients are the
+        offline ones, kept with the time they are back; a wall-clock rest after a fault does
+        not outlive the process (they are idle again on resume)."""
+        if self.parts.loop.virtual:
+            idle, offline = self.idle.items(), self.resting.until()
+        else:
+            idle, offline = self.idle.items() + self.resting.clients(), {}
+        return {"version": self.version, "global": self.global_arrays, "idle": idle,
+                "offline": offline, "bases": self.bases}
 
     @property
     def in_flight(self) -> int:

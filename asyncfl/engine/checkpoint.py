@@ -106,8 +106,8 @@ class _Decoder:
             return {k: self.decode(v) for k, v in x.items()}
         tag = x[TAG]
         if tag in ("dict", "Counter"):
-            pairs = ((self.decode(k), self.decode(v)) for k, v in x["items"])
-            return (dict if tag == "dict" else Counter)(pairs)
+            pairs = dict((self.decode(k), self.decode(v)) for k, v in x["items"])
+            return pairs if tag == "dict" else Counter(pairs)  # (Counter(pairs) would count)
         if tag in ("tuple", "deque", "set"):
             cls = {"tuple": tuple, "deque": deque, "set": set}[tag]
             return cls(self.decode(v) for v in x["items"])

@@ -233,6 +233,10 @@ class RestingClients:
     def clients(self) -> list[int]:
         return sorted(self._until)
 
+    def until(self) -> dict[int, float]:
+        """Each resting client's end of rest."""
+        return dict(self._until)
+
     def rest(self, client: int, until: float) -> None:
         self._until[client] = until
 
