@@ -253,13 +253,8 @@ class DelayModel:
         return Network(self.latency, self.bandwidth, self.bandwidth)
 
     def comm_time(self, client: int, bytes_down: int, bytes_up: int) -> float:
-        """Seconds spent sending a model down to `client` and its reply up."""
-        if self.networks:
-            return self.networks[client % len(self.networks)].transfer_time(bytes_down,
-                                                                            bytes_up)
-        moved = bytes_down + bytes_up
-        transfer = moved / self.bandwidth if self.bandwidth > 0 else 0.0
-        return 2 * self.latency + transfer
+        """Seconds spent sending a model down to `client` and its reply up, on its link."""
+        return self.link(client).transfer_time(bytes_down, bytes_up)
 
     def task_time(self, client: int, steps: int, task_number: int, bytes_down: int,
                   bytes_up: int) -> float:
