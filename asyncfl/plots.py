@@ -168,7 +168,7 @@ def timeline_segments(out: Path) -> list[dict[str, Any]]:
     busy: dict[int, list[tuple[float, float]]] = {}
     for s in segments:
         busy.setdefault(s["client"], []).append((s["start"], s["end"]))
-    online = online_windows(out)
+    online = read_online_windows(out)
     for client in range(int(config["num-clients"])):
         at = 0.0
         for a, b in sorted(busy.get(client, [])) + [(finish, finish)]:
@@ -193,7 +193,7 @@ def client_links(out: Path, config: Mapping[str, Any]
     return links
 
 
-def online_windows(out: Path) -> dict[int, list[tuple[float, float]]] | None:
+def read_online_windows(out: Path) -> dict[int, list[tuple[float, float]]] | None:
     """availability.csv's online windows per client; None if the run had no availability."""
     if not (out / "availability.csv").exists():
         return None
@@ -257,7 +257,8 @@ def plot_timeline(out: Path, summary: Mapping[str, Any] | None = None) -> Path:
                               if shown < int(config["num-clients"]) else ""))
     ax.set_xlim(left=0)
     ax.set_xlabel(f"{config.get('clock', 'virtual')} time (s); grey: transfer, red: rejected, "
-                  "blank: idle" + (", light grey: offline" if online_windows(out) else ""))
+                  "blank: idle" + (", light grey: offline"
+                                   if any(x["kind"] == "offline" for x in segments) else ""))
     ax.set_title(run_title(config, summary), fontsize=10)
     return save(fig, out / "timeline.png")
 

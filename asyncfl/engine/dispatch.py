@@ -170,10 +170,9 @@ class WindowedTasks(WholeTasks):
 
     def finished(self, completion: Completion) -> None:
         if completion.ok and completion.steps > 0:
-            sent, virtual = completion.dispatch, self.dispatcher.loop.virtual
-            began = sent.sent_virtual if virtual else sent.sent_wall
-            ended = completion.virtual_time if virtual else completion.wall_time
-            self.step_time[completion.client] = (ended - began) / completion.steps
+            virtual = self.dispatcher.loop.virtual
+            seconds = completion.ended_at(virtual) - completion.sent_at(virtual)
+            self.step_time[completion.client] = seconds / completion.steps
 
     def snapshot(self) -> dict:
         return {"step_time": dict(self.step_time)}

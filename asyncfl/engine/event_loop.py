@@ -136,6 +136,14 @@ class Completion:
     def tag(self) -> Any:
         return self.dispatch.tag
 
+    def sent_at(self, virtual: bool) -> float:
+        """When the task was sent, on the virtual or the wall clock."""
+        return self.dispatch.sent_virtual if virtual else self.dispatch.sent_wall
+
+    def ended_at(self, virtual: bool) -> float:
+        """When the task took effect, on the virtual or the wall clock."""
+        return self.virtual_time if virtual else self.wall_time
+
     @property
     def failure_reason(self) -> str:
         if self.missed_deadline:

@@ -67,13 +67,11 @@ class RunRecorder:
         return [row for row in self.events if not row.get("rejected")]
 
     def _row(self, completion: Completion, version_apply: int) -> dict:
-        sent = completion.dispatch
         row = dict.fromkeys(EVENT_COLUMNS)
         row.update(version_apply=version_apply, version_dispatch=completion.tag,
                    client=completion.client, virtual_time=completion.virtual_time,
                    wall_time=completion.wall_time,
-                   dispatch_time=(sent.sent_virtual if self.clock_kind == "virtual"
-                                  else sent.sent_wall))
+                   dispatch_time=completion.sent_at(self.clock_kind == "virtual"))
         return row
 
     def rejected(self, completion: Completion, version: int, reason: str) -> None:
@@ -92,8 +90,7 @@ class RunRecorder:
         version the client started from. `dispatch_time` and `duration` are on the run's
         clock: computed by the delay model in virtual time, measured with a wall clock."""
         row = self._row(completion, version_after)
-        finished = (completion.virtual_time if self.clock_kind == "virtual"
-                    else completion.wall_time)
+        finished = completion.ended_at(self.clock_kind == "virtual")
         row.update(
             rejected="",
             staleness=version_at_arrival - int(completion.tag),
