@@ -295,6 +295,14 @@ SETTINGS: tuple[Setting, ...] = (
             check=_positive, allowed="an integer >= 1"),
     Setting("esync-eps", float, 0.0, "esync: seconds a worker may overrun the slowest "
             "worker's step", check=_non_negative, allowed=_NON_NEGATIVE),
+    Setting("compass-alpha", float, 0.9, "fedcompass: alpha, the weight of a fresh update "
+            "(each client moves the model by alpha s(tau) / N)", check=_fraction,
+            allowed="a number in (0, 1]"),
+    Setting("compass-q-ratio", float, 0.2, "fedcompass: Q_min / Q_max, the fewest local "
+            "steps a task gets as a share of local-steps", check=_fraction,
+            allowed="a number in (0, 1]"),
+    Setting("compass-lambda", float, 1.5, "fedcompass: an arrival group waits up to lambda "
+            "times its expected task time", check=lambda x: x >= 1, allowed="a number >= 1"),
     Setting("clock", str, "virtual", "virtual: durations computed; wall: real time",
             choices=("virtual", "wall")),
     Setting("delay-dist", str, "lognormal", "distribution of per-step compute times; the "
@@ -444,10 +452,11 @@ def validate_run_config(overrides: Mapping[str, Any]) -> dict[str, ConfigValue]:
         raise ConfigError("run-config 'delay-dist' = 'trace' needs 'delay-trace': the CSV "
                           "file of recorded times")
     check_task_settings(config)
-    if config["strategy"] in ("lsgd", "alsgd", "apsb") and config["local-steps"] < 1:
+    if (config["strategy"] in ("lsgd", "alsgd", "apsb", "fedcompass")
+            and config["local-steps"] < 1):
         raise ConfigError(
             f"run-config 'local-steps' must be >= 1 for strategy = {config['strategy']} "
-            "(K local iterations per round or push)"
+            "(K local iterations per round or push; fedcompass: Q_max)"
         )
     if config["round-timeout"] > 0 and config["strategy"] not in SYNC_STRATEGIES:
         raise ConfigError(

@@ -48,6 +48,9 @@ def assert_same_run(a, b):
                   availability_on=8.0, availability_off=4.0)),
     ("fedbuff", dict(num_server_rounds=16, concurrency=4, buffer_size=2, work_window=2.0,
                      staleness_cutoff=3)),
+    # arrival groups open and waiting for their members, late updates buffered
+    ("fedcompass", dict(num_server_rounds=40, availability="exponential",
+                        availability_on=8.0, availability_off=4.0)),
 ])
 def test_stopped_and_resumed_equals_uninterrupted(out, strategy, extra):
     kw = dict(strategy=strategy, num_clients=8, local_steps=3, batch_size=8,

@@ -33,7 +33,9 @@ class AsyncRule(Rule, Protocol):
     def fold(self, global_arrays: Arrays, update: Arrays, num_examples: float,
              staleness: int, client: int) -> Arrays | None:
         """Fold in one update of `client` (its index, 0..N-1) that is `staleness` versions
-        old; the new global model if it made a new version, else None."""
+        old; the new global model if it made a new version, else None. A rule that
+        buffers updates until a deadline (FedCompass) also has `aggregate(global_arrays,
+        key)`, called when its tasks collaborator says the buffer `key` is due."""
 
 
 class AsyncRunner:
@@ -101,8 +103,10 @@ class AsyncRunner:
                     time.sleep(max(0.0, wake - loop.clock.now))
                 self._refill()
                 continue
-            completion = loop.next_completion(wake_at=self.resting.next_wake())
-            if completion is None:  # a client's rest is over before the next reply came
+            completion = loop.next_completion(
+                wake_at=_earliest(self.resting.next_wake(), self.tasks.next_wake()))
+            if completion is None:  # a rest is over, or a deadline came, before a reply
+                self._aggregate_due(num_rounds)
                 self._refill()
                 continue
             if self.tasks.continued(completion, self.arrays, self.version):
@@ -110,10 +114,11 @@ class AsyncRunner:
             self.tasks.finished(completion)
             schedule.until(self.version, self.arrays, loop.clock.now)
             arrived_at = self.version
-            applied = self._fold(completion, num_rounds)
+            self._fold(completion, num_rounds)
+            self._aggregate_due(num_rounds)
             if self.version < num_rounds and not parts.should_stop():
                 self._refill()
-                if applied and self.version > arrived_at:
+                if self.version > arrived_at:
                     parts.save(self.version, self._snapshot(), self.rule, self.state,
                                self.tasks.snapshot())
             parts.recorder.progress(self.version, num_rounds, loop.virtual_clock.now)
@@ -151,6 +156,11 @@ class AsyncRunner:
         chosen = self.idle.take(wanted)
         if loop.availability is not None:
             chosen = self._online(chosen, wanted)
+        held = [c for c in chosen if self.tasks.holds(c)]
+        if held:
+            for client in held:
+                self.idle.add(client)
+            chosen = [c for c in chosen if c not in held]
         sent = self.tasks.start(self.arrays, self.version, chosen)
         self.bases.dispatched(self.version, self.global_arrays, sent)
 
@@ -168,9 +178,9 @@ class AsyncRunner:
             chosen = self.idle.take(wanted - len(online))
         return online
 
-    def _fold(self, completion: Completion, num_rounds: int) -> bool:
+    def _fold(self, completion: Completion, num_rounds: int) -> None:
         """Check a finished task's reply and fold it in; the client goes back to the idle
-        pool (or rests, or stays dropped). Returns whether the update was applied."""
+        pool (or rests, or stays dropped)."""
         parts, version = self.parts, self.version
         start = self.bases.returned(completion.tag)
         reply = parts.check(completion, self.global_arrays, version, start)
@@ -182,19 +192,19 @@ class AsyncRunner:
             else:
                 self.idle.add(completion.client)
         if reply is None:
-            return False
+            return
         parts.loop.phases.enter("aggregate")
         if reply.kind == parts.reply_kind:  # the ClientApp follows the protocol
             self.bases.enabled = self._needs_start(reply.kind)
         if start is None and self._needs_start(reply.kind):
             parts.recorder.rejected(completion, version, f"unusable reply: a {reply.kind} "
                                     "reply after the ClientApp had sent what it was asked")
-            return False
+            return
         staleness = version - completion.tag
         if self.staleness_cutoff and staleness >= self.staleness_cutoff:
             parts.recorder.rejected(completion, version, f"stale: {staleness} versions old, "
                                     f"staleness-cutoff {self.staleness_cutoff}")
-            return False
+            return
         examples = parts.weight(reply)
         self.state.add(reply.arrays, reply.kind, start, examples)
         update = parts.update(reply, self.rule, start)
@@ -203,19 +213,42 @@ class AsyncRunner:
                              completion.client)
         self.applied_since.append(reply)
         if new is not None:
-            self.global_arrays = self.state.new_version(self.global_arrays, new)
-            self.version += 1
-            metrics = parts.train_metrics(self.applied_since)
-            if metrics is not None:
-                self.result.train_metrics_clientapp[self.version] = metrics
-            self.applied_since = []
-            parts.new_model(self.version, self.global_arrays)
-            self.arrays = arrays_to_record(self.global_arrays)
-            self.tasks.new_version(self.version, self.arrays)
+            self._publish(new)
         parts.loop.phases.enter("bookkeeping")
         parts.recorder.applied_update(completion, reply.metrics, version, self.version,
                                       self.tasks.traffic())
-        last = self.version == num_rounds or parts.should_stop()
         if self.version > version:
-            parts.schedule.new_version(self.version, self.arrays, last)
-        return True
+            self._evaluate(num_rounds)
+
+    def _publish(self, new: Arrays) -> None:
+        """Make the rule's `new` parameters the next global version."""
+        parts = self.parts
+        self.global_arrays = self.state.new_version(self.global_arrays, new)
+        self.version += 1
+        metrics = parts.train_metrics(self.applied_since)
+        if metrics is not None:
+            self.result.train_metrics_clientapp[self.version] = metrics
+        self.applied_since = []
+        parts.new_model(self.version, self.global_arrays)
+        self.arrays = arrays_to_record(self.global_arrays)
+        self.tasks.new_version(self.version, self.arrays)
+
+    def _evaluate(self, num_rounds: int) -> None:
+        last = self.version == num_rounds or self.parts.should_stop()
+        self.parts.schedule.new_version(self.version, self.arrays, last)
+
+    def _aggregate_due(self, num_rounds: int) -> None:
+        """Aggregate the buffers the tasks say are due now (FedCompass's arrival groups)."""
+        now = self.parts.loop.clock.now
+        while self.version < num_rounds and (key := self.tasks.due(now)) is not None:
+            self.parts.schedule.until(self.version, self.arrays, now)
+            self.parts.loop.phases.enter("aggregate")
+            new = self.rule.aggregate(self.state.parameters(self.global_arrays), key)
+            if new is not None:
+                self._publish(new)
+                self._evaluate(num_rounds)
+
+
+def _earliest(*times: float | None) -> float | None:
+    known = [t for t in times if t is not None]
+    return min(known) if known else None

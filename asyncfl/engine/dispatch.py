@@ -104,6 +104,14 @@ class Dispatcher:
         return len(self.loop.send((task(c) for c in clients), model_bytes=size))
 
 
+def seconds_per_step(completion: Completion, virtual: bool) -> float | None:
+    """A finished task's seconds on the run's clock (communication included, as the server
+    sees it) over its steps; None for a task that failed or ran no steps."""
+    if not completion.ok or completion.steps <= 0:
+        return None
+    return (completion.ended_at(virtual) - completion.sent_at(virtual)) / completion.steps
+
+
 class WholeTasks:
     """One message per task: what every strategy but APSB sends (APSB's `SegmentedTasks`
     sends a task in parts and broadcasts every new model)."""
@@ -120,6 +128,21 @@ class WholeTasks:
 
     def finished(self, completion: Completion) -> None:
         """Called with every completion of a whole task, before its update is checked."""
+
+    def holds(self, client: int) -> bool:
+        """Whether an idle client must wait before its next task (FedCompass: until its
+        arrival group is aggregated)."""
+        return False
+
+    def next_wake(self) -> float | None:
+        """When (on the run's clock) the algorithm has work without a reply: a buffer to
+        aggregate at a deadline. None: never."""
+        return None
+
+    def due(self, now: float) -> int | None:
+        """The key of a buffer the rule must aggregate now (`rule.aggregate`), marked as
+        aggregated; None: none."""
+        return None
 
     def new_version(self, version: int, arrays: ArrayRecord) -> None:
         """Called once per new global model."""
@@ -169,10 +192,9 @@ class WindowedTasks(WholeTasks):
                                     {c: self.steps(c) for c in clients})
 
     def finished(self, completion: Completion) -> None:
-        if completion.ok and completion.steps > 0:
-            virtual = self.dispatcher.loop.virtual
-            seconds = completion.ended_at(virtual) - completion.sent_at(virtual)
-            self.step_time[completion.client] = seconds / completion.steps
+        seconds = seconds_per_step(completion, self.dispatcher.loop.virtual)
+        if seconds is not None:
+            self.step_time[completion.client] = seconds
 
     def snapshot(self) -> dict:
         return {"step_time": dict(self.step_time)}

@@ -34,6 +34,7 @@ from asyncfl.strategies.fadas import FADAS
 from asyncfl.strategies.fedasync import FedAsync
 from asyncfl.strategies.fedavg import FedAvg
 from asyncfl.strategies.fedbuff import FedBuff
+from asyncfl.strategies.fedcompass import FedCompass
 from asyncfl.strategies.fedsgd import FedSGD
 from asyncfl.strategies.fedsgd_weights import FedSGDWeights
 from asyncfl.strategies.fedstaleweight import FedStaleWeight
@@ -50,7 +51,7 @@ __all__ = [
     "ALSGD", "APSB", "ASGD", "CA2FL", "CapabilityError", "DivergenceError", "ESync", "FADAS",
     "LSGD", "MIFA", "OPTIMIZERS", "REGISTRY", "SSGD", "STRATEGIES", "AsyncStrategy",
     "AsyncflStrategy", "Checkpointer", "EvaluationSchedule", "FedAsync", "FedAvg", "FedBuff",
-    "FedSGD", "FedSGDWeights", "FedStaleWeight", "NoClientLeftError", "ReplyGuard", "RunningMean",
-    "ServerOptimizer", "SettingError", "SyncStrategy", "constant", "hinge", "polynomial",
-    "staleness_function",
+    "FedCompass", "FedSGD", "FedSGDWeights", "FedStaleWeight", "NoClientLeftError",
+    "ReplyGuard", "RunningMean", "ServerOptimizer", "SettingError", "SyncStrategy", "constant",
+    "hinge", "polynomial", "staleness_function",
 ]
