@@ -72,21 +72,23 @@ class FADAS(BufferedStrategy):
     Args:
         buffer_size: K, the updates per server step. Default: 10.
         concurrency: M, the clients in flight at once; 0 means every client. Default: 0.
-        client_returns: "weights" (any ClientApp that follows Flower's FedAvg contract) or
-            "delta", as in `FedBuff`. Default: "weights".
-        server_lr: the server step's eta; None means the optimizer's default (amsgrad: 0.01;
-            sgd: min(1, K / M)). Default: None.
-        server_momentum: sgd's server momentum (FedAvgM when > 0). Default: 0.0.
-        work_window: T, seconds of local work a task should take (TimelyFL's adaptive
-            local work): a client measured at t seconds a step gets min(K, max(1,
-            floor(T / t))) of the run's K local steps; 0 means every task the K steps.
-            Default: 0.0.
-        server_optimizer: None (AMSGrad, eta = 0.01), a name of `blocks.OPTIMIZERS` or a
-            `ServerOptimizer`; each run starts from fresh moments. Default: None.
         delay_threshold: tau_c, the staleness above which the server step shrinks to
             min(eta, 1 / tau_max). Default: 5.
         **options: what every asyncfl strategy takes (`AsyncflStrategy`) and
             `retry_backoff` (`AsyncStrategy`).
+
+    Other Parameters:
+        client_returns (str): "weights" (any ClientApp that follows Flower's FedAvg contract) or
+            "delta", as in `FedBuff`. Default: "weights".
+        server_lr (float | None): the server step's eta; None means the optimizer's default
+            (amsgrad: 0.01; sgd: min(1, K / M)). Default: None.
+        server_momentum (float): sgd's server momentum (FedAvgM when > 0). Default: 0.0.
+        work_window (float): T, seconds of local work a task should take (TimelyFL's adaptive local
+            work): a client measured at t seconds a step gets min(K, max(1, floor(T / t))) of the
+            run's K local steps; 0 means every task the K steps. Default: 0.0.
+        server_optimizer (ServerOptimizer | str | None): None (AMSGrad, eta = 0.01), a name of
+            `blocks.OPTIMIZERS` or a `ServerOptimizer`; each run starts from fresh moments. Default:
+            None.
 
     Example:
         >>> FADAS(delay_threshold=2).rule.optimizer.name
@@ -96,7 +98,7 @@ class FADAS(BufferedStrategy):
     default_optimizer = "amsgrad"
 
     def __init__(self, buffer_size: int = 10, concurrency: int = 0, *,
-                 delay_threshold: int = 5, **options) -> None:
+                 delay_threshold: int = 5, **options: Any) -> None:
         self.delay_threshold = arguments.integer("delay_threshold", delay_threshold)
         super().__init__(buffer_size, concurrency, **options)
 
