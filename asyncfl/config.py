@@ -415,8 +415,13 @@ SETTINGS: tuple[Setting, ...] = (
             allowed="up to 64 letters, digits and '-'"),
 )
 
+"""Every run-config key, in the order of the docs' table (docs/configuration.md, generated
+from it by `markdown_table`)."""
+
 SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+"""Each `Setting` by its run-config key (`"num-clients"`)."""
 DEFAULTS: dict[str, ConfigValue] = {s.key: s.default for s in SETTINGS}
+"""Each run-config key's default, as `[tool.flwr.app.config]` of pyproject.toml has it."""
 
 
 def validate_run_config(overrides: Mapping[str, Any]) -> dict[str, ConfigValue]:
