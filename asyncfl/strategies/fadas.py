@@ -72,23 +72,21 @@ class FADAS(BufferedStrategy):
     Args:
         buffer_size: K, the updates per server step. Default: 10.
         concurrency: M, the clients in flight at once; 0 means every client. Default: 0.
+        client_returns: "weights" (any ClientApp that follows Flower's FedAvg contract) or
+            "delta", as in `FedBuff`. Default: "weights".
+        server_lr: the server step's eta; None means the optimizer's default (amsgrad: 0.01;
+            sgd: min(1, K / M)). Default: None.
+        server_momentum: sgd's server momentum (FedAvgM when > 0). Default: 0.0.
+        work_window: T, seconds of local work a task should take (TimelyFL's adaptive
+            local work): a client measured at t seconds a step gets min(K, max(1,
+            floor(T / t))) of the run's K local steps; 0 means every task the K steps.
+            Default: 0.0.
+        server_optimizer: None (AMSGrad, eta = 0.01), a name of `blocks.OPTIMIZERS` or a
+            `ServerOptimizer`; each run starts from fresh moments. Default: None.
         delay_threshold: tau_c, the staleness above which the server step shrinks to
             min(eta, 1 / tau_max). Default: 5.
         **options: what every asyncfl strategy takes (`AsyncflStrategy`) and
             `retry_backoff` (`AsyncStrategy`).
-
-    Other Parameters:
-        client_returns (str): "weights" (any ClientApp that follows Flower's FedAvg contract) or
-            "delta", as in `FedBuff`. Default: "weights".
-        server_lr (float | None): the server step's eta; None means the optimizer's default
-            (amsgrad: 0.01; sgd: min(1, K / M)). Default: None.
-        server_momentum (float): sgd's server momentum (FedAvgM when > 0). Default: 0.0.
-        work_window (float): T, seconds of local work a task should take (TimelyFL's adaptive local
-            work): a client measured at t seconds a step gets min(K, max(1, floor(T / t))) of the
-            run's K local steps; 0 means every task the K steps. Default: 0.0.
-        server_optimizer (ServerOptimizer | str | None): None (AMSGrad, eta = 0.01), a name of
-            `blocks.OPTIMIZERS` or a `ServerOptimizer`; each run starts from fresh moments. Default:
-            None.
 
     Example:
         >>> FADAS(delay_threshold=2).rule.optimizer.name
@@ -98,9 +96,14 @@ class FADAS(BufferedStrategy):
     default_optimizer = "amsgrad"
 
     def __init__(self, buffer_size: int = 10, concurrency: int = 0, *,
+                 client_returns: str = "weights", server_lr: float | None = None,
+                 server_momentum: float = 0.0, work_window: float = 0.0,
+                 server_optimizer: ServerOptimizer | str | None = None,
                  delay_threshold: int = 5, **options: Any) -> None:
         self.delay_threshold = arguments.integer("delay_threshold", delay_threshold)
-        super().__init__(buffer_size, concurrency, **options)
+        super().__init__(buffer_size, concurrency, client_returns=client_returns,
+                         server_lr=server_lr, server_momentum=server_momentum,
+                         work_window=work_window, server_optimizer=server_optimizer, **options)
 
     def buffered_rule(self, optimizer: ServerOptimizer, parts: RunParts | None) -> FADASRule:
         return FADASRule(self.buffer_size, optimizer, self.delay_threshold)

@@ -69,29 +69,27 @@ class FedBuff(BufferedStrategy):
     Args:
         buffer_size: K, the updates per server step. Default: 10.
         concurrency: M, the clients in flight at once; 0 means every client. Default: 0.
+        client_returns: what the ClientApp is asked for, "weights" (any ClientApp that
+            follows Flower's FedAvg contract: the server computes each delta from the
+            version the client started from) or "delta". Default: "weights".
+        server_lr: the sgd server step gamma; None means min(1, K / M)
+            (`blocks.default_server_lr`): staleness is about M / K, and M / K steps of K / M
+            move the model as one synchronous average of the same updates would; for a
+            named adaptive `server_optimizer`, None means its own default eta. Default: None.
+        server_momentum: sgd's server momentum beta (FedAvgM when > 0). Default: 0.0.
+        work_window: T, seconds of local work a task should take (TimelyFL's adaptive
+            local work): a client measured at t seconds a step gets min(K, max(1,
+            floor(T / t))) of the run's K local steps; 0 means every task the K steps.
+            Default: 0.0.
+        server_optimizer: None (sgd with `server_lr` and `server_momentum`), a name of
+            `blocks.OPTIMIZERS` ("adam" for FedAdam's step, ...) or a `ServerOptimizer`
+            (then leave `server_lr` and `server_momentum` at their defaults). Each run
+            starts from fresh moments. Default: None.
         staleness: s(tau), a name ("constant", "polynomial", "hinge", with a = 0.5, b = 4)
             or a function of the staleness; None means polynomial with a = 0.5.
             Default: None.
         **options: what every asyncfl strategy takes (`AsyncflStrategy`: Flower's FedAvg
-            arguments, clock, delays, guard, ...) and `retry_backoff` (`AsyncStrategy`), and
-            the buffered strategies' keyword arguments below (`BufferedStrategy`).
-
-    Other Parameters:
-        client_returns (str): what the ClientApp is asked for, "weights" (any ClientApp that follows
-            Flower's FedAvg contract: the server computes each delta from the version the client
-            started from) or "delta". Default: "weights".
-        server_lr (float | None): the sgd server step gamma; None means min(1, K / M)
-            (`blocks.default_server_lr`): staleness is about M / K, and M / K steps of K / M move
-            the model as one synchronous average of the same updates would; for a named adaptive
-            `server_optimizer`, None means its own default eta. Default: None.
-        server_momentum (float): sgd's server momentum beta (FedAvgM when > 0). Default: 0.0.
-        work_window (float): T, seconds of local work a task should take (TimelyFL's adaptive local
-            work): a client measured at t seconds a step gets min(K, max(1, floor(T / t))) of the
-            run's K local steps; 0 means every task the K steps. Default: 0.0.
-        server_optimizer (ServerOptimizer | str | None): None (sgd with `server_lr` and
-            `server_momentum`), a name of `blocks.OPTIMIZERS` ("adam" for FedAdam's step, ...) or a
-            `ServerOptimizer` (then leave `server_lr` and `server_momentum` at their defaults). Each
-            run starts from fresh moments. Default: None.
+            arguments, clock, delays, guard, ...) and `retry_backoff` (`AsyncStrategy`).
 
     Example:
         >>> strategy = FedBuff(buffer_size=3, concurrency=6, staleness="hinge")
@@ -100,9 +98,14 @@ class FedBuff(BufferedStrategy):
     """
 
     def __init__(self, buffer_size: int = 10, concurrency: int = 0, *,
+                 client_returns: str = "weights", server_lr: float | None = None,
+                 server_momentum: float = 0.0, work_window: float = 0.0,
+                 server_optimizer: ServerOptimizer | str | None = None,
                  staleness: str | StalenessFn | None = None, **options: Any) -> None:
         self.staleness = staleness_arg(staleness)
-        super().__init__(buffer_size, concurrency, **options)
+        super().__init__(buffer_size, concurrency, client_returns=client_returns,
+                         server_lr=server_lr, server_momentum=server_momentum,
+                         work_window=work_window, server_optimizer=server_optimizer, **options)
 
     def buffered_rule(self, optimizer: ServerOptimizer, parts: RunParts | None) -> FedBuffRule:
         return FedBuffRule(self.buffer_size, optimizer, self.staleness)
