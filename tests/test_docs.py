@@ -85,8 +85,7 @@ def test_the_site_builds_strictly_without_the_network(tmp_path):
     guard = tmp_path / "guard"
     guard.mkdir()
     (guard / "sitecustomize.py").write_text(NO_NETWORK)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(guard), str(ROOT)]),
-           "NO_MKDOCS_2_WARNING": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(guard), str(ROOT)])}
     site = tmp_path / "site"
     done = subprocess.run([str(mkdocs), "build", "--strict", "--config-file",
                            str(ROOT / "mkdocs.yml"), "--site-dir", str(site)], cwd=tmp_path,
