@@ -423,8 +423,13 @@ SETTINGS: tuple[Setting, ...] = (
             allowed="up to 64 letters, digits and '-'"),
 )
 
+"""Every run-config key, in the order of the docs' table (docs/configuration.md, generated
+from it by `markdown_table`)."""
+
 SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+"""Each `Setting` by its run-config key (`"num-clients"`)."""
 DEFAULTS: dict[str, ConfigValue] = {s.key: s.default for s in SETTINGS}
+"""Each run-config key's default, as `[tool.flwr.app.config]` of pyproject.toml has it."""
 
 
 def validate_run_config(overrides: Mapping[str, Any]) -> dict[str, ConfigValue]:
@@ -655,8 +660,8 @@ def from_python_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def markdown_table() -> str:
-    """The run-config keys as the README's Markdown table (`python -m asyncfl.config
-    README.md` rewrites the one in the README)."""
+    """The run-config keys as the Markdown table of the docs' configuration page
+    (`python -m asyncfl.config docs/configuration.md` rewrites the one there)."""
     rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
     for s in SETTINGS:
         allowed = ", ".join(s.choices) if s.choices else (s.allowed or s.type.__name__)
@@ -665,21 +670,22 @@ def markdown_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-def update_readme(path: str) -> None:
-    """Rewrite the run-config table that follows the `config-table` marker in a README."""
+def update_table(path: str) -> None:
+    """Rewrite the run-config table that follows the `config-table` marker in a Markdown file
+    (docs/configuration.md)."""
     import pathlib
 
-    readme = pathlib.Path(path)
-    text = readme.read_text()
+    page = pathlib.Path(path)
+    text = page.read_text()
     start = text.index("\n", text.index("<!-- config-table")) + 1
     end = text.index("\n\n", start)
-    readme.write_text(text[:start] + markdown_table().rstrip("\n") + text[end:])
+    page.write_text(text[:start] + markdown_table().rstrip("\n") + text[end:])
 
 
 if __name__ == "__main__":
     import sys
 
     if len(sys.argv) > 1:
-        update_readme(sys.argv[1])
+        update_table(sys.argv[1])
     else:
         print(markdown_table(), end="")

@@ -33,7 +33,7 @@ STRATEGIES = {
 }
 # FedBuff applies deltas computed from stale versions: a server step of gamma with staleness
 # tau ~ M / K is stable only for gamma of order 1 / tau, so gamma = K / M here (with gamma = 1
-# the estimate diverges on these runs; see the README).
+# the estimate diverges on these runs; see docs/asynchrony.md).
 COLUMNS = ("strategy", "distribution", "clients", "updates", "abs_error", "mean_staleness",
            "max_staleness", "fast_10pct_share", "wall_s")
 

@@ -363,16 +363,17 @@ def test_the_helper_imports_no_strategy_timing_or_runtime_code():
                 if m.startswith(("asyncfl.strategies", "asyncfl.engine", "asyncfl.tools"))}
 
 
-def readme_blocks() -> list[str]:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Your own ClientApp")[1].split("\n## ")[0]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
+def client_app_page_blocks() -> list[str]:
+    """The python blocks of docs/client-app.md ("Your own ClientApp")."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "client-app.md").read_text()
+    return re.findall(r"```python\n(.*?)```", page, re.S)
 
 
 @pytest.mark.parametrize("strategy", ["APSB", "ESync"])
-def test_the_readme_client_app_trains_with_apsb_and_esync(strategy):
-    """The README's two blocks as they are, but 4 nodes at simulated speeds and 20 versions."""
-    client_code, server_code = readme_blocks()
+def test_the_docs_client_app_trains_with_apsb_and_esync(strategy):
+    """docs/client-app.md's two blocks as they are, but 4 nodes at simulated speeds and 20
+    versions."""
+    client_code, server_code = client_app_page_blocks()
     user: dict = {}
     exec(client_code, user)
     line = server_code.split("\n")[0]

@@ -47,7 +47,7 @@ from plugin_quickstart.server_app import central_evaluate, initial_model, run_on
 from plugin_quickstart.task import Net  # noqa: E402
 
 CONFIG = {"updates": 12, "lr": 0.05, "local-steps": 4}
-#: what a ClientApp without asyncfl.client cannot give these algorithms (see the README)
+#: what a ClientApp without asyncfl.client cannot give these algorithms (see docs/plugin.md)
 NEEDS_THE_HELPER = {"apsb", "esync"}
 
 

@@ -1,4 +1,4 @@
-"""Plain `flwr run .`, as the README tells a newcomer: no environment variable, Flower's own
+"""Plain `flwr run .`, as docs/runtimes.md tells a newcomer: no environment variable, Flower's own
 local SuperLink, results on disk; and the declaration that keeps its runtime env empty."""
 
 import json
@@ -56,7 +56,7 @@ def test_plain_flwr_run_writes_results(tmp_path):
     """`flwr run .` then `flwr run . --run-config "strategy='fedbuff'"` in a copy of the app,
     with FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION unset: both finish completed and write
     their results under the folder the local SuperLink started in; the SuperLink is then
-    stopped by its PID, as the README says."""
+    stopped by its PID, as docs/runtimes.md says."""
     app = tmp_path / "app"
     shutil.copytree(ROOT, app, ignore=shutil.ignore_patterns(
         ".git", ".venv", "outputs", "__pycache__", ".pytest_cache", ".ruff_cache"))

@@ -160,7 +160,7 @@ class RunParts:
     def update(self, reply: TrainReply, rule: Rule, start: Arrays | None) -> Arrays:
         """A checked reply as the update `rule` takes (see `rule_update`). The first reply
         that is not what the ClientApp was asked for is logged: the rule then runs on
-        pseudo-gradients or deltas derived from weights, as the README states."""
+        pseudo-gradients or deltas derived from weights, as docs/plugin.md states."""
         if (self.without_the_helper and STEPS not in reply.metrics
                 and not self._warned_own_training):
             self._warned_own_training = True

@@ -64,7 +64,7 @@ class ALSGD(AsyncStrategy):
     step_setting = "server_lr (run config: server-lr, gamma = lr x server-lr)"
 
     def __init__(self, server_lr: float | None = None, concurrency: int = 0,
-                 **options) -> None:
+                 **options: Any) -> None:
         super().__init__(concurrency, **options)
         self.server_lr = arguments.optional_positive("server_lr", server_lr)
         self.rule = self.new_rule()

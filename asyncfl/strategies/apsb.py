@@ -100,7 +100,7 @@ class SegmentedTasks(WholeTasks):
                 f"APSB needs train_config 'local-steps' >= 1 (K local iterations per push, got "
                 f"{self.dispatcher.settings.get(LOCAL_STEPS)!r}), which it sends in segments: "
                 "put it in train_config, and give the ClientApp the segment handler with "
-                "asyncfl.client.register (README: your own ClientApp)")
+                "asyncfl.client.register (docs/client-app.md: your own ClientApp)")
         return steps
 
     def start(self, arrays: ArrayRecord, version: int, clients: Iterable[int]) -> int:
@@ -141,7 +141,8 @@ class SegmentedTasks(WholeTasks):
                 f"APSB sends its tasks in segments (message type {SEGMENT!r}) so that a worker "
                 "adopts every broadcast model mid-task, and the ClientApp has no handler for "
                 f"them ({completion.failure_reason}). Register one with asyncfl.client.register "
-                "(README: your own ClientApp), or use ALSGD, which is APSB without broadcasts")
+                "(docs/client-app.md: your own ClientApp), or use ALSGD, which is APSB without "
+                "broadcasts")
         final = task.done + task.segment == task.timing.steps
         if final or not completion.ok:
             del self.tasks[completion.client]
@@ -230,7 +231,7 @@ class APSB(ALSGD):
     """
 
     def __init__(self, server_lr: float | None = None, concurrency: int = 0, *,
-                 broadcast_latency: float = 0.0, chunk: int = 1, **options) -> None:
+                 broadcast_latency: float = 0.0, chunk: int = 1, **options: Any) -> None:
         super().__init__(server_lr, concurrency, **options)
         self.broadcast_latency = arguments.non_negative("broadcast_latency", broadcast_latency)
         self.chunk = arguments.integer("chunk", chunk, 1)

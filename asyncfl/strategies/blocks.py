@@ -343,7 +343,7 @@ class BufferedStrategy(AsyncStrategy):
         server_momentum: float = 0.0,
         server_optimizer: ServerOptimizer | str | None = None,
         work_window: float = 0.0,
-        **options,
+        **options: Any,
     ) -> None:
         super().__init__(concurrency, **options)
         self.work_window = arguments.non_negative("work_window", work_window)

@@ -154,7 +154,8 @@ class StateServer:
         if missing:
             raise CapabilityError(
                 "ESync needs the ClientApp to " + " and ".join(missing) + "; wrap its per-step "
-                "train function with asyncfl.client.register (README: your own ClientApp)")
+                "train function with asyncfl.client.register (docs/client-app.md: your own "
+                "ClientApp)")
         self.measured[client] = float(seconds or 0.0) / max(1, int(ran))
 
     def snapshot(self) -> dict:
@@ -202,7 +203,7 @@ class ESync(SyncStrategy):
     step_setting = "server_lr (run config: server-lr)"
 
     def __init__(self, fraction_train: float = 1.0, *, server_lr: float | None = None,
-                 eps: float = 0.0, **options) -> None:
+                 eps: float = 0.0, **options: Any) -> None:
         super().__init__(fraction_train, **options)
         self.server_lr = arguments.optional_positive("server_lr", server_lr)
         self.eps = arguments.non_negative("eps", eps)

@@ -96,9 +96,14 @@ class FADAS(BufferedStrategy):
     default_optimizer = "amsgrad"
 
     def __init__(self, buffer_size: int = 10, concurrency: int = 0, *,
-                 delay_threshold: int = 5, **options) -> None:
+                 client_returns: str = "weights", server_lr: float | None = None,
+                 server_momentum: float = 0.0, work_window: float = 0.0,
+                 server_optimizer: ServerOptimizer | str | None = None,
+                 delay_threshold: int = 5, **options: Any) -> None:
         self.delay_threshold = arguments.integer("delay_threshold", delay_threshold)
-        super().__init__(buffer_size, concurrency, **options)
+        super().__init__(buffer_size, concurrency, client_returns=client_returns,
+                         server_lr=server_lr, server_momentum=server_momentum,
+                         work_window=work_window, server_optimizer=server_optimizer, **options)
 
     def buffered_rule(self, optimizer: ServerOptimizer, parts: RunParts | None) -> FADASRule:
         return FADASRule(self.buffer_size, optimizer, self.delay_threshold)

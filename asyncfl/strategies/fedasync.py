@@ -68,7 +68,7 @@ class FedAsync(AsyncStrategy):
     reply_kind = WEIGHTS
 
     def __init__(self, mixing: float = 0.5, concurrency: int = 0, *,
-                 staleness: str | StalenessFn | None = None, **options) -> None:
+                 staleness: str | StalenessFn | None = None, **options: Any) -> None:
         super().__init__(concurrency, **options)
         self.mixing = mixing
         self.staleness = staleness_arg(staleness)

@@ -98,9 +98,14 @@ class FedBuff(BufferedStrategy):
     """
 
     def __init__(self, buffer_size: int = 10, concurrency: int = 0, *,
-                 staleness: str | StalenessFn | None = None, **options) -> None:
+                 client_returns: str = "weights", server_lr: float | None = None,
+                 server_momentum: float = 0.0, work_window: float = 0.0,
+                 server_optimizer: ServerOptimizer | str | None = None,
+                 staleness: str | StalenessFn | None = None, **options: Any) -> None:
         self.staleness = staleness_arg(staleness)
-        super().__init__(buffer_size, concurrency, **options)
+        super().__init__(buffer_size, concurrency, client_returns=client_returns,
+                         server_lr=server_lr, server_momentum=server_momentum,
+                         work_window=work_window, server_optimizer=server_optimizer, **options)
 
     def buffered_rule(self, optimizer: ServerOptimizer, parts: RunParts | None) -> FedBuffRule:
         return FedBuffRule(self.buffer_size, optimizer, self.staleness)

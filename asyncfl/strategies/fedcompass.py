@@ -321,7 +321,7 @@ class FedCompass(AsyncStrategy):
 
     def __init__(self, mixing: float = 0.9, *, staleness: str | StalenessFn | None = None,
                  q_ratio: float = 0.2, latest_factor: float = 1.5,
-                 speed_momentum: float = 0.9, **options) -> None:
+                 speed_momentum: float = 0.9, **options: Any) -> None:
         super().__init__(0, **options)
         self.mixing = mixing
         self.staleness = staleness_arg(staleness)

@@ -61,7 +61,7 @@ class FedSGD(SyncStrategy):
     fixed_train_config = {LOCAL_STEPS: 1, BATCH_SIZE: 0}
 
     def __init__(self, fraction_train: float = 1.0, *, server_lr: float | None = None,
-                 **options) -> None:
+                 **options: Any) -> None:
         super().__init__(fraction_train, **options)
         self.server_lr = arguments.optional_positive("server_lr", server_lr)
         self.rule = self.new_rule()

@@ -50,7 +50,7 @@ class LSGD(SyncStrategy):
 
     without_the_helper = "FedAvg"
 
-    def __init__(self, fraction_train: float = 1.0, **options) -> None:
+    def __init__(self, fraction_train: float = 1.0, **options: Any) -> None:
         super().__init__(fraction_train, **options)
         self.rule = self.new_rule()
 

@@ -82,7 +82,7 @@ class MIFA(SyncStrategy):
     step_setting = "server_lr (run config: server-lr)"
 
     def __init__(self, fraction_train: float = 1.0, *, server_lr: float | None = None,
-                 **options) -> None:
+                 **options: Any) -> None:
         super().__init__(fraction_train, **options)
         self.server_lr = arguments.optional_positive("server_lr", server_lr)
         self.rule = self.new_rule()

@@ -65,7 +65,7 @@ class RunningMean(AsyncStrategy):
     #: outliers (a value past the divergence limit still is one)
     median_outliers = False
 
-    def __init__(self, concurrency: int = 0, **options) -> None:
+    def __init__(self, concurrency: int = 0, **options: Any) -> None:
         super().__init__(concurrency, **options)
         self.rule = self.new_rule()
 

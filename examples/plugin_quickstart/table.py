@@ -1,5 +1,5 @@
 """Every asyncfl strategy with this example's plain and helped ClientApps under `flwr run` (a
-private local SuperLink, 4 simulated SuperNodes): prints the README's table.
+private local SuperLink, 4 simulated SuperNodes): prints the table in docs/plugin.md.
 
     python examples/plugin_quickstart/table.py [--updates 40] [--local-steps 10]
 
