@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -170,19 +171,24 @@ class MlflowTracker:
             self.client.log_batch(self.run_id, metrics=batch)
 
 
+_OPENING = threading.Lock()
+
+
 @contextmanager
 def _file_store_allowed() -> Iterator[None]:
     """MLflow 3 refuses its file store unless MLFLOW_ALLOW_FILE_STORE is set (its own
-    opt-out, read when the store is opened); set only while this opens one."""
-    before = os.environ.get("MLFLOW_ALLOW_FILE_STORE")
-    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["MLFLOW_ALLOW_FILE_STORE"]
-        else:
-            os.environ["MLFLOW_ALLOW_FILE_STORE"] = before
+    opt-out, read when the store is opened); set only while this opens one, one run at a
+    time, so that runs in threads do not restore it under each other."""
+    with _OPENING:
+        before = os.environ.get("MLFLOW_ALLOW_FILE_STORE")
+        os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+        try:
+            yield
+        finally:
+            if before is None:
+                del os.environ["MLFLOW_ALLOW_FILE_STORE"]
+            else:
+                os.environ["MLFLOW_ALLOW_FILE_STORE"] = before
 
 
 def _batches(items: list, size: int) -> Iterator[list]:

@@ -3,6 +3,7 @@ folder, read back with each library's own reader, hold exactly what evals.csv, c
 and summary.json hold."""
 
 import csv
+import math
 import sys
 
 import numpy as np
@@ -13,6 +14,7 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 import asyncfl
 from asyncfl.config import ConfigError
+from asyncfl.strategies import DivergenceError
 from asyncfl.tracking import write_trackers
 
 SMALL = dict(strategy="fedbuff", num_clients=4, num_server_rounds=4, local_steps=2)
@@ -131,3 +133,38 @@ def test_without_a_tracker_nothing_is_written(tracked, tmp_path):
     _, rows, config, summary = tracked
     write_trackers(tmp_path, {**config, "tracker": ""}, rows, summary)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_stopped_run_is_tracked_as_failed_with_what_it_did(tmp_path, monkeypatch):
+    """A diverging run stops with an error; its trackers get the evaluations until then and
+    MLflow marks the run FAILED."""
+    with pytest.raises(DivergenceError):
+        asyncfl.simulate(run_name="diverged", server_lr=1e4, tracker="tensorboard,mlflow",
+                         output_dir=str(tmp_path / "outputs"),
+                         **{**SMALL, "num_server_rounds": 20})
+    folder = tmp_path / "outputs" / "diverged"
+    with (folder / "evals.csv").open(newline="") as f:
+        losses = [float(row["loss"]) for row in csv.DictReader(f)]
+    _, points = scalars(folder / "tensorboard", "loss")
+    np.testing.assert_array_equal([p.value for p in points], np.float32(losses))
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=(folder / "mlruns").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("diverged").experiment_id])
+    assert run.info.status == "FAILED"
+    history = client.get_metric_history(run.info.run_id, "loss")
+    np.testing.assert_array_equal([m.value for m in history], losses)
+
+
+def test_nan_and_infinite_values_are_carried_not_dropped(tracked, tmp_path, monkeypatch):
+    _, _, config, _ = tracked
+    evals = [{"version": 0, "virtual_time": 0.0, "wall_time": 0.1, "loss": math.nan},
+             {"version": 1, "virtual_time": 1.5, "wall_time": 0.2, "loss": math.inf}]
+    write_trackers(tmp_path, config, evals, {"status": "stopped", "loss": math.inf})
+    _, points = scalars(tmp_path / "tensorboard", "loss")
+    np.testing.assert_array_equal([p.value for p in points], [math.nan, math.inf])
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "loss")
+    np.testing.assert_array_equal([m.value for m in history], [math.nan, math.inf])
+    assert run.data.metrics["summary/loss"] == math.inf and run.info.status == "FAILED"
