@@ -32,6 +32,7 @@ from asyncfl.tasks import (
     TASK_NAMES,
 )
 from asyncfl.tasks.base import DEVICES
+from asyncfl.tracking import INSTALL_HINT, TRACKER_ALLOWED, missing_packages, parse_trackers
 
 ConfigValue = bool | int | float | str
 
@@ -140,6 +141,16 @@ def _run_name(text: str) -> bool:
         return True
     return (bool(text.strip()) and len(text) <= RUN_NAME_MAX and text not in (".", "..")
             and not any(c in text for c in ("/", "\\", "\0")))
+
+
+def _tracker(text: str) -> bool:
+    """Whether `text` names trackers; ConfigError with parse_trackers' reason if not."""
+    try:
+        parse_trackers(text)
+    except ValueError as err:
+        raise ConfigError(f"run-config 'tracker' = {text!r}: {err}; allowed: "
+                          f"{TRACKER_ALLOWED}") from None
+    return True
 
 
 def _path(text: str) -> bool:
@@ -418,6 +429,10 @@ SETTINGS: tuple[Setting, ...] = (
             "taken name gets -2, -3, ... (unless resume)", check=_run_name,
             allowed=f"a folder name of at most {RUN_NAME_MAX} characters, not blank, without "
             "'/', '\\' or NUL"),
+    Setting("tracker", str, "", "also write the run's evaluations, config and summary for "
+            "experiment trackers, at the end of the run, in the results folder: tensorboard/ "
+            "(event files), mlruns/ (an MLflow file store); needs the `tracking` extra",
+            check=_tracker, allowed=TRACKER_ALLOWED),
     Setting("launch-id", str, "", "set by simulate() and asyncfl-flwr-run to find the "
             "results folder the ServerApp created; leave empty", check=_launch_id,
             allowed="up to 64 letters, digits and '-'"),
@@ -610,10 +625,14 @@ def config_warnings(config: Mapping[str, Any]) -> list[str]:
 
 
 def check_local_files(config: Mapping[str, Any]) -> None:
-    """Check the files the ServerApp reads (the delay-trace CSV, a local dataset), where it
-    runs: nodes validate the same run config without them. A trace must be a regular file of
-    at most TRACE_MAX_BYTES, so that /dev/zero or a huge file is refused before it is read; a
-    dataset that is no hub id must exist."""
+    """Check the files the ServerApp reads (the delay-trace CSV, a local dataset) and the
+    tracker packages it imports, where it runs: nodes validate the same run config without
+    them. A trace must be a regular file of at most TRACE_MAX_BYTES, so that /dev/zero or a
+    huge file is refused before it is read; a dataset that is no hub id must exist."""
+    missing = missing_packages(parse_trackers(config["tracker"]))
+    if missing:
+        raise ConfigError(f"run-config 'tracker' = {config['tracker']!r} needs "
+                          f"{' and '.join(missing)}, not installed here: {INSTALL_HINT}")
     if config["task"] == "images":
         from asyncfl.tasks.images import local_path
 

@@ -17,6 +17,7 @@ from typing import IO, Any
 import numpy as np
 
 from asyncfl.config import ConfigError
+from asyncfl.tracking import write_trackers
 
 EVAL_BASE_COLUMNS = ("version", "virtual_time", "wall_time")
 #: summary.json's status: the run went to its end, or stopped with an error (`reason`)
@@ -248,7 +249,8 @@ def write_results(
     """Write every file of the results folder and return the folder. Each file is written
     atomically and summary.json last, so a folder whose writing failed (a full disk) has
     no summary.json and counts as unfinished. `final_arrays` None (a stopped run): no
-    final_model.npz."""
+    final_model.npz. The run-config `tracker`s get the same evaluations and summary here,
+    once, at the end (tracking.write_trackers), before summary.json."""
     write_rows(out / "events.csv", events, event_columns)
     metric_keys = sorted({k for row in evals for k in row} - set(EVAL_BASE_COLUMNS))
     write_rows(out / "evals.csv", evals, (*EVAL_BASE_COLUMNS, *metric_keys))
@@ -275,6 +277,10 @@ def write_results(
             raise results_error(out / name, error) from error
     if finalize is not None:
         finalize(summary)
+    try:
+        write_trackers(out, config, evals, summary)
+    except OSError as error:
+        raise results_error(out, error) from error
     write_json(out / "summary.json", summary)
     return out
 
