@@ -1,7 +1,7 @@
 """Fleets as they are: clients that come and go, links of unequal speed, and the algorithms
 built for them, side by side.
 
-    python experiments/fleets.py                      # 3 x 2 x 7 settings, 3 seeds each
+    python experiments/fleets.py                      # 3 x 2 x 8 settings, 3 seeds each
     python experiments/fleets.py --seeds 1 --strategies fedavg,mifa --budget 200
 
 20 digits clients (Dirichlet 0.5 label skew, lognormal speeds: mean 1 s a step, std 1 s), 5
@@ -10,7 +10,7 @@ online; `churn` (exponential online and offline periods, mean 60 s each); `spars
 s, offline 90 s on average: a quarter online at a time). Networks: none (instant transfers) or
 `mixed`: half the clients on a LAN, a quarter on a constrained link (200 KB/s down, 20 KB/s
 up, 50 ms), a quarter on a poor one (50 KB/s down, 10 KB/s up, 200 ms); the model is 56 KB.
-Strategies at their defaults: FedAvg, FedBuff, CA2FL, MIFA, ESync, FedAsync, and FedAsync
+Strategies at their defaults: FedAvg, FedBuff, CA2FL, MIFA, ESync, FedCompass, FedAsync, and FedAsync
 with Ringmaster's staleness cutoff R = 20 (= the clients in flight). Writes
 outputs/fleets/: table.md / table.csv (mean +- 95% interval across seeds of the final
 accuracy, the best accuracy seen, the share of tasks lost to clients leaving, and the
@@ -52,6 +52,7 @@ STRATEGIES = {
     "ca2fl": {"strategy": "ca2fl"},
     "mifa": {"strategy": "mifa"},
     "esync": {"strategy": "esync"},
+    "fedcompass": {"strategy": "fedcompass"},
     "fedasync": {"strategy": "fedasync"},
     "fedasync-cutoff": {"strategy": "fedasync", "staleness-cutoff": CLIENTS},
 }

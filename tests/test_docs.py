@@ -44,7 +44,7 @@ COVERED_ELSEWHERE = {
 }
 #: commands of ```bash blocks that are neither asyncfl's nor a file of this repository
 KNOWN_TOOLS = {"pip", "flwr", "flower-superlink", "flower-supernode", "ray", "kill", "mkdocs",
-               "pgrep", "."}
+               "pgrep", ".", "tensorboard", "mlflow"}
 #: options whose value is run-config text (`key=value ...`)
 RUN_CONFIG_OPTIONS = {"--run-config", "--grid"}
 
