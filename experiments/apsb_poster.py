@@ -8,7 +8,7 @@ cost and accuracy for K = 1, 4, 8, 16.
 8 workers of unequal speed (per-step times 1, 1.25, 1.5, 2, 2.5, 3, 4, 6 s), virtual clock.
 Every run gets the same budget of local iterations (--iterations per worker on average):
 LSGD runs budget / (8 K) rounds, APSB and A-LSGD budget / K versions. Communication counts
-the algorithm's transfers (APSB: a push per update and the new model to every worker).
+the algorithm's transfers (APSB: a push per update and one broadcast send per new model).
 Every setting runs with each seed (`--seeds`, default 3: a sweep, `asyncfl.tools.sweep`); the
 tables give mean ± 95% interval across seeds. Writes outputs/apsb/table_k8.md,
 table_k_sweep.md (and .csv) and prints them beside the poster's numbers; the sweep's files in

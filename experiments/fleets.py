@@ -10,8 +10,8 @@ online; `churn` (exponential online and offline periods, mean 60 s each); `spars
 s, offline 90 s on average: a quarter online at a time). Networks: none (instant transfers) or
 `mixed`: half the clients on a LAN, a quarter on a constrained link (200 KB/s down, 20 KB/s
 up, 50 ms), a quarter on a poor one (50 KB/s down, 10 KB/s up, 200 ms); the model is 56 KB.
-Strategies at their defaults: FedAvg, FedBuff, CA2FL, MIFA, ESync, FedCompass, FedAsync, and FedAsync
-with Ringmaster's staleness cutoff R = 20 (= the clients in flight). Writes
+Strategies at their defaults: FedAvg, FedBuff, CA2FL, MIFA, ESync, FedCompass, FedAsync, and
+FedAsync with Ringmaster's staleness cutoff R = 20 (= the clients in flight). Writes
 outputs/fleets/: table.md / table.csv (mean +- 95% interval across seeds of the final
 accuracy, the best accuracy seen, the share of tasks lost to clients leaving, and the
 updates applied), accuracy_vs_time.png, and the sweep's files in sweep/ (a rerun skips

@@ -137,3 +137,19 @@ def test_fleets_loses_tasks_only_where_clients_come_and_go(tmp_path):
         assert float(rows[(name, "sparse")]["lost_share"]) > 0
         assert int(float(rows[(name, "sparse")]["updates"])) > 0
     assert (tmp_path / "fl" / "accuracy_vs_time.png").exists()
+
+
+def test_claims_writes_a_table_per_claim_with_every_point(tmp_path):
+    done = run_script("claims.py", "--claims", "timelyfl,mifa", "--scale", "0.05",
+                      "--out", str(tmp_path / "c"), *ONE_SEED, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import csv
+
+    for claim, points in (("timelyfl", ["fedbuff", "fedbuff-window"]),
+                          ("mifa", ["fedavg", "mifa", "ca2fl"])):
+        with (tmp_path / "c" / claim / "table.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        assert [r["strategy"] for r in rows] == points
+        for row in rows:
+            assert 0 <= float(row["final_accuracy"]) <= 1 and 0 < float(row["top_share"]) <= 1
+            assert row["reached"] in ("0/1", "1/1")

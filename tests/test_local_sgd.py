@@ -133,10 +133,12 @@ def test_communication_falls_as_one_over_k(out):
         comm[k] = run.summary["comm_bytes_up"] + run.summary["comm_bytes_down"]
     # one push of a model-sized gradient per K iterations
     assert len({bytes_up[k] * k for k in bytes_up}) == 1
-    # a push and a broadcast to 4 workers per version, plus the initial model to each
+    # a push and one broadcast (a single send all 4 workers receive) per version, plus the
+    # initial model to each worker: 2 models a version and 4 at the start
     per_version = (comm[1] - comm[2]) / (total_iterations // 2)
     for k in comm:
-        assert comm[k] == pytest.approx(per_version * (total_iterations // k + 0.8), rel=1e-9)
+        assert comm[k] == pytest.approx(per_version * (total_iterations // k + 2), rel=1e-9)
+    assert per_version == 2 * bytes_up[1] / total_iterations
 
 
 def test_local_steps_must_be_set_for_k_iteration_strategies():
