@@ -22,7 +22,7 @@ from asyncfl.engine.base import AsyncStrategy
 from asyncfl.engine.checkpoint import state_class
 from asyncfl.engine.dispatch import Dispatcher, WholeTasks, seconds_per_step
 from asyncfl.engine.runner import Arrays, RunParts
-from asyncfl.protocol import LOCAL_STEPS, WEIGHTS
+from asyncfl.protocol import DELTA, LOCAL_STEPS
 from asyncfl.strategies.blocks import StalenessFn, staleness_arg, staleness_function
 from asyncfl.strategies.registry import async_settings, register
 
@@ -195,27 +195,30 @@ class CompassScheduler:
 
 class FedCompassRule:
     r"""The server's step. Updates wait in their group's buffer (or the late buffer) until
-    the group closes. Then, with B the group's and the late buffer's updates w_i, each started
-    tau_i versions ago, N the clients, alpha the mixing weight and s the staleness weight:
+    the group closes. Then, with B the group's and the late buffer's deltas Delta_i (each
+    client's model minus the one it started from, tau_i versions ago), N the clients, alpha
+    the mixing weight and s the staleness weight:
 
     .. math::
-        w \leftarrow w + \sum_{i \in B} \frac{\alpha \, s(\tau_i)}{N} (w_i - w)
+        w \leftarrow w + \sum_{i \in B} \frac{\alpha \, s(\tau_i)}{N} \Delta_i
 
     so each client moves the model by its 1/N share (uniform, as in the paper's reference
-    implementation, APPFL); with equal speeds, alpha = 1 and s = 1 every round is one
-    group of all N clients and the step is FedAvg's uniform average.
+    implementation, APPFL, whose gradient-based form this is: a stale client adds its own
+    progress instead of pulling the model back toward the old one it started from). With
+    equal speeds, alpha = 1 and s = 1 every round is one group of all N clients, all fresh,
+    and the step is FedAvg's uniform average.
 
     Example:
         >>> import numpy as np
         >>> rule = FedCompassRule(CompassScheduler(4, 1, 1.5, 0.9), 1.0, lambda tau: 1.0, 2)
         >>> rule.scheduler.placement.update({0: 0, 1: 0})
-        >>> rule.fold({"x": np.array([0.0])}, {"x": np.array([2.0])}, 1, 0, 0)
-        >>> rule.fold({"x": np.array([0.0])}, {"x": np.array([4.0])}, 1, 0, 1)
-        >>> rule.aggregate({"x": np.array([0.0])}, 0)
-        {'x': array([3.])}
+        >>> rule.fold({"x": np.array([1.0])}, {"x": np.array([2.0])}, 1, 0, 0)
+        >>> rule.fold({"x": np.array([1.0])}, {"x": np.array([4.0])}, 1, 0, 1)
+        >>> rule.aggregate({"x": np.array([1.0])}, 0)
+        {'x': array([4.])}
     """
 
-    update_kind = WEIGHTS
+    update_kind = DELTA
     state_fields = ("scheduler", "buffers", "version")
 
     def __init__(self, scheduler: CompassScheduler, mixing: float, staleness: StalenessFn,
@@ -247,7 +250,7 @@ class FedCompassRule:
         new = {}
         for key, value in global_arrays.items():
             moved = value.astype(np.float64)
-            moved = moved + sum(share * (u[key].astype(np.float64) - value)
+            moved = moved + sum(share * u[key].astype(np.float64)
                                 for share, (_, u) in zip(shares, updates, strict=True))
             new[key] = moved.astype(value.dtype)
         return new
@@ -317,7 +320,7 @@ class FedCompass(AsyncStrategy):
         0.5
     """
 
-    reply_kind = WEIGHTS
+    reply_kind = DELTA
 
     def __init__(self, mixing: float = 0.9, *, staleness: str | StalenessFn | None = None,
                  q_ratio: float = 0.2, latest_factor: float = 1.5,

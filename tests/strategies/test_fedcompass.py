@@ -71,15 +71,15 @@ def test_the_speed_is_an_exponential_average_and_lost_tasks_leave_their_group():
 
 
 def test_the_server_step_by_hand():
-    """w + sum alpha s(tau) / N (w_i - w) over the group's and the late updates."""
+    """w + sum alpha s(tau) / N Delta_i over the group's and the late deltas."""
     scheduler = CompassScheduler(4, 1, 1.5, 0.9)
     rule = FedCompassRule(scheduler, 0.5, lambda tau: 1 / (1 + tau), num_clients=4)
     rule.version = 3
     scheduler.placement.update({0: 7, 1: 7, 2: LATE})
     w = {"x": np.array([1.0, 2.0], dtype=np.float32)}
-    assert rule.fold(w, {"x": np.array([3.0, 2.0])}, 10, 0, 0) is None
-    assert rule.fold(w, {"x": np.array([1.0, 6.0])}, 10, 1, 1) is None
-    assert rule.fold(w, {"x": np.array([5.0, 2.0])}, 10, 3, 2) is None
+    assert rule.fold(w, {"x": np.array([2.0, 0.0])}, 10, 0, 0) is None
+    assert rule.fold(w, {"x": np.array([0.0, 4.0])}, 10, 1, 1) is None
+    assert rule.fold(w, {"x": np.array([4.0, 0.0])}, 10, 3, 2) is None
     new = rule.aggregate(w, 7)
     # shares 0.5/4 * (1, 1/2, 1/4): x0 = 1 + 2/8 + 0 + 4/32, x1 = 2 + 0 + 4/16 + 0
     np.testing.assert_allclose(new["x"], [1.375, 2.25])
