@@ -77,13 +77,14 @@ def main(grid: Grid, context: Context) -> None:
     check_task(config)  # data, columns, labels, model fit; the split if num-clients is set
     for note in config_warnings(config):
         log(WARNING, "%s", note)
-    size, note = parallel_used(grid, config)
-    if config["parallel-clients"] > 1 and size == 1:
-        log(WARNING, "run-config 'parallel-clients' = %d has no effect here: only the inline "
-            "runtime running asyncfl's ClientApp (asyncfl.simulate) trains clients together",
-            config["parallel-clients"])
-    elif size > 1 or config["parallel-clients"] == PARALLEL_AUTO:
-        log(INFO, "%s", note)
+    if config["parallel-clients"] != 1:  # the Grid is not touched before this point
+        size, note = parallel_used(grid, config)
+        if config["parallel-clients"] > 1 and size == 1:
+            log(WARNING, "run-config 'parallel-clients' = %d has no effect here: only the "
+                "inline runtime running asyncfl's ClientApp (asyncfl.simulate) trains clients "
+                "together", config["parallel-clients"])
+        else:
+            log(INFO, "%s", note)
     if not config["profile"]:
         run_server(grid, config)
         return
