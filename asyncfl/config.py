@@ -52,9 +52,13 @@ class Setting:
     choices: tuple[str, ...] = ()
     check: Callable[[Any], bool] | None = None
     allowed: str = ""
+    #: words that stand for a value of the setting's type ("auto" -> 0)
+    aliases: tuple[tuple[str, ConfigValue], ...] = ()
 
     def parse(self, value: Any) -> ConfigValue:
         """Return `value` coerced to this setting's type, or raise ConfigError."""
+        if isinstance(value, str) and value in dict(self.aliases):
+            value = dict(self.aliases)[value]
         value = self._coerce(value)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(
@@ -176,6 +180,12 @@ MAX_INTERVAL_EVALS = 100_000
 TRAIN_EXAMPLES = {"digits": 1437, "mnist": 60_000, "fashion-mnist": 60_000, "cifar10": 50_000}
 #: most clients of the tasks whose data grows with them (mean, synthetic)
 MAX_CLIENTS = 100_000
+#: most clients parallel-clients = auto trains together
+PARALLEL_AUTO_MAX = 1024
+#: ... on cpu when psutil (free memory) is not installed
+PARALLEL_AUTO_NO_PSUTIL = 64
+#: parallel-clients = 0: the word for it
+PARALLEL_AUTO = 0
 #: num-clients = 0 in simulate() and asyncfl-flwr-run, which make the nodes themselves
 SIMULATED_CLIENTS = 10
 #: largest delay-trace file read
@@ -262,8 +272,17 @@ SETTINGS: tuple[Setting, ...] = (
             check=_positive, allowed="an integer >= 1"),
     Setting("parallel-clients", int, 1, "inline runtime, virtual clock: train up to this "
             "many pending client tasks together as one vectorized computation (same results "
-            "to float rounding; 1 = one at a time)", check=_positive,
-            allowed="an integer >= 1"),
+            "to float rounding; 1 = one at a time, bit-identical across runtimes). 0 or "
+            "'auto': as many as are pending, at most floor(available / (2 x per client)) "
+            "where per client = 4 bytes x (4 x the model's parameters: weights, gradients, "
+            "their copies, a gradient sum; plain SGD keeps no optimizer state) + 2 x a "
+            "batch's activations, available = free CUDA memory (torch.cuda.mem_get_info) "
+            f"or free RAM (psutil), at most {PARALLEL_AUTO_MAX} ({PARALLEL_AUTO_NO_PSUTIL} on "
+            "cpu without psutil); one at a time, quietly, where clients cannot be trained "
+            "together (wall clock, apsb, faults, batch norm, a model torch.func cannot "
+            "vectorize, another runtime). summary.json says which P ran",
+            check=_non_negative, allowed="0 or 'auto', or an integer >= 1",
+            aliases=(("auto", 0),)),
     Setting("lr", float, 0.2, "client learning rate eta", check=_positive, allowed=_POSITIVE),
     Setting("server-lr", float, 0.0, "the server step, in the same units as the strategies' "
             "server_lr: the multiple of the clients' move (a delta x server-lr for the "
@@ -569,25 +588,31 @@ def _check_server_optimizer(config: Mapping[str, Any]) -> None:
             f"(FedAvgM); server-optimizer = {name} takes 'server-beta1' instead")
 
 
-def _check_parallel_clients(config: Mapping[str, Any]) -> None:
-    """What training clients together cannot reproduce is refused (the model is checked when
-    the inline Grid is built: tools/together.py)."""
-    size = config["parallel-clients"]
-    if size == 1:
-        return
-    why = ""
+def parallel_problem(config: Mapping[str, Any]) -> str:
+    """Why the run config's clients cannot be trained together ('' if nothing in the config
+    stands against it; the model is checked when the inline Grid is built: tools/together.py).
+    """
     if config["clock"] != "virtual":
-        why = ("with clock = wall replies apply in arrival order and clients sleep their "
-               "delays, so they cannot wait to be trained together; it needs clock = virtual")
-    elif config["strategy"] == "apsb":
-        why = ("apsb sends tasks in segments whose local model stays on the node between "
-               "messages; they are not trained together")
-    elif config["task"] not in MODEL_TASKS + ("synthetic",):
-        why = f"task = {config['task']} trains no torch model"
-    elif config["fault-fraction"] > 0:
-        why = ("injected faults (fault-fraction > 0) are the ClientApp's, one message at "
-               "a time")
-    if why:
+        return ("with clock = wall replies apply in arrival order and clients sleep their "
+                "delays, so they cannot wait to be trained together; it needs clock = virtual")
+    if config["strategy"] == "apsb":
+        return ("apsb sends tasks in segments whose local model stays on the node between "
+                "messages; they are not trained together")
+    if config["task"] not in MODEL_TASKS + ("synthetic",):
+        return f"task = {config['task']} trains no torch model"
+    if config["fault-fraction"] > 0:
+        return ("injected faults (fault-fraction > 0) are the ClientApp's, one message at "
+                "a time")
+    return ""
+
+
+def _check_parallel_clients(config: Mapping[str, Any]) -> None:
+    """What training clients together cannot reproduce is refused when P > 1 is asked for;
+    auto (0) falls back to one at a time instead (tools/together.py)."""
+    size = config["parallel-clients"]
+    if size in (1, PARALLEL_AUTO):
+        return
+    if why := parallel_problem(config):
         raise ConfigError(f"run-config 'parallel-clients' = {size}: {why}; set "
                           "parallel-clients = 1")
 

@@ -17,6 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from asyncfl.config import (
     MAX_CLIENTS,
+    PARALLEL_AUTO,
     changed_strategy_settings,
     check_local_files,
     config_warnings,
@@ -76,13 +77,14 @@ def main(grid: Grid, context: Context) -> None:
     check_task(config)  # data, columns, labels, model fit; the split if num-clients is set
     for note in config_warnings(config):
         log(WARNING, "%s", note)
-    if config["parallel-clients"] > 1 and getattr(grid, "together", None) is None:
-        log(WARNING, "run-config 'parallel-clients' = %d has no effect here: only the inline "
-            "runtime running asyncfl's ClientApp (asyncfl.simulate) trains clients together",
-            config["parallel-clients"])
-    elif config["parallel-clients"] > 1:
-        log(INFO, "parallel-clients = %d: pending client tasks are trained up to %d at a time "
-            "as one computation", config["parallel-clients"], config["parallel-clients"])
+    if config["parallel-clients"] != 1:  # the Grid is not touched before this point
+        size, note = parallel_used(grid, config)
+        if config["parallel-clients"] > 1 and size == 1:
+            log(WARNING, "run-config 'parallel-clients' = %d has no effect here: only the "
+                "inline runtime running asyncfl's ClientApp (asyncfl.simulate) trains clients "
+                "together", config["parallel-clients"])
+        else:
+            log(INFO, "%s", note)
     if not config["profile"]:
         run_server(grid, config)
         return
@@ -91,6 +93,20 @@ def main(grid: Grid, context: Context) -> None:
     profiler.dump_stats(out / "server.prof")
     with (out / "server_profile.txt").open("w") as f:
         pstats.Stats(profiler, stream=f).sort_stats("cumulative").print_stats(60)
+
+
+def parallel_used(grid: Grid, config: Mapping[str, Any]) -> tuple[int, str]:
+    """How many clients the Grid trains together at most (1: one at a time), and a line
+    saying why: the inline Grid's choice (`tools/together.py`); any other Grid runs every
+    ClientApp call on its own."""
+    together = getattr(grid, "together", None)
+    note = getattr(grid, "parallel_note", None)
+    if note is None:
+        label = ("auto" if config["parallel-clients"] == PARALLEL_AUTO
+                 else config["parallel-clients"])
+        note = (f"parallel-clients = {label}: one at a time (only the inline runtime trains "
+                "clients together)")
+    return (together.size if together is not None else 1), note
 
 
 def make_delays(config: Mapping[str, Any]) -> DelayModel:
@@ -303,6 +319,7 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
         for i, node in enumerate(node_ids)
     ]
 
+    summary["parallel_clients"], summary["parallel_clients_note"] = parallel_used(grid, config)
     summary["changed_settings"] = changed_strategy_settings(config)
     summary["participation"] = participation([c["updates"] for c in clients])
     if note := dominance_note(config["strategy"], summary["participation"]):

@@ -47,8 +47,11 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(config["output-dir"]) / config["run-name"]
     out.mkdir(parents=True, exist_ok=True)
     updates = config["num-server-rounds"] * config["num-clients"]
+    # what run_flower looks for: the launch-id in config.json, a finished summary.json
+    (out / "config.json").write_text(json.dumps({"launch-id": config["launch-id"]}))
     (out / "summary.json").write_text(json.dumps(
-        {"updates": updates, "wall_time": wall, "updates_per_wall_second": updates / wall}))
+        {"status": "finished", "updates": updates, "wall_time": wall,
+         "updates_per_wall_second": updates / wall}))
 '''
 
 
@@ -62,30 +65,35 @@ def baseline_app(folder: Path) -> Path:
     return folder
 
 
-def measure(reps: int, out: str) -> list[dict]:
-    settings = {"num-clients": NODES, "num-server-rounds": ROUNDS, "local-steps": STEPS,
-                "batch-size": 16, "eval-every": ROUNDS, "output-dir": str(Path(out).resolve())}
+def measure(reps: int, out: str, nodes: int = NODES, rounds: int = ROUNDS, steps: int = STEPS,
+            extra: dict | None = None, gpus_per_client: float = 0.0) -> list[dict]:
+    """One row per ServerApp (Flower's FedAvg first): the median of `reps` runs. `extra`:
+    more run-config settings for all three (e.g. torch-device); `gpus_per_client`: the
+    share of a GPU Ray gives each ClientApp."""
+    settings = {"num-clients": nodes, "num-server-rounds": rounds, "local-steps": steps,
+                "batch-size": 16, "eval-every": rounds, "output-dir": str(Path(out).resolve()),
+                **(extra or {})}
     runs = {
         "flower FedAvg": ({}, "baseline"),
         "asyncfl fedavg": ({"strategy": "fedavg"}, "project"),
-        "asyncfl fedbuff": ({"strategy": "fedbuff", "buffer-size": NODES,
-                             "concurrency": NODES, "num-server-rounds": ROUNDS}, "project"),
+        "asyncfl fedbuff": ({"strategy": "fedbuff", "buffer-size": nodes,
+                             "concurrency": nodes, "num-server-rounds": rounds}, "project"),
     }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         apps = {"baseline": baseline_app(Path(tmp)), "project": ROOT}
-        for name, (extra, app) in runs.items():
+        for name, (own, app) in runs.items():
             rates, totals = [], []
             for rep in range(reps):
                 started = time.perf_counter()
-                folder = run_flower({**settings, **extra,
+                folder = run_flower({**settings, **own,
                                      "run-name": f"engine-{name.replace(' ', '-')}-{rep}"},
-                                    apps[app])
+                                    apps[app], gpus_per_client=gpus_per_client)
                 totals.append(time.perf_counter() - started)
                 rates.append(json.loads((folder / "summary.json").read_text())
                              ["updates_per_wall_second"])
                 shutil.rmtree(folder, ignore_errors=True)
-            rows.append({"run": name, "nodes": NODES, "updates": NODES * ROUNDS,
+            rows.append({"run": name, "nodes": nodes, "updates": nodes * rounds,
                          "updates_per_s": sorted(rates)[reps // 2],
                          "command_s": sorted(totals)[reps // 2]})
     base = rows[0]["updates_per_s"]

@@ -1,7 +1,7 @@
 """All of asyncfl's benchmarks, side by side in one run.
 
     python benchmarks/run.py                   # everything (about 14 minutes here)
-    python benchmarks/run.py --only overhead   # overhead | engine | scale | mean | batched
+    python benchmarks/run.py --only overhead   # overhead | engine | scale | mean | batched | gpu
     python benchmarks/run.py --reps 5
 
 Prints one table per benchmark (medians of --reps repetitions, ratios measured in this run,
@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import batched  # noqa: E402
 import engine  # noqa: E402
+import gpu  # noqa: E402
 import mean_throughput  # noqa: E402
 import overhead  # noqa: E402
 import scale  # noqa: E402
@@ -34,7 +35,16 @@ BENCHMARKS = {
     "scale": scale.measure,
     "mean": lambda reps, out: mean_throughput.measure(reps, out),
     "batched": batched.measure,
+    # cuda where there is one; else the dry run on the cpu (small sizes)
+    "gpu": lambda reps, out: gpu.measure(reps, out, *(("cuda", False) if _cuda() else
+                                                      ("cpu", True))),
 }
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def main() -> None:

@@ -214,3 +214,81 @@ def test_a_batch_that_fails_falls_back_to_the_client_app_per_message():
     assert [r.has_error() for r in replies] == [False, True, False]
     assert "classifier.3.bias" in replies[1].error.reason
     assert grid.together.batch_sizes == []
+
+
+AUTO_RUNS = ("fedavg", "fedbuff", "esync", "alsgd")
+
+
+@pytest.mark.parametrize("strategy", AUTO_RUNS)
+def test_auto_gives_the_p1_run(strategy, out):
+    """parallel-clients = auto (the word, or 0) trains clients together where it can, with
+    the P = 1 run's results to the same tolerance, and says which P it used."""
+    kw = dict(strategy=strategy, num_clients=10, num_server_rounds=3, seed=5, lr=0.1,
+              partition="dirichlet", alpha=2.0, eval_every=1000, **RUNS[strategy], **out)
+    one = asyncfl.simulate(run_name="p1", **kw)
+    auto = asyncfl.simulate(grid_class=RecordingGrid, parallel_clients="auto", run_name="auto",
+                            **kw)
+    assert auto.config["parallel-clients"] == 0
+    assert max(RecordingGrid.batches) > 1
+    assert auto.summary["parallel_clients"] == 10  # capped by the clients, not by memory
+    assert auto.summary["parallel_clients_note"].startswith("parallel-clients = auto: up to 10")
+    assert one.summary["parallel_clients"] == 1
+    assert_close(one.final_arrays(), auto.final_arrays())
+    np.testing.assert_allclose(losses(auto), losses(one), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    (dict(strategy="apsb", local_steps=2), "segments"),
+    (dict(clock="wall", delay_dist="constant", delay_mean=1e-3), "clock = virtual"),
+    (dict(task="mean", strategy="running-mean"), "no torch model"),
+    (dict(fault_fraction=0.5), "fault"),
+    (dict(model="small-cnn-bn"), "batch norm"),
+])
+def test_auto_falls_back_to_one_at_a_time_quietly(overrides, reason, out):
+    """Where P > 1 is refused, auto runs one at a time instead and the summary says why."""
+    result = asyncfl.simulate(grid_class=RecordingGrid, parallel_clients="auto", num_clients=4,
+                              num_server_rounds=1, **overrides, **out)
+    assert RecordingGrid.batches == []
+    assert result.summary["parallel_clients"] == 1
+    note = result.summary["parallel_clients_note"]
+    assert note.startswith("parallel-clients = auto: one at a time") and reason in note
+
+
+def test_auto_is_a_word_or_zero_and_nothing_else():
+    assert validate_run_config({"parallel-clients": "auto"})["parallel-clients"] == 0
+    assert validate_run_config({"parallel-clients": 0})["parallel-clients"] == 0
+    with pytest.raises(ConfigError, match="parallel-clients.*type int"):
+        validate_run_config({"parallel-clients": "many"})
+    with pytest.raises(ConfigError, match="parallel-clients.*out of range"):
+        validate_run_config({"parallel-clients": -1})
+
+
+def test_auto_is_capped_by_memory(digits):
+    """Half the free memory over each client's share, at most the clients and
+    PARALLEL_AUTO_MAX; a fixed cap where free memory is unknown."""
+    from asyncfl.config import PARALLEL_AUTO_MAX, PARALLEL_AUTO_NO_PSUTIL
+    from asyncfl.tasks.batched import client_bytes
+    from asyncfl.tools.together import auto_size
+
+    task = digits("mnist-cnn")
+    config = validate_run_config({"num-clients": 20, "model": "mnist-cnn", "batch-size": 10})
+    each = client_bytes(task, 10)
+    params = sum(p.numel() for p in task.model().parameters())
+    assert 16 * params < each < 16 * params + 4 * 2 * 10 * 10_000  # + a few activations
+    assert client_bytes(task, 100) > each  # activations grow with the batch
+    assert auto_size(task, config, "cpu", free=2 * each * 7)[0] == 7
+    assert auto_size(task, config, "cpu", free=each)[0] == 1
+    assert auto_size(task, config, "cpu", free=2**50)[0] == 20  # the clients
+    many = {**config, "num-clients": 10 * PARALLEL_AUTO_MAX}
+    assert auto_size(task, many, "cpu", free=2**50)[0] == PARALLEL_AUTO_MAX
+    size, why = auto_size(task, many, "cpu", free=None)
+    if free_memory_known():
+        assert "GiB free" in why
+    else:
+        assert size == PARALLEL_AUTO_NO_PSUTIL and "psutil" in why
+
+
+def free_memory_known() -> bool:
+    from asyncfl.tools.together import free_memory
+
+    return free_memory("cpu") is not None

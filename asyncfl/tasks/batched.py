@@ -187,3 +187,36 @@ def batching_problem(task: Task, device: str = "cpu") -> str:
     except Exception as err:  # what torch.func cannot do with this model, said plainly
         return f"torch.func cannot vectorize the model ({type(err).__name__}: {err})"
     return ""
+
+
+#: copies of the parameters one client holds while trained together: stacked weights, their
+#: gradients, the copies of a non-contiguous pick, a gradient sum (plain SGD: no other state)
+PARAMETER_COPIES = 4
+#: activations are kept for the backward pass and their gradients flow back: twice
+ACTIVATION_COPIES = 2
+
+
+def client_bytes(task: ClassificationTask, batch_size: int) -> int:
+    """Rough bytes one client costs while trained together: PARAMETER_COPIES x its float32
+    parameters plus ACTIVATION_COPIES x the outputs of every module of one forward pass over
+    `batch_size` examples (0: the largest partition), measured on the cpu."""
+    model = task.model()
+    params = sum(p.numel() for p in model.parameters())
+    if batch_size <= 0:
+        batch_size = max((len(p) for p in task.partitions), default=1)
+    batch_size = max(1, min(batch_size, len(task.x_train)))
+    outputs = [0]
+
+    def count(_module: nn.Module, _inputs: object, output: object) -> None:
+        if isinstance(output, torch.Tensor):
+            outputs[0] += output.numel()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            model.to("cpu")(task.x_train[:batch_size])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return 4 * (PARAMETER_COPIES * params + ACTIVATION_COPIES * outputs[0])

@@ -32,7 +32,7 @@ from asyncfl.config import (
 )
 from asyncfl.protocol import PARTITION_ID, not_a_message
 from asyncfl.results import check_output_dir, default_run_name, find_launched_run, run_dir
-from asyncfl.tools.together import together_for
+from asyncfl.tools.together import plan_together
 
 SERVER_NODE_ID = 1
 
@@ -72,8 +72,9 @@ class InlineGrid(Grid):
             for i, node_id in enumerate(random_node_ids(num_nodes, seed))
         }
         self._pending: dict[str, Message] = {}
-        #: with parallel-clients > 1, computes pending train replies P at a time
-        self.together = together_for(client_app, run_config)
+        #: with parallel-clients > 1 (or auto where it can), computes pending train replies
+        #: P at a time; `parallel_note` says which P runs and why
+        self.together, self.parallel_note = plan_together(client_app, run_config)
         self.report_silence = run_config.get("clock") != "wall"
         TaskIdentity.run_id = run_id
         TaskIdentity.node_id = SERVER_NODE_ID

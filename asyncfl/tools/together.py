@@ -9,7 +9,9 @@ asyncfl's ClientApp would have sent (to float rounding), so no strategy can tell
 
 Only plain `train` messages to asyncfl's own ClientApp are trained together; any other message
 runs the ClientApp as usual. What cannot work is refused when the Grid is built, naming
-`parallel-clients` (`check_together`, and the config checks in `config.py`).
+`parallel-clients` (`plan_together`, and the config checks in `config.py`); with
+`parallel-clients = auto` the same cases fall back to one at a time, and P is capped by
+memory (`auto_size`).
 """
 
 from __future__ import annotations
@@ -30,11 +32,18 @@ from asyncfl.client_app import (
     task_settings,
     trained_from,
 )
-from asyncfl.config import ConfigError
+from asyncfl.config import (
+    PARALLEL_AUTO,
+    PARALLEL_AUTO_MAX,
+    PARALLEL_AUTO_NO_PSUTIL,
+    ConfigError,
+    parallel_problem,
+)
 from asyncfl.protocol import ARRAYS, PARTITION_ID, TRAIN
 from asyncfl.tasks import load_task
 from asyncfl.tasks.base import resolve_device
-from asyncfl.tasks.batched import ClientJob, batching_problem, train_together
+from asyncfl.tasks.batched import ClientJob, batching_problem, client_bytes, train_together
+from asyncfl.tasks.classification import ClassificationTask
 
 
 class TrainTogether:
@@ -42,9 +51,10 @@ class TrainTogether:
     Grid is asked for them; memory: P models and gradients while training, plus the replies
     of tasks still in flight."""
 
-    def __init__(self, config: Mapping[str, Any], size: int) -> None:
+    def __init__(self, config: Mapping[str, Any], size: int,
+                 task: ClassificationTask | None = None) -> None:
         self.size = size
-        self.task = load_task(config)
+        self.task = task if task is not None else load_task(config)
         self._ready: dict[str, Message] = {}
         self._alone: set[str] = set()  # ids whose batch failed: the ClientApp answers them
         #: how many tasks each vectorized computation trained (for benchmarks and tests)
@@ -112,17 +122,73 @@ class TrainTogether:
                 seconds * outcome.steps / total_steps, injected_corruption)
 
 
-def together_for(client_app: ClientApp, config: Mapping[str, Any]) -> TrainTogether | None:
-    """The batching collaborator an inline Grid running `client_app` uses: None when
-    parallel-clients is 1 (or not set) or the app is not asyncfl's own, whose training it
-    reproduces. Raises ConfigError (naming parallel-clients) when the run's task or model
-    cannot be trained together."""
-    size = int(config.get("parallel-clients", 1))
-    if size <= 1 or client_app is not app:
+def free_memory(device: str) -> int | None:
+    """Bytes free for training on `device`: free CUDA memory, free RAM (psutil) on the cpu,
+    None where it is not known (cpu without psutil)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        import psutil
+    except ImportError:
         return None
+    return int(psutil.virtual_memory().available)
+
+
+def auto_size(task: ClassificationTask, config: Mapping[str, Any], device: str,
+              free: int | None = None) -> tuple[int, str]:
+    """parallel-clients = auto: how many clients to train together at most, and why (the
+    rule of the setting's help text): half the free memory over each client's share
+    (`client_bytes`), at most PARALLEL_AUTO_MAX and the number of clients; at most
+    PARALLEL_AUTO_NO_PSUTIL where free memory is not known. `free` overrides the measure."""
+    if free is None:
+        free = free_memory(device)
+    clients = int(config["num-clients"]) or PARALLEL_AUTO_MAX
+    if free is None:
+        size, why = PARALLEL_AUTO_NO_PSUTIL, "free memory unknown (psutil not installed)"
+    else:
+        each = client_bytes(task, int(config["batch-size"]))
+        size = max(1, free // (2 * each))
+        why = (f"{free / 2**30:.1f} GiB free on {device}, about {each / 2**20:.2f} MiB per "
+               "client")
+    size = min(size, PARALLEL_AUTO_MAX, clients)
+    return size, why
+
+
+def plan_together(client_app: ClientApp, config: Mapping[str, Any]
+                  ) -> tuple[TrainTogether | None, str]:
+    """The batching collaborator an inline Grid running `client_app` uses, and a line that
+    says which P runs and why. None (P = 1) when parallel-clients is 1 (or not set), or it
+    is auto and the run cannot train clients together (the config, another app than
+    asyncfl's own, whose training it reproduces, or the model). Raises ConfigError (naming
+    parallel-clients) when P > 1 is asked for and the task or model cannot be trained
+    together."""
+    size = int(config.get("parallel-clients", 1))
+    if size == 1:
+        return None, "parallel-clients = 1: one at a time"
+    auto = size == PARALLEL_AUTO
+    label = "parallel-clients = auto" if auto else f"parallel-clients = {size}"
+    if client_app is not app:
+        return None, f"{label}: one at a time (not asyncfl's ClientApp)"
+    if auto and (problem := parallel_problem(config)):
+        return None, f"{label}: one at a time ({problem})"
     device = resolve_device(str(config["torch-device"]))
-    problem = batching_problem(load_task(config), device)
+    task = load_task(config)
+    problem = batching_problem(task, device)
+    if problem and auto:
+        return None, f"{label}: one at a time ({problem})"
     if problem:
         raise ConfigError(f"run-config 'parallel-clients' = {size}: {problem}; set "
                           "parallel-clients = 1 to train these clients one at a time")
-    return TrainTogether(config, size)
+    if not auto:
+        return TrainTogether(config, size, task), f"{label}: up to {size} at a time"
+    size, why = auto_size(task, config, device)
+    if size <= 1:
+        return None, f"{label}: one at a time ({why})"
+    return TrainTogether(config, size, task), f"{label}: up to {size} at a time ({why})"
+
+
+def together_for(client_app: ClientApp, config: Mapping[str, Any]) -> TrainTogether | None:
+    """The batching collaborator alone (`plan_together` without its line)."""
+    return plan_together(client_app, config)[0]
