@@ -2,6 +2,7 @@
 
     python benchmarks/run.py                   # everything (about 14 minutes here)
     python benchmarks/run.py --only overhead   # overhead | engine | scale | mean | batched
+                                               # | deployment
     python benchmarks/run.py --reps 5
 
 Prints one table per benchmark (medians of --reps repetitions, ratios measured in this run,
@@ -21,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import batched  # noqa: E402
+import deployment  # noqa: E402
 import engine  # noqa: E402
 import mean_throughput  # noqa: E402
 import overhead  # noqa: E402
@@ -34,6 +36,9 @@ BENCHMARKS = {
     "scale": scale.measure,
     "mean": lambda reps, out: mean_throughput.measure(reps, out),
     "batched": batched.measure,
+    # a real SuperLink + 3 SuperNodes on loopback, this interpreter's flwr (about 10 minutes);
+    # `python benchmarks/deployment.py --python A --python B` compares two venvs
+    "deployment": deployment.measure,
 }
 
 
