@@ -1,7 +1,8 @@
 """All of asyncfl's benchmarks, side by side in one run.
 
     python benchmarks/run.py                   # everything (about 14 minutes here)
-    python benchmarks/run.py --only overhead   # overhead | engine | scale | mean | batched | gpu
+    python benchmarks/run.py --only overhead   # overhead | engine | scale | mean | batched
+                                               # | gpu | deployment
     python benchmarks/run.py --reps 5
 
 Prints one table per benchmark (medians of --reps repetitions, ratios measured in this run,
@@ -21,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import batched  # noqa: E402
+import deployment  # noqa: E402
 import engine  # noqa: E402
 import gpu  # noqa: E402
 import mean_throughput  # noqa: E402
@@ -38,6 +40,9 @@ BENCHMARKS = {
     # cuda where there is one; else the dry run on the cpu (small sizes)
     "gpu": lambda reps, out: gpu.measure(reps, out, *(("cuda", False) if _cuda() else
                                                       ("cpu", True))),
+    # a real SuperLink + 3 SuperNodes on loopback, this interpreter's flwr (about 10 minutes);
+    # `python benchmarks/deployment.py --python A --python B` compares two venvs
+    "deployment": deployment.measure,
 }
 
 

@@ -4,12 +4,12 @@ does, and noticing the ones that connect later."""
 from __future__ import annotations
 
 import math
+import sys
 import time
 from logging import INFO
 
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 #: Flower's simulation registers all its nodes as it starts: a node count that stays the
 #: same this long is the federation's size
@@ -20,10 +20,20 @@ WAIT_LOG_SECONDS = 30.0
 REFRESH_SECONDS = 5.0
 
 
+def simulated(grid: Grid) -> bool:
+    """Whether `grid` is the Grid of Flower's simulation engine (an `InMemoryGrid`). Its
+    module is looked up, not imported: such a Grid exists only once the module is loaded, and
+    importing it (Flower's server-side state and object store) would cost every ClientApp
+    process, which imports asyncfl's configuration and through it the engine, about 0.4 s
+    (one per message in a deployment)."""
+    module = sys.modules.get("flwr.superlink.grid.inmemory_grid")
+    return module is not None and isinstance(grid, module.InMemoryGrid)
+
+
 def fixed_federation(grid: Grid) -> bool:
     """Whether no node can join after the start: Flower's simulation (once its nodes are
     registered) and asyncfl's inline runtime (`fixed_nodes`)."""
-    return isinstance(grid, InMemoryGrid) or bool(getattr(grid, "fixed_nodes", False))
+    return simulated(grid) or bool(getattr(grid, "fixed_nodes", False))
 
 
 def wait_for_nodes(grid: Grid, num_clients: int, min_nodes: int, wait: float = math.inf,
@@ -37,7 +47,7 @@ def wait_for_nodes(grid: Grid, num_clients: int, min_nodes: int, wait: float = m
     takes every node connected at that moment.
     """
     fixed = fixed_federation(grid)
-    settle = SIMULATION_SETTLE_SECONDS if isinstance(grid, InMemoryGrid) else 0.0
+    settle = SIMULATION_SETTLE_SECONDS if simulated(grid) else 0.0
     wanted = num_clients or max(1, min_nodes)
     named = f"num-clients = {num_clients}" if num_clients else f"{setting} = {min_nodes}"
     started = time.monotonic()
@@ -50,7 +60,7 @@ def wait_for_nodes(grid: Grid, num_clients: int, min_nodes: int, wait: float = m
             count, since = len(nodes), now
         if fixed and count and now - since >= settle:
             if count < wanted:
-                kind = "SuperNodes" if isinstance(grid, InMemoryGrid) else "nodes"
+                kind = "SuperNodes" if simulated(grid) else "nodes"
                 raise RuntimeError(
                     f"{named} but the simulated federation has {count} {kind}; pass "
                     f"--federation-config \"num-supernodes={wanted}\" to flwr run, or lower "

@@ -107,6 +107,10 @@ def make_node_key(folder: Path, name: str) -> tuple[Path, Path]:
 REJOIN_SECONDS = 120.0
 #: how long a start is watched for an activation refusal (which comes within seconds)
 ACTIVATION_SECONDS = 15.0
+#: Flower's SuperExec (one per SuperNode, one in the SuperLink) asks its parent for a new task
+#: every FLWR_SUPEREXEC_TASK_POLL_INTERVAL seconds (Flower 1.41-1.42: 1.0 by default, 0.01 to
+#: 60 allowed): each message to a node waits for that poll before its ClientApp process starts
+TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 
 
 @dataclass
@@ -117,6 +121,8 @@ class Deployment:
     nodes: int
     secure: bool = True
     step_delays: list[float] = field(default_factory=list)
+    #: seconds between the SuperExecs' task polls (None: Flower's default, 1 s)
+    task_poll_interval: float | None = None
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     #: how each process was started (command, environment), to start it again
     commands: dict[str, tuple[list[str], dict]] = field(default_factory=dict)
@@ -127,6 +133,11 @@ class Deployment:
         self.home = self.folder / "flwr-home"
         self.home.mkdir(exist_ok=True)
         self.env = flower_env(self.home)
+        if self.task_poll_interval is not None:
+            if not 0.01 <= self.task_poll_interval <= 60:
+                raise ValueError("task_poll_interval must be between 0.01 and 60 seconds "
+                                 f"(Flower's bounds), got {self.task_poll_interval}")
+            self.env[TASK_POLL_ENV] = f"{self.task_poll_interval:g}"
         self.port = free_port()
 
     def __enter__(self) -> Deployment:
@@ -264,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     local.add_argument("--step-delays", default="",
                        help="seconds per local step each node declares, e.g. 0,0.5,1")
     local.add_argument("--folder", default="deploy-run", help="certificates, keys and logs")
+    local.add_argument("--task-poll-interval", type=float, default=None,
+                       help="seconds between the SuperExecs' task polls (Flower's "
+                            f"{TASK_POLL_ENV}; default: Flower's, 1 s)")
     local.add_argument("--insecure", action="store_true",
                        help="no TLS and no node authentication (only when asked for)")
     certs = sub.add_parser("certs", help="a CA and the SuperLink's certificate")
@@ -286,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     overrides = parse_run_config(args.run_config)
     delays = [float(x) for x in args.step_delays.split(",")] if args.step_delays else []
-    with Deployment(Path(args.folder), args.nodes, not args.insecure, delays) as deployment:
+    with Deployment(Path(args.folder), args.nodes, not args.insecure, delays,
+                    args.task_poll_interval) as deployment:
         out = deployment.run(overrides)
     print(f"results in {out}")
     return 0
