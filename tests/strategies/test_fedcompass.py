@@ -10,6 +10,7 @@ import pytest
 from flwr.app import ConfigRecord
 
 import asyncfl
+from asyncfl.engine import DelayModel, VirtualClock
 from asyncfl.protocol import record_to_arrays
 from asyncfl.strategies import FedAvg, FedCompass
 from asyncfl.strategies.fedcompass import LATE, CompassScheduler, FedCompassRule
@@ -88,14 +89,16 @@ def test_the_server_step_by_hand():
 
 
 def test_with_equal_speeds_and_data_it_is_fedavg():
-    """4 nodes of 300 examples, no delays: every round is one group of all four, and with
+    """4 nodes of 300 examples, equal speeds on the virtual clock (with a wall clock who is
+    late depends on the machine's load): every round is one group of all four, and with
     alpha = 1 and s = 1 the step is FedAvg's average (to float32 rounding)."""
     train = ConfigRecord({"lr": 0.05, "local-steps": 4})
+    timing = {"clock": VirtualClock(), "delays": DelayModel(np.ones(4)),
+              "fraction_evaluate": 0.0}
     runs = [strategy.start(InlineGrid(quickstart_app, {}, 4), initial_model(), num_rounds=4,
                            train_config=train)
-            for strategy in (FedCompass(mixing=1.0, staleness="constant",
-                                        fraction_evaluate=0.0),
-                             FedAvg(fraction_evaluate=0.0))]
+            for strategy in (FedCompass(mixing=1.0, staleness="constant", **timing),
+                             FedAvg(**timing))]
     a, b = (record_to_arrays(r.arrays) for r in runs)
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6)
