@@ -118,7 +118,7 @@ class AsyncRunner:
             self._aggregate_due(num_rounds)
             if self.version < num_rounds and not parts.should_stop():
                 self._refill()
-                if self.version > arrived_at:
+                if self.version > arrived_at and parts.checkpoint_due(self.version):
                     parts.save(self.version, self._snapshot(), self.rule, self.state,
                                self.tasks.snapshot())
             parts.recorder.progress(self.version, num_rounds, loop.virtual_clock.now)
