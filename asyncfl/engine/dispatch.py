@@ -223,6 +223,11 @@ class IdlePool:
         """The idle clients, in the pool's order (for checkpoints)."""
         return self._items[:self._size].tolist()
 
+    def newest(self, k: int) -> list[int]:
+        """The last k clients of the pool's order (the most recently idle, where none was
+        drawn since), without listing the rest; k = 0: all of them."""
+        return self._items[max(0, self._size - k) if k > 0 else 0:self._size].tolist()
+
     def add(self, client: int) -> None:
         if self._size == len(self._items):
             self._items = np.concatenate([self._items, np.empty(max(16, self._size),
