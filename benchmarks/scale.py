@@ -126,6 +126,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", action="store_true")
     parser.add_argument("--before", help="a checkout to compare with (e.g. main)")
+    parser.add_argument("--after", help="the checkout to measure (default: this one)")
     parser.add_argument("--sizes", default="1000,100000,1000000")
     parser.add_argument("--updates", type=int, default=20_000)
     parser.add_argument("--reps", type=int, default=3)
@@ -137,7 +138,7 @@ def main() -> None:
     if not args.targets:
         rows = measure(args.reps, args.out)
     else:
-        here = str(Path(__file__).resolve().parents[1])
+        here = args.after or str(Path(__file__).resolve().parents[1])
         builds = {"before": args.before, "after": here} if args.before else {"this": here}
         rows = measure_targets(args.reps, args.out, builds,
                                tuple(int(x) for x in args.sizes.split(",")), args.updates)
