@@ -77,11 +77,13 @@ def target_run(n: int, updates: int, out: str, build: str, name: str) -> dict:
     put first on PYTHONPATH); setup = the call's time before the strategy loop and after it
     the results folder, i.e. everything but those two."""
     kw = {**TARGET_RUN, "num_clients": n, "num_server_rounds": updates,
-          "concurrency": min(n, TARGET_RUN["concurrency"]), "output_dir": out,
+          "concurrency": min(n, TARGET_RUN["concurrency"]),
+          "output_dir": str(Path(out).resolve()),
           "run_name": name}
     env = {**os.environ, "PYTHONPATH": build}
+    # in the build's folder: `python -c` puts the working directory ahead of PYTHONPATH
     done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(kw)], capture_output=True,
-                          text=True, env=env)
+                          text=True, env=env, cwd=build)
     if done.returncode:
         return {"error": done.stderr.strip().splitlines()[-1][:120]}
     r = json.loads(done.stdout.strip().splitlines()[-1])

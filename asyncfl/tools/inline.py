@@ -72,6 +72,13 @@ class NodeContexts(Mapping[int, Context]):
     def __iter__(self):
         return iter(self._ids.tolist())
 
+    def __contains__(self, node_id: object) -> bool:  # (without making a Context)
+        try:
+            self.partition(node_id)  # type: ignore[arg-type]
+        except (KeyError, TypeError):
+            return False
+        return True
+
     def partition(self, node_id: int) -> int:
         """The partition (client index) of a node; KeyError for a node that is not here."""
         if not 0 <= node_id < 2**64:
