@@ -180,12 +180,18 @@ MAX_INTERVAL_EVALS = 100_000
 TRAIN_EXAMPLES = {"digits": 1437, "mnist": 60_000, "fashion-mnist": 60_000, "cifar10": 50_000}
 #: most clients of the tasks whose data grows with them (mean, synthetic)
 MAX_CLIENTS = 100_000
+#: ... except `mean`, whose client holds one integer: a million clients take 8 MB
+CLIENT_LIMITS = {"mean": 1_000_000}
+#: the most clients of any task (the largest partition id a node may report)
+MOST_CLIENTS = max(MAX_CLIENTS, *CLIENT_LIMITS.values())
 #: most clients parallel-clients = auto trains together
 PARALLEL_AUTO_MAX = 1024
 #: ... on cpu when psutil (free memory) is not installed
 PARALLEL_AUTO_NO_PSUTIL = 64
 #: parallel-clients = 0: the word for it
 PARALLEL_AUTO = 0
+#: what the inline Grid says of parallel-clients = 1
+ONE_AT_A_TIME = "parallel-clients = 1: one at a time"
 #: num-clients = 0 in simulate() and asyncfl-flwr-run, which make the nodes themselves
 SIMULATED_CLIENTS = 10
 #: largest delay-trace file read
@@ -237,7 +243,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("num-clients", int, 0, "N, the number of clients (one per node); 0 = every node "
             f"the Grid has (simulate() and asyncfl-flwr-run: {SIMULATED_CLIENTS})",
             check=_non_negative, allowed="an integer >= 0, at most the task's training "
-            f"examples (digits: {TRAIN_EXAMPLES['digits']}) or {MAX_CLIENTS:,}"),
+            f"examples (digits: {TRAIN_EXAMPLES['digits']}) or {MAX_CLIENTS:,} (mean: "
+            f"{CLIENT_LIMITS['mean']:,})"),
     Setting("min-available-nodes", int, 2, "num-clients = 0 in a deployment: wait (at most "
             "120 s) until this many nodes are connected, then use every connected node",
             check=_positive, allowed="an integer >= 1"),
@@ -526,7 +533,7 @@ def validate_run_config(overrides: Mapping[str, Any]) -> dict[str, ConfigValue]:
             f"run-config 'concurrency' ({config['concurrency']}) must be at most 'num-clients' "
             f"({config['num-clients']}); 0 means every client"
         )
-    most = TRAIN_EXAMPLES.get(config["task"], MAX_CLIENTS)
+    most = TRAIN_EXAMPLES.get(config["task"], CLIENT_LIMITS.get(config["task"], MAX_CLIENTS))
     if config["num-clients"] > most:
         why = (f"task = {config['task']} has {most} training examples and every client needs "
                "one" if config["task"] in TRAIN_EXAMPLES else f"task = {config['task']} "

@@ -4,6 +4,7 @@ when it writes a folder, so the imports go one way)."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -18,11 +19,11 @@ from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
-def read_csv(path: Path) -> list[dict[str, float]]:
-    """A numeric CSV as rows of floats (empty cells become NaN)."""
+def read_csv(path: Path, limit: int | None = None) -> list[dict[str, float]]:
+    """A numeric CSV as rows of floats (empty cells become NaN); the first `limit` rows."""
     with Path(path).open() as f:
         return [{k: float(v) if v != "" else float("nan") for k, v in row.items()}
-                for row in csv.DictReader(f)]
+                for row in itertools.islice(csv.DictReader(f), limit)]
 
 
 def save(fig: Any, path: Path, dpi: int = 100) -> Path:
@@ -132,17 +133,20 @@ def plot_run(out: Path, summary: Mapping[str, Any] | None = None) -> Path:
     return save(fig, out / "accuracy.png")
 
 
-def timeline_segments(out: Path) -> list[dict[str, Any]]:
+def timeline_segments(out: Path, clients: int | None = None) -> list[dict[str, Any]]:
     """What every client did when, from events.csv, clients.csv and config.json: per task a
     transfer of the model down (the client's latency + bytes down / its bandwidth down),
     training, a transfer up, or the whole task as `rejected`; between tasks and up to the
     run's end, `idle`, or `offline` where availability.csv says the client was not online.
     Each segment: client, start, end, kind, staleness (training of an applied update; else
     None). Times are on the run's clock (dispatch_time and duration of events.csv; a
-    rejected reply ends at its arrival)."""
+    rejected reply ends at its arrival). `clients`: only the first that many clients (a run
+    of a million clients reads 40 rows of clients.csv, not all)."""
     out = Path(out)
     config = json.loads((out / "config.json").read_text())
-    links = client_links(out, config)
+    shown = int(config["num-clients"]) if clients is None else min(clients,
+                                                                    int(config["num-clients"]))
+    links = client_links(out, config, shown)
     with (out / "events.csv").open() as f:
         events = list(csv.DictReader(f))
     finished = "virtual_time" if config.get("clock", "virtual") == "virtual" else "wall_time"
@@ -152,6 +156,8 @@ def timeline_segments(out: Path) -> list[dict[str, Any]]:
         # a rejected row has no duration: it ends when its reply came in
         end = start + float(row["duration"]) if row["duration"] else float(row[finished])
         client = int(row["client"])
+        if client >= shown:
+            continue
         if row["rejected"]:
             segments.append(dict(client=client, start=start, end=end, kind="rejected",
                                  staleness=None))
@@ -169,7 +175,7 @@ def timeline_segments(out: Path) -> list[dict[str, Any]]:
     for s in segments:
         busy.setdefault(s["client"], []).append((s["start"], s["end"]))
     online = read_online_windows(out)
-    for client in range(int(config["num-clients"])):
+    for client in range(shown):
         at = 0.0
         for a, b in sorted(busy.get(client, [])) + [(finish, finish)]:
             if a > at:
@@ -178,15 +184,16 @@ def timeline_segments(out: Path) -> list[dict[str, Any]]:
     return sorted(segments, key=lambda s: (s["client"], s["start"]))
 
 
-def client_links(out: Path, config: Mapping[str, Any]
+def client_links(out: Path, config: Mapping[str, Any], clients: int | None = None
                  ) -> dict[int | None, tuple[float, float, float]]:
     """Per client (and None: the run's shared link) latency and bandwidth down and up, from
-    clients.csv where it has them."""
+    clients.csv where it has them (`clients`: only clients below it; the file lists clients
+    in order)."""
     shared = (config.get("comm-latency", 0.0), config.get("comm-bandwidth", 0.0),
               config.get("comm-bandwidth", 0.0))
     links: dict[int | None, tuple[float, float, float]] = {None: shared}
     if (out / "clients.csv").exists():
-        for row in read_csv(out / "clients.csv"):
+        for row in read_csv(out / "clients.csv", clients):
             if "latency" in row:
                 links[int(row["client"])] = (row["latency"], row["bandwidth_down"],
                                              row["bandwidth_up"])
@@ -234,7 +241,7 @@ def plot_timeline(out: Path, summary: Mapping[str, Any] | None = None) -> Path:
     out = Path(out)
     config = json.loads((out / "config.json").read_text())
     summary = summary if summary is not None else read_summary(out)
-    segments = [s for s in timeline_segments(out) if s["client"] < TIMELINE_CLIENTS]
+    segments = timeline_segments(out, TIMELINE_CLIENTS)
     shown = min(int(config["num-clients"]), TIMELINE_CLIENTS)
     stalest = max((s["staleness"] for s in segments if s["kind"] == "training"), default=0)
     norm = Normalize(vmin=0, vmax=max(1, stalest))

@@ -215,24 +215,26 @@ def array_to_numpy(array: Array) -> np.ndarray:
     return array.numpy()
 
 
-_npy_headers: dict[tuple[str, tuple[int, ...]], bytes] = {}
+_npy_headers: dict[tuple[np.dtype, tuple[int, ...]], tuple[bytes, str]] = {}
 
 
 def numpy_to_array(value: np.ndarray) -> Array:
     """A Flower Array holding exactly the .npy bytes `np.save` writes, built from a cached
-    header per (dtype, shape): the header is the costly part of `np.save` for small arrays."""
+    header and dtype name per (dtype, shape): the header is the costly part of `np.save` for
+    small arrays, and a dtype's name is worked out anew each time it is asked for."""
     value = np.asarray(value)
     if not value.flags.c_contiguous:  # (np.ascontiguousarray would make a 0-d array 1-d)
         value = value.copy(order="C")
-    key = (value.dtype.str, value.shape)
-    header = _npy_headers.get(key)
-    if header is None:
+    key = (value.dtype, value.shape)
+    cached = _npy_headers.get(key)
+    if cached is None:
         buffer = io.BytesIO()
         np.save(buffer, value, allow_pickle=False)
-        header = buffer.getvalue()[: buffer.tell() - value.nbytes]
+        cached = (buffer.getvalue()[: buffer.tell() - value.nbytes], str(value.dtype))
         if len(_npy_headers) < 4096:
-            _npy_headers[key] = header
-    return Array(dtype=str(value.dtype), shape=tuple(value.shape), stype="numpy.ndarray",
+            _npy_headers[key] = cached
+    header, dtype_name = cached
+    return Array(dtype=dtype_name, shape=tuple(value.shape), stype="numpy.ndarray",
                  data=header + value.tobytes())
 
 

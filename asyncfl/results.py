@@ -8,7 +8,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
@@ -181,14 +181,18 @@ def find_launched_run(config: Mapping[str, Any]) -> Path | None:
     return None
 
 
-def write_rows(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+def write_rows(path: Path, rows: Iterable[Mapping[str, Any]] | Mapping[str, Iterable[Any]],
+               columns: Sequence[str]) -> None:
     """A CSV with fixed columns, written atomically; floats written with repr so they read
-    back exactly."""
+    back exactly, None as an empty cell. `rows`: row mappings, or a mapping of columns
+    (each an iterable of its values, in row order: a million rows without a dict each)."""
     with atomic_file(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
-        for row in rows:
-            writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
+        if isinstance(rows, Mapping):
+            writer.writerows(zip(*(rows[c] for c in columns), strict=True))
+        else:
+            writer.writerows([row.get(c) for c in columns] for row in rows)
 
 
 def time_to_target(evals: Sequence[Mapping[str, Any]], target: float) -> float | None:
@@ -240,7 +244,7 @@ def write_results(
     events: Sequence[Mapping[str, Any]],
     event_columns: Sequence[str],
     evals: Sequence[Mapping[str, Any]],
-    clients: Sequence[Mapping[str, Any]],
+    clients: Iterable[Mapping[str, Any]] | Mapping[str, Iterable[Any]],
     final_arrays: Mapping[str, np.ndarray] | None,
     summary: dict[str, Any],
     tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import cProfile
+import itertools
 import pstats
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from asyncfl.config import (
-    MAX_CLIENTS,
+    MOST_CLIENTS,
     PARALLEL_AUTO,
     changed_strategy_settings,
     check_local_files,
@@ -144,7 +145,7 @@ def make_availability(config: Mapping[str, Any]) -> Availability | None:
 
 def make_strategy(
     config: Mapping[str, Any], delays: DelayModel, node_ids: list[int],
-    partition_sizes: list[int] | None = None, resume: dict | None = None,
+    partition_sizes: Sequence[int] | None = None, resume: dict | None = None,
     phases: PhaseTimer | None = None,
 ) -> AsyncflStrategy:
     """The strategy named in the run config, with the run's clock, delay model, reply guard,
@@ -178,13 +179,20 @@ def train_config(config: Mapping[str, Any]) -> ConfigRecord:
 
 def discover_clients(
     grid: Grid, num_clients: int, min_nodes: int = 1, wait: float = NODE_WAIT_SECONDS
-) -> tuple[list[int], list[int] | None]:
+) -> tuple[list[int], Sequence[int] | None]:
     """Node ids in client order (index = the node's partition-id), and partition sizes.
 
     Waits for the nodes (wait_for_nodes; num-clients = 0: every node), then asks each for its
     partition-id and size with one `query` message; if the ClientApps do not answer, nodes are
     taken in node-id order and the sizes are unknown.
     """
+    order = getattr(grid, "client_order", None)
+    known = order() if order is not None else None  # the inline Grid knows without asking
+    if known is not None and len(known[0]) >= num_clients:
+        nodes, sizes = known
+        if num_clients and num_clients < len(nodes):
+            return nodes[:num_clients], list(sizes[:num_clients])
+        return nodes, sizes
     deadline = time.monotonic() + wait
     # min-available-nodes is for deployments: a simulation has all its nodes from the start
     nodes = wait_for_nodes(grid, num_clients, 1 if fixed_federation(grid) else min_nodes, wait)
@@ -219,7 +227,7 @@ def query_answer(reply: Message) -> tuple[int, int] | None:
         return None
     metrics = reply.content.metric_records.get("metrics", MetricRecord())
     pid, size = metrics.get(PARTITION_ID), metrics.get(NUM_EXAMPLES)
-    problem = (number_problem(pid, integral=True, low=0, high=MAX_CLIENTS)
+    problem = (number_problem(pid, integral=True, low=0, high=MOST_CLIENTS)
                or number_problem(size, integral=True, low=1, high=MAX_EXAMPLES))
     if problem:
         log(WARNING, "node %d answered the query with %s = %r, %s = %r (%s): not used",
@@ -311,17 +319,21 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
         "skipped_evaluate_replies": strategy.federated_evaluation.skipped,
     }
     counts = Counter(row["client"] for row in events)
-    clients = [
-        {"client": i, "node_id": node, "step_time": float(delays.step_times[i]),
-         "num_examples": sizes[i] if sizes else None, "updates": counts[i],
-         "latency": delays.link(i).latency, "bandwidth_down": delays.link(i).down,
-         "bandwidth_up": delays.link(i).up}
-        for i, node in enumerate(node_ids)
-    ]
+
+    n = len(node_ids)
+    links = [delays.link(i) for i in range(n)] if delays.networks else [delays.link(0)] * n
+    clients = {  # clients.csv's columns: N can be a million
+        "client": range(n), "node_id": node_ids, "step_time": delays.step_times[:n].tolist(),
+        "num_examples": sizes if sizes else itertools.repeat(None, n),
+        "updates": map(counts.__getitem__, range(n)),
+        "latency": (link.latency for link in links),
+        "bandwidth_down": (link.down for link in links),
+        "bandwidth_up": (link.up for link in links),
+    }
 
     summary["parallel_clients"], summary["parallel_clients_note"] = parallel_used(grid, config)
     summary["changed_settings"] = changed_strategy_settings(config)
-    summary["participation"] = participation([c["updates"] for c in clients])
+    summary["participation"] = participation([counts[i] for i in range(len(node_ids))])
     if note := dominance_note(config["strategy"], summary["participation"]):
         log(WARNING, "%s", note)
 

@@ -3,6 +3,7 @@
     python benchmarks/run.py                   # everything (about 14 minutes here)
     python benchmarks/run.py --only overhead   # overhead | engine | scale | mean | batched
                                                # | gpu | deployment
+    python benchmarks/run.py --only scale-targets   # 1k to 1M clients (not in a plain run)
     python benchmarks/run.py --reps 5
 
 Prints one table per benchmark (medians of --reps repetitions, ratios measured in this run,
@@ -35,6 +36,10 @@ BENCHMARKS = {
     "overhead": overhead.measure,
     "engine": engine.measure,
     "scale": scale.measure,
+    # the mean task end to end at 1k to 1M clients, this build only (scale.py --targets
+    # --before PATH compares with another checkout); not in a plain run: about 10 minutes
+    "scale-targets": lambda reps, out: scale.measure_targets(
+        reps, out, {"this": str(Path(__file__).resolve().parents[1])}),
     "mean": lambda reps, out: mean_throughput.measure(reps, out),
     "batched": batched.measure,
     # cuda where there is one; else the dry run on the cpu (small sizes)
@@ -65,7 +70,7 @@ def main() -> None:
     print(f"machine: {machine}; median of {args.reps}")
     raw = {"machine": machine}
     for name, measure in BENCHMARKS.items():
-        if args.only and name != args.only:
+        if (args.only and name != args.only) or (not args.only and name == "scale-targets"):
             continue
         rows = measure(args.reps, args.out)
         raw[name] = rows

@@ -68,7 +68,7 @@ class AsyncRunner:
         parts, loop, schedule = self.parts, self.parts.loop, self.parts.schedule
         result = self.result = Result(arrays=initial_arrays)
         schedule.bind(evaluate_fn, loop, parts.recorder, result, parts.federated,
-                      lambda: self.idle.items()[-self.in_flight:], parts.evaluation_rng())
+                      lambda: self.idle.newest(self.in_flight), parts.evaluation_rng())
         self.applied_since: list[TrainReply] = []  # this version's updates, for its metrics
         self.arrays, self.version = initial_arrays, 0
         self.global_arrays = record_to_arrays(initial_arrays)
@@ -118,7 +118,7 @@ class AsyncRunner:
             self._aggregate_due(num_rounds)
             if self.version < num_rounds and not parts.should_stop():
                 self._refill()
-                if self.version > arrived_at:
+                if self.version > arrived_at and parts.checkpoint_due(self.version):
                     parts.save(self.version, self._snapshot(), self.rule, self.state,
                                self.tasks.snapshot())
             parts.recorder.progress(self.version, num_rounds, loop.virtual_clock.now)

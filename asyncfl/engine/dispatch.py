@@ -45,7 +45,8 @@ class Dispatcher:
         self.node_ids = list(node_ids)
         self.seed = seed
         self.settings = settings
-        self.partition_sizes = list(partition_sizes) if partition_sizes is not None else None
+        #: kept as given: a lazy sequence (the inline Grid's) is never made a list
+        self.partition_sizes = partition_sizes
         self.keys = (arrayrecord_key, configrecord_key)
 
     def add_nodes(self, node_ids: Iterable[int]) -> list[int]:
@@ -204,29 +205,47 @@ class WindowedTasks(WholeTasks):
 
 
 class IdlePool:
-    """Idle clients, sampled without replacement in O(1) with a seeded generator."""
+    """Idle clients, sampled without replacement in O(1) with a seeded generator: a draw
+    swaps a uniformly chosen client with the last and takes it. Held in an integer array
+    (8 bytes a client: a million idle clients are 8 MB, not 36 MB of Python ints)."""
 
     def __init__(self, clients: Iterable[int], rng: np.random.Generator) -> None:
-        self._items = list(clients)
+        items = np.arange(clients.start, clients.stop, clients.step) if isinstance(
+            clients, range) else np.fromiter(clients, dtype=np.int64)
+        self._items = items.astype(np.int64, copy=False)
+        self._size = len(self._items)
         self._rng = rng
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._size
 
     def items(self) -> list[int]:
         """The idle clients, in the pool's order (for checkpoints)."""
-        return list(self._items)
+        return self._items[:self._size].tolist()
+
+    def newest(self, k: int) -> list[int]:
+        """The last k clients of the pool's order (the most recently idle, where none was
+        drawn since), without listing the rest; k = 0: all of them."""
+        return self._items[max(0, self._size - k) if k > 0 else 0:self._size].tolist()
 
     def add(self, client: int) -> None:
-        self._items.append(client)
+        if self._size == len(self._items):
+            self._items = np.concatenate([self._items, np.empty(max(16, self._size),
+                                                                dtype=np.int64)])
+        self._items[self._size] = client
+        self._size += 1
 
     def take(self, k: int) -> list[int]:
         """k idle clients, drawn uniformly; they stop being idle."""
         taken = []
-        for _ in range(min(k, len(self._items))):
-            i = int(self._rng.integers(len(self._items))) if len(self._items) > 1 else 0
-            self._items[i], self._items[-1] = self._items[-1], self._items[i]
-            taken.append(self._items.pop())
+        items = self._items
+        for _ in range(min(k, self._size)):
+            last = self._size - 1
+            i = int(self._rng.integers(self._size)) if self._size > 1 else 0
+            chosen = int(items[i])
+            items[i] = items[last]
+            self._size = last
+            taken.append(chosen)
         return taken
 
 

@@ -84,8 +84,8 @@ class NodeWatch:
 
     def __init__(self, grid: Grid, known: list[int], follow: bool) -> None:
         self.grid = grid
-        self.known = set(known)
         self.follow = follow and not fixed_federation(grid)
+        self.known = set(known) if self.follow else set()  # (a fixed federation: never read)
         self._last = time.monotonic()
 
     def joined(self) -> list[int]:

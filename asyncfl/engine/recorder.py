@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
 from flwr.app import MetricRecord
-from flwr.common.logger import log
+from flwr.common.logger import FLOWER_LOGGER, log
 from flwr.serverapp.strategy import Result
 
 from asyncfl.engine import Completion, TrafficCounters
@@ -145,6 +145,8 @@ class RunRecorder:
             strategy, seconds, virtual, versions, unit, applied, sum(self.failures.values()),
             f", clients dropped: {totals.dropped}" if totals is not None and totals.dropped
             else "")
+        if not FLOWER_LOGGER.isEnabledFor(INFO):  # str(result) lists every version's metrics
+            return
         log(INFO, "Final results:")
         for line in str(result).splitlines():
             log(INFO, "\t%s", line)

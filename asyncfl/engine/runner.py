@@ -226,11 +226,16 @@ class RunParts:
         """A new global model: the guard stops the run here if the server's steps diverged."""
         self.guard.check_model(version, arrays, self.step_setting)
 
+    def checkpoint_due(self, version: int) -> bool:
+        """Whether `save` at `version` writes a checkpoint (so a runner builds its state for
+        one only then: the idle pool alone is O(N))."""
+        return self.checkpointer is not None and self.checkpointer.due(version)
+
     def save(self, version: int, state: dict[str, Any], rule: Rule, model_state: ModelState,
              extra: dict[str, Any]) -> None:
         """Write a checkpoint if one is due at `version`: the runner's loop `state`, the
         rule's fields, every collaborator's state and the tasks in flight."""
-        if self.checkpointer is None or not self.checkpointer.due(version):
+        if not self.checkpoint_due(version):
             return
         self.loop.phases.enter("bookkeeping")
         self.checkpointer.save({

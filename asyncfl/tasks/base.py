@@ -20,10 +20,12 @@ DEVICES = ("cpu", "cuda", "auto")
 def resolve_device(name: str) -> str:
     """The torch device a `torch-device` setting stands for in this process: `auto` is cuda
     where this process sees a GPU, else cpu; `cuda` without a GPU is an error."""
-    import torch
-
     if name not in DEVICES:
         raise ValueError(f"torch-device = {name!r}; choose one of {', '.join(DEVICES)}")
+    if name == "cpu":  # a task without torch (mean) never imports it
+        return name
+    import torch
+
     cuda = torch.cuda.is_available()
     if name == "cuda" and not cuda:
         raise ValueError("torch-device = 'cuda', but this process sees no CUDA device "

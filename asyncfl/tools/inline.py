@@ -8,7 +8,7 @@ never needed (still in flight when the run ends) is never computed.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from logging import INFO, WARNING
 from pathlib import Path
@@ -25,6 +25,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from asyncfl.config import (
+    ONE_AT_A_TIME,
     SIMULATED_CLIENTS,
     check_local_files,
     from_python_kwargs,
@@ -32,7 +33,6 @@ from asyncfl.config import (
 )
 from asyncfl.protocol import PARTITION_ID, not_a_message
 from asyncfl.results import check_output_dir, default_run_name, find_launched_run, run_dir
-from asyncfl.tools.together import plan_together
 
 SERVER_NODE_ID = 1
 
@@ -41,12 +41,86 @@ def random_node_ids(count: int, seed: int = 0) -> list[int]:
     """`count` distinct node ids as Flower's SuperLink hands them out (random uint64, about
     half of them at or above 2**63), drawn from `seed` and sorted, so that partition i goes
     to the i-th smallest id and a run's clients, delays and data stay those of `seed`."""
+    return node_id_array(count, seed).tolist()
+
+
+def node_id_array(count: int, seed: int = 0) -> np.ndarray:
+    """`random_node_ids` as a sorted uint64 array (8 bytes a node): a draw of `count`, then
+    draws of the shortfall until `count` are distinct."""
     rng = np.random.default_rng([seed, count])
-    ids: set[int] = set()
+    ids = np.empty(0, dtype=np.uint64)
     while len(ids) < count:
-        ids.update(int(i) for i in rng.integers(2, 2**64, size=count - len(ids),
-                                                dtype=np.uint64, endpoint=False))
-    return sorted(ids)
+        drawn = rng.integers(2, 2**64, size=count - len(ids), dtype=np.uint64, endpoint=False)
+        ids = np.sort(np.concatenate([ids, drawn]))
+        ids = ids[np.concatenate([[True], ids[1:] != ids[:-1]])]  # (a repeat drawn again)
+    return ids
+
+
+class NodeContexts(Mapping[int, Context]):
+    """One Context per node, made when the node first gets a message (a node that never
+    trains costs 8 bytes, its id); node ids in sorted order, node i holding partition i.
+    Contexts share one run config (the ClientApp reads it, never writes it)."""
+
+    def __init__(self, node_ids: np.ndarray, run_config: Mapping[str, Any], run_id: int) -> None:
+        self._ids = node_ids
+        self._run_config = dict(run_config)
+        self._run_id = run_id
+        self._made: dict[int, Context] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __iter__(self):
+        return iter(self._ids.tolist())
+
+    def __contains__(self, node_id: object) -> bool:  # (without making a Context)
+        try:
+            self.partition(node_id)  # type: ignore[arg-type]
+        except (KeyError, TypeError):
+            return False
+        return True
+
+    def partition(self, node_id: int) -> int:
+        """The partition (client index) of a node; KeyError for a node that is not here."""
+        if not 0 <= node_id < 2**64:
+            raise KeyError(node_id)
+        i = int(np.searchsorted(self._ids, np.uint64(node_id)))
+        if i == len(self._ids) or int(self._ids[i]) != node_id:
+            raise KeyError(node_id)
+        return i
+
+    def __getitem__(self, node_id: int) -> Context:
+        context = self._made.get(node_id)
+        if context is None:
+            context = self._made[node_id] = Context(
+                run_id=self._run_id, node_id=node_id,
+                node_config={PARTITION_ID: self.partition(node_id),
+                             "num-partitions": len(self._ids)},
+                state=RecordDict(), run_config=self._run_config)
+        return context
+
+
+class PartitionSizes(Sequence[int]):
+    """Examples per client of asyncfl's own ClientApp, asked of the run's task when needed:
+    what each node's `query` reply would say (the task as the ClientApp loads it for
+    `context`)."""
+
+    def __init__(self, context: Context, count: int) -> None:
+        from asyncfl.client_app import run_config
+        from asyncfl.tasks import load_task
+
+        self._task = load_task(run_config(context))
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._count))]
+        if not -self._count <= i < self._count:
+            raise IndexError(i)
+        return int(self._task.partition_size(i % self._count))
 
 
 class InlineGrid(Grid):
@@ -63,18 +137,15 @@ class InlineGrid(Grid):
         self.client_app = client_app
         self._run = Run.create_empty(run_id)
         seed = int(run_config.get("seed", 0))
-        self.contexts = {
-            node_id: Context(
-                run_id=run_id, node_id=node_id,
-                node_config={PARTITION_ID: i, "num-partitions": num_nodes},
-                state=RecordDict(), run_config=dict(run_config),
-            )
-            for i, node_id in enumerate(random_node_ids(num_nodes, seed))
-        }
+        self.contexts = NodeContexts(node_id_array(num_nodes, seed), run_config, run_id)
         self._pending: dict[str, Message] = {}
         #: with parallel-clients > 1 (or auto where it can), computes pending train replies
         #: P at a time; `parallel_note` says which P runs and why
-        self.together, self.parallel_note = plan_together(client_app, run_config)
+        self.together, self.parallel_note = None, ONE_AT_A_TIME
+        if int(run_config.get("parallel-clients", 1)) != 1:  # (imports torch)
+            from asyncfl.tools.together import plan_together
+
+            self.together, self.parallel_note = plan_together(client_app, run_config)
         self.report_silence = run_config.get("clock") != "wall"
         TaskIdentity.run_id = run_id
         TaskIdentity.node_id = SERVER_NODE_ID
@@ -93,6 +164,19 @@ class InlineGrid(Grid):
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
+
+    def client_order(self) -> tuple[list[int], Sequence[int]] | None:
+        """Node ids in partition order and each partition's examples, known without asking
+        every node (asyncfl's own ClientApp: what its `query` answers); None for another
+        ClientApp, whose nodes must be asked."""
+        from asyncfl.client_app import app
+
+        overridden = any(getattr(type(self), name) is not getattr(InlineGrid, name)
+                         for name in ("push_messages", "pull_messages", "_reply", "_execute"))
+        if self.client_app is not app or overridden or not len(self.contexts):
+            return None
+        nodes = list(self.contexts)
+        return nodes, PartitionSizes(self.contexts[nodes[0]], len(nodes))
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []

@@ -33,6 +33,7 @@ from asyncfl.client_app import (
     trained_from,
 )
 from asyncfl.config import (
+    ONE_AT_A_TIME,
     PARALLEL_AUTO,
     PARALLEL_AUTO_MAX,
     PARALLEL_AUTO_NO_PSUTIL,
@@ -166,7 +167,7 @@ def plan_together(client_app: ClientApp, config: Mapping[str, Any]
     together."""
     size = int(config.get("parallel-clients", 1))
     if size == 1:
-        return None, "parallel-clients = 1: one at a time"
+        return None, ONE_AT_A_TIME
     auto = size == PARALLEL_AUTO
     label = "parallel-clients = auto" if auto else f"parallel-clients = {size}"
     if client_app is not app:
