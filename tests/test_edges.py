@@ -68,12 +68,14 @@ def instruction():
     return message
 
 
-def completion(arrays, client, tag=0):
-    """A finished task whose reply holds `arrays` (weights) and 10 examples."""
+def completion(arrays, client, tag=0, steps=1):
+    """A finished task of `steps` local steps whose reply holds `arrays` (weights) and 10
+    examples."""
     content = RecordDict({ARRAYS: arrays_to_record(arrays),
                           "metrics": MetricRecord({"num-examples": 10})})
     reply = Message(content, reply_to=instruction())
-    return SimpleNamespace(failure_reason="", reply=reply, tag=tag, client=client)
+    return SimpleNamespace(failure_reason="", reply=reply, tag=tag, client=client,
+                           planned_steps=steps)
 
 
 def test_a_huge_update_is_an_outlier_counted_against_its_client():
@@ -86,9 +88,23 @@ def test_a_huge_update_is_an_outlier_counted_against_its_client():
         step = np.full((2, 2), 0.1 * (client + 1), np.float32)
         assert not isinstance(guard.check(completion({"w": W["w"] + step}, client), W), str)
     reason = guard.check(completion({"w": W["w"] + 50.0}, 3), W)  # norm 100 > 100 x 0.4
-    assert reason.startswith("outlier update: norm 100 > 100 x the median 0.4")
+    assert reason.startswith("outlier update: norm per local step 100 > 100 x the "
+                             "median 0.4")
     assert guard.faults[3] == 3 and 3 in guard.dropped
     assert not isinstance(guard.check(completion({"w": W["w"] + 15.0}, 1), W), str)  # 30
+
+
+def test_an_update_of_many_more_local_steps_is_judged_per_step():
+    """ESync's fastest worker may be asked for a hundred times the steps of the slowest: its
+    delta is that much larger and honest (it once stopped a run as an 'outlier')."""
+    guard = ReplyGuard()
+    guard.expect_model(W)
+    for client in range(3):  # one step each, norm 0.2
+        assert not isinstance(guard.check(completion({"w": W["w"] + 0.1}, client), W), str)
+    long_task = completion({"w": W["w"] + 30.0}, 3, steps=150)  # norm 60: 0.4 a step
+    assert not isinstance(guard.check(long_task, W), str)
+    short_task = completion({"w": W["w"] + 30.0}, 4, steps=1)  # the same norm in one step
+    assert guard.check(short_task, W).startswith("outlier update: norm per local step 60")
 
 
 def test_outliers_from_several_clients_in_a_row_blame_the_server():

@@ -133,6 +133,11 @@ class Completion:
         return self.dispatch.client
 
     @property
+    def planned_steps(self) -> int:
+        """The local steps the server asked of this task (not what the reply claims)."""
+        return self.dispatch.steps
+
+    @property
     def tag(self) -> Any:
         return self.dispatch.tag
 

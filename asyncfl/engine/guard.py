@@ -92,17 +92,19 @@ class ReplyGuard:
     keys, shapes, dtypes, finite values), rejects outlier updates, bounds the update norm,
     and drops a client after `max_faults` faulty replies in a row (0: never).
 
-    Outliers (on by default; `outlier_factor` 0 turns it off): an update (the change from the
-    model the client started from; a delta or gradient as sent) whose L2 norm passes
-    `outlier_factor` times the median norm of the last `OUTLIER_WINDOW` accepted updates of
-    its kind (once `OUTLIER_AFTER` exist), or which alone would carry the model past the
-    divergence limit below, is the client's fault: rejected, counted against it, logged
-    with its name. Honest updates of one run differ by a few times (more local steps, a
-    bigger partition, an early step); a hundredfold one moves the model as far as a hundred
-    honest ones and dominates any average it enters. A median of three or more is not moved
-    by one client, whatever it sends. Outliers in a row from two or more clients (and half
-    of those seen) are the server's doing: the run stops with `DivergenceError`. A strategy
-    whose replies are data values (RunningMean) keeps only the divergence limit (`for_run`).
+    Outliers (on by default; `outlier_factor` 0 turns it off): an update (the change from
+    the model the client started from; a delta or gradient as sent) whose L2 norm per local
+    step (the steps the server asked of the task: ESync, FedCompass and work windows give
+    clients tens of times more steps than others) passes `outlier_factor` times the median
+    of the last `OUTLIER_WINDOW` accepted updates of its kind (once `OUTLIER_AFTER` exist),
+    or which alone would carry the model past the divergence limit below, is the client's
+    fault: rejected, counted against it, logged with its name. Honest updates of one run
+    differ by a few times (a bigger partition, an early step); a hundredfold one moves the
+    model as far as a hundred honest ones and dominates any average it enters. A median of
+    three or more is not moved by one client, whatever it sends. Outliers in a row from two
+    or more clients (and half of those seen) are the server's doing: the run stops with
+    `DivergenceError`. A strategy whose replies are data values (RunningMean) keeps only the
+    divergence limit (`for_run`).
 
     With `norm_bound` > 0 an update larger than the bound is scaled down to it
     (`norm_action = "clip"`) or rejected; the outlier rule then looks at the bounded update.
@@ -229,11 +231,12 @@ class ReplyGuard:
         a row (no normal update between them) from at least two clients and half of the
         clients seen blame the model they were sent, not them: `DivergenceError`. One
         hostile client's outliers come between the others' normal updates."""
-        reason = self._outlier_reason(norm, kind)
+        per_step = norm / max(1, completion.planned_steps)
+        reason = self._outlier_reason(norm, per_step, kind)
         self._seen.add(completion.client)
         if not reason:
             self._streak.clear()
-            self.norms.setdefault(kind, deque(maxlen=OUTLIER_WINDOW)).append(norm)
+            self.norms.setdefault(kind, deque(maxlen=OUTLIER_WINDOW)).append(per_step)
             return ""
         self._streak.add(completion.client)
         if len(self._streak) >= max(2, len(self._seen) / 2):
@@ -244,16 +247,17 @@ class ReplyGuard:
                 f"the server's step is the likely cause: lower {setting}")
         return reason
 
-    def _outlier_reason(self, norm: float, kind: str) -> str:
+    def _outlier_reason(self, norm: float, per_step: float, kind: str) -> str:
         if self._scale is not None and not norm <= self.divergence_limit():
             return (f"outlier update: norm {norm:.4g} alone would carry the model past the "
                     f"divergence limit {self.divergence_limit():.4g}")
         norms = self.norms.get(kind, ())
         if self.median_rule and len(norms) >= OUTLIER_AFTER:
             median = statistics.median(norms)
-            if norm > self.outlier_factor * median:
-                return (f"outlier update: norm {norm:.4g} > {self.outlier_factor:g} x the "
-                        f"median {median:.4g} of the last {len(norms)} accepted")
+            if per_step > self.outlier_factor * median:
+                return (f"outlier update: norm per local step {per_step:.4g} > "
+                        f"{self.outlier_factor:g} x the median {median:.4g} of the last "
+                        f"{len(norms)} accepted")
         return ""
 
     def _fault(self, client: int) -> None:
