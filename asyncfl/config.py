@@ -405,8 +405,8 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("clip", "reject")),
     Setting("outlier-factor", float, 100.0, "reject (as the client's fault) an update whose "
             "L2 norm per local step passes this many times the 90th percentile of the last 50 "
-            "accepted ones (after 3), or the divergence limit alone; 0: off", check=lambda x: x == 0 or x > 1,
-            allowed="0 or a number > 1"),
+            "accepted ones (after 3), or the divergence limit alone; 0: off",
+            check=lambda x: x == 0 or x > 1, allowed="0 or a number > 1"),
     Setting("reply-timeout", float, 0.0, "wall seconds without any reply after which "
             "the oldest task in flight counts as failed; 0: 3600 s for a node's first reply, "
             "then ten times the slowest task seen (or, with a wall clock, expected from the "
