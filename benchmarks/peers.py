@@ -41,6 +41,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -241,9 +242,10 @@ def flgo_installed() -> bool:
     return importlib.util.find_spec("flgo") is not None
 
 
-def run_child(code: str, kw: dict, cwd: Path | None = None) -> dict:
+def run_child(code: str, kw: dict, cwd: Path = ROOT) -> dict:
     """`code` in a fresh interpreter with `kw` as JSON; its last line of output as JSON, with
-    the process's wall time from outside (process_s)."""
+    the process's wall time from outside (process_s). In this checkout's folder by default:
+    `python -c` puts the working directory ahead of PYTHONPATH."""
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code, json.dumps(kw)], capture_output=True,
                           text=True, env=child_env(), cwd=cwd)
@@ -262,8 +264,10 @@ def run_asyncfl(strategy: str, sizes: dict, out: Path, name: str) -> dict:
                   num_server_rounds=sizes["updates"] // sizes["buffer"])
     else:
         kw.update(num_server_rounds=sizes["updates"] // sizes["clients"])
+    shutil.rmtree(out / name, ignore_errors=True)  # else the run would write to name-2
     r = run_child(scale.CHILD, kw)
     summary = json.loads((out / name / "summary.json").read_text())
+    shutil.rmtree(out / name, ignore_errors=True)
     return {"updates": summary["updates"], "versions": summary["final_version"],
             "trained": summary["replies_received"], "updates_per_s": r["updates_per_s"],
             "loop_s": r["loop_seconds"], "process_s": r["process_s"],
@@ -277,9 +281,12 @@ def flgo_task(sizes: dict, out: Path) -> tuple[Path, Path]:
     config = {key.replace("_", "-"): value for key, value in WORKLOAD.items()
               if key in ("task", "model", "partition", "seed")}
     config["num-clients"] = sizes["clients"]
-    config_file = folder / "digits_config.py"
+    config_file, task = folder / "digits_config.py", folder / "peers_digits"
     config_file.write_text(FLGO_TASK_CONFIG % {"config": json.dumps(config)})
-    return folder / "peers_digits", config_file
+    if (task / "config.py").exists() and (task / "config.py").read_text() != \
+            config_file.read_text():
+        shutil.rmtree(task)  # made for another workload: the next FLGo child makes it anew
+    return task, config_file
 
 
 def run_flgo(algorithm: str, sizes: dict, out: Path) -> dict:
@@ -366,6 +373,7 @@ def run_flower_fedavg(sizes: dict, out: Path, name: str, app: Path) -> dict:
         folder = run_flower(settings, app)
     process_s = time.perf_counter() - started
     summary = json.loads((folder / "summary.json").read_text())
+    shutil.rmtree(folder, ignore_errors=True)
     # which processes those were: the row keeps the biggest and the sum
     (out / f"{name}.processes.json").write_text(json.dumps(tree.listing(), indent=1))
     return {"updates": summary["updates"], "versions": rounds, "trained": summary["updates"],
