@@ -4,6 +4,8 @@
     python benchmarks/run.py --only overhead   # overhead | engine | scale | mean | batched
                                                # | gpu | deployment
     python benchmarks/run.py --only scale-targets   # 1k to 1M clients (not in a plain run)
+    python benchmarks/run.py --only peers   # FLGo and Flower's FedAvg on one workload (not in
+                                            # a plain run; FLGo: pip install -e ".[peers]")
     python benchmarks/run.py --reps 5
 
 Prints one table per benchmark (medians of --reps repetitions, ratios measured in this run,
@@ -28,6 +30,7 @@ import engine  # noqa: E402
 import gpu  # noqa: E402
 import mean_throughput  # noqa: E402
 import overhead  # noqa: E402
+import peers  # noqa: E402
 import scale  # noqa: E402
 
 from asyncfl.results import markdown_table  # noqa: E402
@@ -48,7 +51,12 @@ BENCHMARKS = {
     # a real SuperLink + 3 SuperNodes on loopback, this interpreter's flwr (about 10 minutes);
     # `python benchmarks/deployment.py --python A --python B` compares two venvs
     "deployment": deployment.measure,
+    # asyncfl against FLGo (the optional extra `peers`) and Flower's FedAvg, one workload
+    # interleaved (about 10 minutes); not in a plain run: it needs the extra
+    "peers": peers.measure,
 }
+#: run only when named with --only
+NOT_IN_A_PLAIN_RUN = ("scale-targets", "peers")
 
 
 def _cuda() -> bool:
@@ -70,7 +78,7 @@ def main() -> None:
     print(f"machine: {machine}; median of {args.reps}")
     raw = {"machine": machine}
     for name, measure in BENCHMARKS.items():
-        if (args.only and name != args.only) or (not args.only and name == "scale-targets"):
+        if (args.only and name != args.only) or (not args.only and name in NOT_IN_A_PLAIN_RUN):
             continue
         rows = measure(args.reps, args.out)
         raw[name] = rows
