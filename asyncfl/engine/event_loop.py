@@ -133,8 +133,9 @@ class Completion:
         return self.dispatch.client
 
     @property
-    def planned_steps(self) -> int:
-        """The local steps the server asked of this task (not what the reply claims)."""
+    def planned_steps(self) -> int | None:
+        """The local steps the server asked of this task (not what the reply claims); None
+        where the task names none (a ClientApp running its own epochs)."""
         return self.dispatch.steps
 
     @property

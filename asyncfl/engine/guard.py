@@ -236,7 +236,7 @@ class ReplyGuard:
         a row (no normal update between them) from at least two clients and half of the
         clients seen blame the model they were sent, not them: `DivergenceError`. One
         hostile client's outliers come between the others' normal updates."""
-        per_step = norm / max(1, completion.planned_steps)
+        per_step = norm / max(1, completion.planned_steps or 1)  # None: no steps asked
         reason = self._outlier_reason(norm, per_step, kind)
         self._seen.add(completion.client)
         if not reason:
