@@ -12,6 +12,7 @@ from asyncfl.plots import spans_decades, timeline_segments
 from asyncfl.results import participation
 from asyncfl.tools.flower_launcher import COMPARISON_COLUMNS, write_comparison
 from asyncfl.tools.sweep.figures import band, whiskers
+from tests.helpers import read_rows
 
 SMALL = dict(num_clients=6, local_steps=1, batch_size=16, eval_every=2)
 
@@ -74,6 +75,19 @@ def test_an_even_comparison_says_no_client_dominates(tmp_path):
     text = (dest / "comparison.md").read_text()
     assert "No client made more than a third of any run's updates." in text
     assert "Warning" not in text
+    with (dest / "comparison.csv").open() as f:
+        fedavg, fedbuff = csv.DictReader(f)
+    final = read_rows(outs[0] / "evals.csv")[-1]["accuracy"]
+    to_final = [float(r["virtual_time"]) for r in read_rows(outs[1] / "evals.csv")
+                if float(r["accuracy"]) >= float(final)]
+    assert float(fedavg["speedup_to_first_final"]) == 1.0
+    if to_final:
+        assert float(fedbuff["time_to_first_final_s"]) == round(to_final[0], 2)
+        assert float(fedbuff["speedup_to_first_final"]) == round(
+            float(fedavg["time_to_first_final_s"]) / to_final[0], 1)
+        assert "x sooner" in text
+    else:
+        assert fedbuff["speedup_to_first_final"] == ""
 
 
 def test_timeline_accounts_for_every_client_second(tmp_path):

@@ -59,7 +59,8 @@ from asyncfl.tools.superlink import CONNECTION, flower_executable, local_superli
 
 DEFAULT_COMPARISON = "fedavg,fedbuff"  # the main job: synchronous against asynchronous
 COMPARISON_COLUMNS = ("strategy", "run", "final_accuracy", "virtual_time_s", "target_accuracy",
-                      "time_to_target_s", "speedup", "updates", "top_client", "top_client_share",
+                      "time_to_target_s", "speedup", "time_to_first_final_s",
+                      "speedup_to_first_final", "updates", "top_client", "top_client_share",
                       "gini_updates", "dominated")
 #: the ServerApp's log lines that move the bar: the start (how many versions or rounds), the
 #: periodic progress line, each evaluation and the closing summary
@@ -189,8 +190,10 @@ def write_comparison(outs: list[Path], dest: Path) -> Path:
     for run in runs:
         run["reached"] = time_to_target(run["evals"], target)
     first = runs[0]["reached"]
+    headline = final_accuracy_headline(runs)
     notes = [note for run in runs if (note := dominance_note(run["label"], run["participation"]))]
     title = (f"{' vs '.join(r['label'] for r in runs)} on {setup(runs[0]['config'])}"
+             + "".join(f"\n{line}" for line in headline)
              + "".join(f"\nWARNING: {note}" for note in notes))
     path = plot_comparison(runs, target, title, dest)
     rows = []
@@ -203,6 +206,9 @@ def write_comparison(outs: list[Path], dest: Path) -> Path:
             "target_accuracy": target,
             "time_to_target_s": "" if when is None else round(when, 2),
             "speedup": "" if None in (when, first) or not when else round(first / when, 1),
+            "time_to_first_final_s": "" if run["to_final"] is None
+            else round(run["to_final"], 2),
+            "speedup_to_first_final": ratio(runs[0]["to_final"], run["to_final"]),
             "updates": sum(report["updates_per_client"]),
             "top_client": report["top_client"],
             "top_client_share": None if report["top_share"] is None
@@ -214,11 +220,37 @@ def write_comparison(outs: list[Path], dest: Path) -> Path:
             f"{runs[0]['label']}). time_to_target_s: the virtual time at which a run's test "
             f"accuracy first reaches it; speedup: {runs[0]['label']}'s time to it / the run's. "
             "top_client_share: the share of the run's updates made by its busiest client; "
+            "time_to_first_final_s / speedup_to_first_final: the same for "
+            f"{runs[0]['label']}'s final accuracy "
+            f"({runs[0]['evals'][-1]['accuracy']:.4g}). "
             "gini_updates: the Gini coefficient of the updates per client (0: all equal).\n")
     tail = "".join(f"\n**Warning:** {note}.\n" for note in notes) or (
         "\nNo client made more than a third of any run's updates.\n")
-    (Path(dest) / "comparison.md").write_text(f"{head}\n{table}{tail}")
+    said = "".join(f"\n**{line}.**\n" for line in headline)
+    (Path(dest) / "comparison.md").write_text(f"{head}{said}\n{table}{tail}")
+    for line in headline:
+        print(f"asyncfl-flwr-run: {line}")
     return path
+
+
+def ratio(reference: float | None, when: float | None) -> float | str:
+    """reference / when rounded, or '' where either never happened."""
+    return "" if reference is None or not when else round(reference / when, 1)
+
+
+def final_accuracy_headline(runs: list[dict]) -> list[str]:
+    """Per run after the first: when it reached the first run's final accuracy, how much
+    sooner than the first run did, and where it ended (also sets each run's `to_final`)."""
+    final = runs[0]["evals"][-1]["accuracy"]
+    for run in runs:
+        run["to_final"] = time_to_target(run["evals"], final)
+    lines = []
+    for run in runs[1:]:
+        ends = f"ends at {run['evals'][-1]['accuracy']:.3f}"
+        speedup = ratio(runs[0]["to_final"], run["to_final"])
+        lines.append(f"{run['label']} reaches {runs[0]['label']}'s final accuracy {final:.3f} "
+                     + ("never" if speedup == "" else f"{speedup}x sooner") + f" and {ends}")
+    return lines
 
 
 class Stopped(Exception):
