@@ -296,8 +296,9 @@ SETTINGS: tuple[Setting, ...] = (
             f"buffered strategies ({', '.join(BUFFERED_STRATEGIES)}), esync and mifa; gamma = lr x "
             "server-lr for fedsgd, alsgd, asgd, apsb); for adam / yogi / adagrad / amsgrad their "
             "eta. 0 = the algorithm's default: min(1, B/M) for sgd steps (B updates per step: "
-            "buffer-size, else 1; M in flight), adam 0.01, yogi 0.01, adagrad 0.1, amsgrad 0.01, "
-            "1 for esync, mifa and fedsgd",
+            "buffer-size, else 1; M in flight; fedbuff divides its buffer's mean by the "
+            "run's measured mean staleness weight, up to a unit step), adam 0.01, yogi 0.01, "
+            "adagrad 0.1, amsgrad 0.01, 1 for esync, mifa and fedsgd",
             check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("server-optimizer", str, "auto", "server step of the buffered strategies: sgd "
             "(FedAvgM with server-momentum), adam / yogi / adagrad (Reddi et al. 2021), amsgrad; "

@@ -16,7 +16,7 @@ from asyncfl.strategies import (
     ServerOptimizer,
     constant,
 )
-from asyncfl.strategies.blocks import DEFAULT_LR
+from asyncfl.strategies.blocks import DEFAULT_LR, polynomial_default
 from asyncfl.strategies.ca2fl import CA2FLRule
 from asyncfl.strategies.fadas import FADASRule
 from asyncfl.strategies.fedbuff import FedBuffRule
@@ -124,6 +124,48 @@ def test_a_bad_server_optimizer_is_refused(kwargs, match):
 
 def test_a_default_learning_rate_per_optimizer():
     assert {name: ServerOptimizer(name).lr for name in OPTIMIZERS} == DEFAULT_LR
+
+
+# ------------------------------------------------- FedBuff's measured-staleness step
+
+
+def test_fedbuff_default_step_divides_by_the_measured_mean_staleness_weight():
+    """K = 2, gamma = K / M = 0.5, s(tau) = (1 + tau)^-1/2. Step 1: staleness 0 and 3
+    (weights 1, 0.5; s-bar 0.75): w = 1 + 0.5 (1 x 2 + 0.5 x 4) / (2 x 0.75) = 7/3. Step 2:
+    staleness 8 and 0 (weights 1/3, 1; s-bar 17/24): w += 0.5 (1 + 3) / (2 x 17/24)."""
+    rule = FedBuffRule(2, ServerOptimizer("sgd", lr=0.5), polynomial_default,
+                       measured_staleness=True)
+    w = {"x": np.array([1.0])}
+    assert rule.fold(w, {"x": np.array([2.0])}, 1, 0, client=0) is None
+    w = rule.fold(w, {"x": np.array([4.0])}, 1, 3, client=1)
+    np.testing.assert_allclose(w["x"], [7 / 3], rtol=1e-12)
+    assert rule.fold(w, {"x": np.array([3.0])}, 1, 8, client=0) is None
+    w = rule.fold(w, {"x": np.array([3.0])}, 1, 0, client=1)
+    np.testing.assert_allclose(w["x"], [7 / 3 + 0.5 * 4 / (2 * 17 / 24)], rtol=1e-12)
+
+
+@pytest.mark.parametrize("lr, staleness", [(0.5, constant), (1.0, polynomial_default)])
+def test_fedbuff_measured_step_is_the_plain_step_without_weights_or_at_a_unit_step(
+        lr, staleness):
+    """Equal weights (s-bar = 1), or gamma = 1 (K >= M: the cap), leave the paper's step."""
+    rng = np.random.default_rng(3)
+    measured = FedBuffRule(3, ServerOptimizer("sgd", lr=lr), staleness, measured_staleness=True)
+    plain = FedBuffRule(3, ServerOptimizer("sgd", lr=lr), staleness)
+    w_measured = w_plain = start_model(rng)
+    for i, delta in enumerate(deltas(rng, 12)):
+        w_measured = measured.fold(w_measured, delta, 1.0, i % 4, i % 3) or w_measured
+        w_plain = plain.fold(w_plain, delta, 1.0, i % 4, i % 3) or w_plain
+    for key in w_plain:
+        np.testing.assert_array_equal(w_measured[key], w_plain[key])
+
+
+def test_fedbuff_uses_the_measured_step_only_at_its_default_server_step():
+    assert FedBuff().rule.measured_staleness
+    assert FedBuff(server_optimizer="sgd", server_momentum=0.9).rule.measured_staleness
+    assert STRATEGIES["fedbuff"](**asyncfl.strategies.REGISTRY["fedbuff"].settings(
+        validate_run_config({"strategy": "fedbuff"}))).rule.measured_staleness
+    assert not FedBuff(server_lr=0.1).rule.measured_staleness
+    assert not FedBuff(server_optimizer="adam").rule.measured_staleness
 
 
 # ---------------------------------------------------------------- CA2FL

@@ -311,6 +311,12 @@ class ServerStep:
         self.server_momentum = server_momentum
         self.new(1, None)  # the optimizer checks momentum and lr now
 
+    @property
+    def is_default_sgd(self) -> bool:
+        """sgd with no step given: its step is `default_server_lr`."""
+        return (self.name == "sgd" and self.server_lr is None
+                and not isinstance(self.given, ServerOptimizer))
+
     def new(self, updates_per_step: int, in_flight: int | None) -> ServerOptimizer:
         """The optimizer of one run with B = `updates_per_step` and M = `in_flight` (None:
         not known yet, at construction)."""

@@ -32,6 +32,13 @@ class FedBuffRule:
     With the default optimizer (sgd, server learning rate gamma, momentum beta) that is
     m <- beta m + Delta-bar, w <- w + gamma m (see `blocks.ServerOptimizer`).
 
+    `measured_staleness` (FedBuff's default server step): Delta-bar is divided by
+    max(s-bar, gamma), s-bar the mean staleness weight of every update folded in so far, so
+    the step is min(1, gamma / s-bar) times the buffer's mean. With gamma = K / M a turn of
+    the M clients in flight (M / K steps) then moves the model as far as one synchronous
+    average of their updates would, the staleness weights counted; without it, a turn moved
+    the model s-bar of that (a tenth at M / K = 100, where s-bar is about (1 + M / K)^-1/2).
+
     Example:
         >>> import numpy as np
         >>> rule = FedBuffRule(2, ServerOptimizer("sgd", lr=0.5), staleness=lambda tau: 1.0)
@@ -43,21 +50,29 @@ class FedBuffRule:
     """
 
     update_kind = DELTA
-    state_fields = ("buffer", "optimizer")
+    state_fields = ("buffer", "optimizer", "weight_sum", "folded")
 
     def __init__(self, buffer_size: int = 10, optimizer: ServerOptimizer | None = None,
-                 staleness: StalenessFn = polynomial_default) -> None:
+                 staleness: StalenessFn = polynomial_default,
+                 measured_staleness: bool = False) -> None:
         self.buffer_size = checked_size(buffer_size)
         self.optimizer = optimizer if optimizer is not None else ServerOptimizer()
         self.staleness = staleness
+        self.measured_staleness = measured_staleness
         self.buffer = DeltaBuffer()
+        self.weight_sum, self.folded = 0.0, 0  # s-bar = weight_sum / folded
 
     def fold(self, global_arrays: Arrays, update: Arrays, num_examples: float,
              staleness: int, client: int) -> Arrays | None:
-        self.buffer.add(update, self.staleness(staleness))
+        weight = self.staleness(staleness)
+        self.buffer.add(update, weight)
+        self.weight_sum, self.folded = self.weight_sum + weight, self.folded + 1
         if self.buffer.count < self.buffer_size:
             return None
-        new = self.optimizer.step(global_arrays, self.buffer.divided(self.buffer_size))
+        divisor = self.buffer_size
+        if self.measured_staleness:
+            divisor *= max(self.weight_sum / self.folded, self.optimizer.lr)
+        new = self.optimizer.step(global_arrays, self.buffer.divided(divisor))
         self.buffer = DeltaBuffer()
         return new
 
@@ -73,9 +88,11 @@ class FedBuff(BufferedStrategy):
             follows Flower's FedAvg contract: the server computes each delta from the
             version the client started from) or "delta". Default: "weights".
         server_lr: the sgd server step gamma; None means min(1, K / M)
-            (`blocks.default_server_lr`): staleness is about M / K, and M / K steps of K / M
-            move the model as one synchronous average of the same updates would; for a
-            named adaptive `server_optimizer`, None means its own default eta. Default: None.
+            (`blocks.default_server_lr`) with the buffer's mean divided by the measured mean
+            staleness weight (`FedBuffRule`'s `measured_staleness`): staleness is about
+            M / K, and M / K such steps move the model as one synchronous average of the
+            same updates would; a number is the paper's plain step; for a named adaptive
+            `server_optimizer`, None means its own default eta. Default: None.
         server_momentum: sgd's server momentum beta (FedAvgM when > 0). Default: 0.0.
         work_window: T, seconds of local work a task should take (TimelyFL's adaptive
             local work): a client measured at t seconds a step gets min(K, max(1,
@@ -108,7 +125,8 @@ class FedBuff(BufferedStrategy):
                          work_window=work_window, server_optimizer=server_optimizer, **options)
 
     def buffered_rule(self, optimizer: ServerOptimizer, parts: RunParts | None) -> FedBuffRule:
-        return FedBuffRule(self.buffer_size, optimizer, self.staleness)
+        return FedBuffRule(self.buffer_size, optimizer, self.staleness,
+                           measured_staleness=self.server_step.is_default_sgd)
 
 
 @register("fedbuff", FedBuff, server_optimizer=True)
