@@ -458,3 +458,19 @@ def test_a_strategy_that_becomes_fedavg_with_a_plain_client_app_says_so_once(nam
         assert "asyncfl.client.register" in said[0]
     else:
         assert said == []
+
+
+#: the issue's budget for a plug-in user: 40 client updates of 4 local steps each
+SHORT_BUDGET = {"updates": 40, "lr": 0.05, "local-steps": 4}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(set(STRATEGIES) - set(ONE_STEP)))
+def test_every_strategy_at_its_defaults_learns_within_forty_short_updates(name):
+    """No-argument constructors, the quickstart's own ClientApp (the helper where the
+    algorithm needs it), 4 nodes: each strategy that takes weights or deltas moves test
+    accuracy up by 0.3 or more within 40 updates of 4 local steps."""
+    app = helped_app if name in NEEDS_THE_HELPER else quickstart_app
+    outcome = run_one(RecordingGrid(app), name, SHORT_BUDGET)
+    assert outcome["outcome"] == "trained"
+    assert outcome["accuracy_end"] >= outcome["accuracy_start"] + 0.3, outcome
