@@ -8,6 +8,15 @@ def read_rows(path: Path, drop: tuple[str, ...] = ()) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(f)]
 
 
+def table_rows(text: str) -> list[dict[str, str]]:
+    """The rows of the first Markdown table printed in `text`, as strings by column."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert lines[1].replace("|", "").replace("-", "") == ""
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
+            for line in lines[2:]]
+
+
 class Crash(Exception):
     """What a CrashingGrid raises: the server dies mid-run."""
 

@@ -9,17 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import table_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import peers  # noqa: E402
-
-
-def table_rows(text: str) -> list[dict[str, str]]:
-    lines = [line for line in text.splitlines() if line.startswith("|")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
-            for line in lines[2:]]
 
 
 def check_rows(rows: list[dict[str, str]], runs: list[str]) -> None:
