@@ -106,7 +106,7 @@ def run_flower(overrides: dict, app_dir: Path, cpus_per_client: int = 1,
     log_path = Path(config["output-dir"]) / f"{config['run-name']}.flwr.log"
     print(f"asyncfl-flwr-run: {config['strategy']}: starting Flower's simulation engine (Ray, "
           f"{config['num-clients']} SuperNodes), then the first model; Flower's log: "
-          f"{log_path}", flush=True)
+          f"{log_path} (at the end: flwr.log in the results folder)", flush=True)
     with local_superlink(app_dir, ray_address) as (_, env), log_path.open("w") as log_file:
         command = [flower_executable("flwr"), "run", str(app_dir), CONNECTION, "--stream",
                    "--run-config", format_run_config(overrides), "--federation-config", federation]

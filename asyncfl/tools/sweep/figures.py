@@ -82,12 +82,16 @@ def plot_sweep(points: Sequence[Point], rows: Sequence[Mapping[str, str]],
     ci95 = [0.0 if math.isnan(s["time_to_target_ci95"]) else s["time_to_target_ci95"]
             for s in summary]
     ax.barh(labels, means, xerr=whiskers(means, ci95), capsize=4)
+    for row, s in enumerate(summary):
+        if not s["target_reached"]:
+            ax.text(0, row, " not reached", va="center", fontsize=8, color="tab:red")
     ax.invert_yaxis()
     if spans_decades(means):
         ax.set_xscale("symlog", linthresh=min(m for m in means if m > 0))
     ax.set(xlabel=f"virtual time to accuracy {target:g} (s); whiskers: 95% interval, cut at 0"
            + (", log scale" if spans_decades(means) else ""),
-           title=f"{fill(title, 80)}\ntime to target (runs that reached it / runs)")
+           title="time to target (runs that reached it / runs)")
+    fig.suptitle(fill(title, 90), fontsize=9)  # over the figure: the labels take its left
     ax.set_xlim(left=0)
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3, axis="x")
