@@ -319,8 +319,9 @@ SETTINGS: tuple[Setting, ...] = (
             allowed="an integer >= 0"),
     Setting("concurrency", int, 0, "M, clients training at once (async); 0 = every client",
             check=_non_negative, allowed="an integer >= 0, at most num-clients"),
-    Setting("staleness", str, "polynomial", "staleness weight s(tau) (fedbuff, fedasync)",
-            choices=("constant", "polynomial", "hinge")),
+    Setting("staleness", str, "auto", "staleness weight s(tau) (fedbuff, fedasync, "
+            "fedcompass); auto = the strategy's own: constant for fedbuff, polynomial for "
+            "fedasync and fedcompass", choices=("auto", "constant", "polynomial", "hinge")),
     Setting("staleness-a", float, 0.5, "a of polynomial (1+tau)^-a and of hinge",
             check=_non_negative, allowed=_NON_NEGATIVE),
     Setting("staleness-b", float, 4.0, "b of hinge: staleness up to b counts fully",

@@ -38,7 +38,8 @@ RUNS = {
     "ssgd-deadline": {"strategy": "ssgd"},  # round-timeout from --deadline
     "asgd": {"strategy": "asgd", "server-lr": 1.0},  # the ESync paper's ASGD steps with lr
     "fedavg": {"strategy": "fedavg", "local-steps": 4},
-    "fedbuff": {"strategy": "fedbuff", "buffer-size": 2, "local-steps": 1, "server-lr": 1.0},
+    "fedbuff": {"strategy": "fedbuff", "buffer-size": 2, "local-steps": 1, "server-lr": 1.0,
+                "staleness": "polynomial"},
 }
 COLUMNS = ("strategy", "time_to_target_s", "speedup_vs_ssgd", "final_accuracy", "versions",
            "compute_share_per_worker", "messages", "mb_moved")

@@ -29,7 +29,8 @@ TASK = {"task": "digits", "num-clients": 50, "partition": "dirichlet", "alpha": 
         "delay-dist": "exponential", "delay-mean": 1.0}
 RUNS = {
     "fedavg": {"strategy": "fedavg", "fraction": 0.2},
-    "fedbuff": {"strategy": "fedbuff", "buffer-size": 10, "concurrency": 10},
+    "fedbuff": {"strategy": "fedbuff", "buffer-size": 10, "concurrency": 10,
+                "staleness": "polynomial"},  # the paper's staleness weights
     "fedasync": {"strategy": "fedasync", "concurrency": 10, "mixing": 0.5},
     "ca2fl": {"strategy": "ca2fl", "buffer-size": 10, "concurrency": 10},
     "fedstaleweight": {"strategy": "fedstaleweight", "buffer-size": 10, "concurrency": 10},

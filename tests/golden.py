@@ -62,6 +62,9 @@ _DIGITS = dict(num_clients=6, local_steps=3, batch_size=16, delay_dist="exponent
 _FAULTS = dict(fault_fraction=0.34, fault_kinds="nan,raise", max_faults=2)
 # the server step these runs were recorded with (server-lr's default before 0 meant min(1, B/M))
 _UNIT_STEP = dict(server_lr=1.0)
+# FedBuff's staleness weights these runs were recorded with (the paper's; the default became
+# constant later)
+_PAPER_WEIGHTS = dict(staleness="polynomial")
 
 #: run name -> simulate() keyword arguments
 RUNS: dict[str, dict] = {
@@ -76,11 +79,12 @@ RUNS: dict[str, dict] = {
     "ssgd": dict(strategy="ssgd", num_server_rounds=4, **_DIGITS),
     "esync": dict(strategy="esync", num_server_rounds=3, server_lr=0.8, esync_eps=0.1,
                   **_DIGITS),
-    "fedbuff": dict(strategy="fedbuff", **_UNIT_STEP,
+    "fedbuff": dict(strategy="fedbuff", **_PAPER_WEIGHTS, **_UNIT_STEP,
                     num_server_rounds=8, buffer_size=3, concurrency=4,
                     server_momentum=0.5, **_DIGITS),
-    "fedbuff-yogi": dict(strategy="fedbuff", num_server_rounds=8, buffer_size=3, concurrency=4,
-                         server_optimizer="yogi", server_beta1=0.5, **_DIGITS),
+    "fedbuff-yogi": dict(strategy="fedbuff", **_PAPER_WEIGHTS, num_server_rounds=8,
+                         buffer_size=3, concurrency=4, server_optimizer="yogi",
+                         server_beta1=0.5, **_DIGITS),
     "ca2fl": dict(strategy="ca2fl", num_server_rounds=8, buffer_size=3, concurrency=4,
                   **_UNIT_STEP, **_DIGITS),
     "fedstaleweight": dict(strategy="fedstaleweight", num_server_rounds=8, buffer_size=3,
@@ -97,22 +101,25 @@ RUNS: dict[str, dict] = {
     "running-mean": dict(strategy="running-mean", task="mean", num_clients=20,
                          num_server_rounds=60, concurrency=5, delay_dist="lognormal"),
     "fedavg-faults": dict(strategy="fedavg", num_server_rounds=4, **_FAULTS, **_DIGITS),
-    "fedbuff-faults": dict(strategy="fedbuff", **_UNIT_STEP, num_server_rounds=8, buffer_size=2,
-                           concurrency=4, **_FAULTS, **_DIGITS),
+    "fedbuff-faults": dict(strategy="fedbuff", **_PAPER_WEIGHTS, **_UNIT_STEP,
+                           num_server_rounds=8, buffer_size=2, concurrency=4, **_FAULTS,
+                           **_DIGITS),
     "esync-faults": dict(strategy="esync", num_server_rounds=4, **_FAULTS, **_DIGITS),
     "fedavg-round-timeout": dict(strategy="fedavg", num_server_rounds=4, round_timeout=2.5,
                                  **_DIGITS),
-    "fedbuff-resumed": dict(strategy="fedbuff", **_UNIT_STEP, num_server_rounds=12, buffer_size=2,
-                            concurrency=4, checkpoint_every=3, **_DIGITS),
+    "fedbuff-resumed": dict(strategy="fedbuff", **_PAPER_WEIGHTS, **_UNIT_STEP,
+                            num_server_rounds=12, buffer_size=2, concurrency=4,
+                            checkpoint_every=3, **_DIGITS),
     "apsb-resumed": dict(strategy="apsb", **_UNIT_STEP, num_server_rounds=12, concurrency=4,
                          checkpoint_every=3, **_DIGITS),
-    "fedbuff-norm-bound": dict(strategy="fedbuff", **_UNIT_STEP, num_server_rounds=6, buffer_size=2,
-                               update_norm_bound=0.5, **_DIGITS),
-    "fedbuff-eval-interval": dict(strategy="fedbuff", **_UNIT_STEP,
+    "fedbuff-norm-bound": dict(strategy="fedbuff", **_PAPER_WEIGHTS, **_UNIT_STEP,
+                               num_server_rounds=6, buffer_size=2, update_norm_bound=0.5,
+                               **_DIGITS),
+    "fedbuff-eval-interval": dict(strategy="fedbuff", **_PAPER_WEIGHTS, **_UNIT_STEP,
                                   num_server_rounds=6, buffer_size=2,
                                   eval_interval=1.5, comm_latency=0.1, **_DIGITS),
-    # the default server steps, min(1, B/M): recorded after the refactor, which left them
-    # bit-identical to the code before it (checked side by side)
+    # the default server steps, min(1, B/M) (FedBuff's with its default, constant, staleness
+    # weights: re-recorded when those defaults changed on the defaults panel's evidence)
     "fedbuff-default-step": dict(strategy="fedbuff", num_server_rounds=8, buffer_size=2,
                                  concurrency=5, **_DIGITS),
     "alsgd-default-step": dict(strategy="alsgd", num_server_rounds=10, concurrency=4,

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -154,6 +154,14 @@ def hinge(tau: int, a: float, b: float) -> float:
     return 1.0 if tau <= b else 1.0 / (a * (tau - b) + 1.0)
 
 
+def staleness_setting(config: Mapping[str, Any]) -> StalenessFn | None:
+    """Run-config `staleness` (with `staleness-a`, `staleness-b`) as a strategy's argument:
+    None for auto (the strategy's own default)."""
+    if config["staleness"] == "auto":
+        return None
+    return staleness_function(config["staleness"], config["staleness-a"], config["staleness-b"])
+
+
 def staleness_function(name: str, a: float = 0.5, b: float = 4.0) -> StalenessFn:
     """The named staleness function with its parameters bound."""
     if name == "constant":
@@ -268,12 +276,13 @@ class ServerOptimizer:
                 f"epsilon={self.epsilon:g})")
 
 
-def staleness_arg(value: str | StalenessFn | None) -> StalenessFn:
-    """The `staleness` argument of a strategy: None (polynomial, a = 0.5), a name of
+def staleness_arg(value: str | StalenessFn | None,
+                  default: StalenessFn = polynomial_default) -> StalenessFn:
+    """The `staleness` argument of a strategy: None (the strategy's `default`), a name of
     STALENESS_FUNCTIONS (default parameters: polynomial a = 0.5, hinge a = 0.5, b = 4) or a
     function tau -> weight."""
     if value is None:
-        return polynomial_default
+        return default
     if isinstance(value, str):
         if value not in STALENESS_FUNCTIONS:
             raise ValueError(f"staleness must be a function tau -> weight or one of "

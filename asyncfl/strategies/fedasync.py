@@ -9,7 +9,7 @@ from asyncfl.engine import arguments
 from asyncfl.engine.base import AsyncStrategy
 from asyncfl.engine.runner import Arrays, RunParts
 from asyncfl.protocol import WEIGHTS
-from asyncfl.strategies.blocks import StalenessFn, staleness_arg, staleness_function
+from asyncfl.strategies.blocks import StalenessFn, staleness_arg, staleness_setting
 from asyncfl.strategies.registry import async_settings, register
 
 
@@ -82,5 +82,4 @@ class FedAsync(AsyncStrategy):
 def fedasync_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """FedAsync's constructor arguments from a validated run config."""
     return {**async_settings(config), "mixing": config["mixing"],
-            "staleness": staleness_function(config["staleness"], config["staleness-a"],
-                                            config["staleness-b"])}
+            "staleness": staleness_setting(config)}

@@ -13,9 +13,9 @@ from asyncfl.strategies.blocks import (
     ServerOptimizer,
     StalenessFn,
     checked_size,
-    polynomial_default,
+    constant,
     staleness_arg,
-    staleness_function,
+    staleness_setting,
 )
 from asyncfl.strategies.registry import buffered_settings, register
 
@@ -53,7 +53,7 @@ class FedBuffRule:
     state_fields = ("buffer", "optimizer", "weight_sum", "folded")
 
     def __init__(self, buffer_size: int = 10, optimizer: ServerOptimizer | None = None,
-                 staleness: StalenessFn = polynomial_default,
+                 staleness: StalenessFn = constant,
                  measured_staleness: bool = False) -> None:
         self.buffer_size = checked_size(buffer_size)
         self.optimizer = optimizer if optimizer is not None else ServerOptimizer()
@@ -103,8 +103,10 @@ class FedBuff(BufferedStrategy):
             (then leave `server_lr` and `server_momentum` at their defaults). Each run
             starts from fresh moments. Default: None.
         staleness: s(tau), a name ("constant", "polynomial", "hinge", with a = 0.5, b = 4)
-            or a function of the staleness; None means polynomial with a = 0.5.
-            Default: None.
+            or a function of the staleness; None means constant (the paper weighs by
+            polynomial, a = 0.5: with clients whose data differ, weighing stale updates down
+            weighs the slow clients' data down, and the server step `server_lr` already
+            bounds what stale updates move). Default: None.
         **options: what every asyncfl strategy takes (`AsyncflStrategy`: Flower's FedAvg
             arguments, clock, delays, guard, ...) and `retry_backoff` (`AsyncStrategy`).
 
@@ -119,7 +121,7 @@ class FedBuff(BufferedStrategy):
                  server_momentum: float = 0.0, work_window: float = 0.0,
                  server_optimizer: ServerOptimizer | str | None = None,
                  staleness: str | StalenessFn | None = None, **options: Any) -> None:
-        self.staleness = staleness_arg(staleness)
+        self.staleness = staleness_arg(staleness, default=constant)
         super().__init__(buffer_size, concurrency, client_returns=client_returns,
                          server_lr=server_lr, server_momentum=server_momentum,
                          work_window=work_window, server_optimizer=server_optimizer, **options)
@@ -133,5 +135,4 @@ class FedBuff(BufferedStrategy):
 def fedbuff_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """FedBuff's constructor arguments from a validated run config."""
     return {**buffered_settings(config),
-            "staleness": staleness_function(config["staleness"], config["staleness-a"],
-                                            config["staleness-b"])}
+            "staleness": staleness_setting(config)}

@@ -23,7 +23,7 @@ from asyncfl.engine.checkpoint import state_class
 from asyncfl.engine.dispatch import Dispatcher, WholeTasks, seconds_per_step
 from asyncfl.engine.runner import Arrays, RunParts
 from asyncfl.protocol import DELTA, LOCAL_STEPS
-from asyncfl.strategies.blocks import StalenessFn, staleness_arg, staleness_function
+from asyncfl.strategies.blocks import StalenessFn, staleness_arg, staleness_setting
 from asyncfl.strategies.registry import async_settings, register
 
 # relative slack when dividing times into steps, so 0.3 / 0.1 counts as 3 steps in floats
@@ -359,5 +359,4 @@ def fedcompass_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     settings.pop("concurrency")
     return {**settings, "mixing": config["compass-alpha"],
             "q_ratio": config["compass-q-ratio"], "latest_factor": config["compass-lambda"],
-            "staleness": staleness_function(config["staleness"], config["staleness-a"],
-                                            config["staleness-b"])}
+            "staleness": staleness_setting(config)}
