@@ -32,6 +32,13 @@ def test_main_job_is_short_on_the_terminal_and_fair_on_disk(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["strategy"] for r in rows] == ["fedavg", "fedbuff"]
     assert [r["dominated"] for r in rows] == ["no", "no"]
+    # what the tool is for: FedBuff reaches FedAvg's final accuracy sooner and ends at or above
+    # it, and the terminal says how much sooner
+    fedavg, fedbuff = rows
+    assert float(fedbuff["final_accuracy"]) >= float(fedavg["final_accuracy"])
+    assert float(fedbuff["speedup_to_first_final"]) > 1
+    assert (f"fedbuff reaches fedavg's final accuracy {float(fedavg['final_accuracy']):.3f} "
+            f"{fedbuff['speedup_to_first_final']}x sooner") in done.stdout
     assert "No client made more than a third" in (folder / "comparison.md").read_text()
     for row in rows:
         assert "Final results" in (tmp_path / "outputs" / row["run"] / "flwr.log").read_text()
