@@ -153,3 +153,41 @@ def test_claims_writes_a_table_per_claim_with_every_point(tmp_path):
         for row in rows:
             assert 0 <= float(row["final_accuracy"]) <= 1 and 0 < float(row["top_share"]) <= 1
             assert row["reached"] in ("0/1", "1/1")
+
+
+def test_defaults_panel_speedups_come_from_the_curves(tmp_path):
+    """One scenario, two strategies, one seed: each speed-up is FedAvg's first time at its own
+    final accuracy F over the strategy's first time at F, and each run stops at 2T or at 20x
+    FedAvg's updates, whichever comes first."""
+    import csv
+
+    out = tmp_path / "panel"
+    done = run_script("defaults.py", "--scenarios", "digits-10", "--strategies", "fedbuff,asgd",
+                      *ONE_SEED, "--label", "x", "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    def curves(folder):
+        with (folder / "runs.csv").open() as f:
+            ids = {r["point"]: (r["config_id"], r) for r in csv.DictReader(f)}
+        with (folder / "curves.csv").open() as f:
+            points = list(csv.DictReader(f))
+        return {point: ([(float(p["virtual_time"]), float(p["accuracy"])) for p in points
+                         if p["config_id"] == cid], row) for point, (cid, row) in ids.items()}
+
+    (fedavg, fedavg_run), = curves(out / "fedavg").values()
+    final = fedavg[-1][1]
+    t_final = next(t for t, a in fedavg if a >= final)
+    with (out / "x" / "table.csv").open() as f:
+        table = {r["strategy"]: r for r in csv.DictReader(f)}
+    assert set(table) == {"fedbuff", "asgd"}
+    for point, (curve, run) in curves(out / "x" / "sweep").items():
+        strategy = point.split("/")[1]
+        reached = next((t for t, a in curve if a >= final), None)
+        expected = 0.0 if reached is None else t_final / reached
+        assert float(table[strategy]["speedup"]) == pytest.approx(expected)
+        assert float(table[strategy]["fedavg_final"]) == pytest.approx(final)
+        cap = 20 * int(fedavg_run["updates"])  # versions of up to 10 updates (FedBuff's K)
+        assert int(run["updates"]) <= cap
+        assert (float(run["virtual_time"]) >= 2 * float(fedavg_run["virtual_time"])
+                or int(run["updates"]) > cap - 10)
+    assert "| fedbuff | 1 |" in (out / "x" / "summary.md").read_text()
