@@ -25,7 +25,6 @@ runs (their defaults did not change between the two).
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import math
 import os
@@ -36,6 +35,7 @@ from typing import Any
 
 from asyncfl.config import BUFFERED_STRATEGIES, validate_run_config
 from asyncfl.tools.sweep.cli import add_sweep_arguments, sweep_from_args
+from asyncfl.tools.sweep.execute import read_csv_rows, read_curves
 from asyncfl.tools.sweep.grid import Point, coerce, parse_seeds
 from asyncfl.tools.sweep.statistics import t_interval, write_interval_table
 
@@ -71,16 +71,8 @@ TOLERANCE = 0.005
 
 def read_runs(folder: Path) -> tuple[list[dict[str, str]], dict[str, list[tuple[float, float]]]]:
     """A sweep folder's finished runs and its accuracy curves by config_id."""
-    if not (folder / "runs.csv").exists():
-        return [], {}
-    with (folder / "runs.csv").open() as f:
-        runs = [r for r in csv.DictReader(f) if r["status"] == "ok"]
-    curves: dict[str, list[tuple[float, float]]] = {}
-    with (folder / "curves.csv").open() as f:
-        for row in csv.DictReader(f):
-            curves.setdefault(row["config_id"], []).append(
-                (float(row["virtual_time"]), float(row["accuracy"])))
-    return runs, {k: sorted(v) for k, v in curves.items()}
+    runs = [r for r in read_csv_rows(folder / "runs.csv") if r["status"] == "ok"]
+    return runs, {k: sorted(v) for k, v in read_curves(folder).items()}
 
 
 def first_time(curve: Sequence[tuple[float, float]], target: float) -> float:

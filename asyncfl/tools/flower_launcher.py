@@ -205,7 +205,7 @@ def write_comparison(outs: list[Path], dest: Path) -> Path:
             "virtual_time_s": round(run["summary"]["virtual_time"], 2),
             "target_accuracy": target,
             "time_to_target_s": "" if when is None else round(when, 2),
-            "speedup": "" if None in (when, first) or not when else round(first / when, 1),
+            "speedup": ratio(first, when),
             "time_to_first_final_s": "" if run["to_final"] is None
             else round(run["to_final"], 2),
             "speedup_to_first_final": ratio(runs[0]["to_final"], run["to_final"]),

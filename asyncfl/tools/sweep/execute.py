@@ -142,6 +142,16 @@ def read_csv_rows(path: Path) -> list[dict[str, str]]:
         return [row for row in reader if None not in row.values() and None not in row]
 
 
+def read_curves(out: Path) -> dict[str, list[tuple[float, float]]]:
+    """A sweep folder's curves.csv: (virtual time, accuracy) in the order written, by
+    config_id."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for r in read_csv_rows(out / "curves.csv"):
+        curves.setdefault(r["config_id"], []).append((float(r["virtual_time"]),
+                                                      float(r["accuracy"])))
+    return curves
+
+
 class CsvLog:
     """A CSV that gets one row at a time, flushed, so an interrupted sweep keeps its rows."""
 
@@ -257,10 +267,7 @@ def _run_locked(points: Sequence[Point], runs: Sequence[Run], fixed: Mapping[str
         runs_log.close()
         curves_log.close()
     rows = [r for r in read_csv_rows(out / "runs.csv") if r["config_id"] in planned]
-    curves: dict[str, list[tuple[float, float]]] = {}
-    for r in read_csv_rows(out / "curves.csv"):
-        curves.setdefault(r["config_id"], []).append((float(r["virtual_time"]),
-                                                      float(r["accuracy"])))
+    curves = read_curves(out)
     summary = summarize(points, rows, grid_keys)
     with atomic_file(out / "summary.csv", newline="") as f:
         writer = csv.DictWriter(f, list(summary[0]))
