@@ -266,7 +266,8 @@ SETTINGS: tuple[Setting, ...] = (
             check=_fraction, allowed="a number in (0, 1]"),
     Setting("local-epochs", int, 2, "E, local epochs (used when local-steps = 0)",
             check=_positive, allowed="an integer >= 1"),
-    Setting("local-steps", int, 0, "K, local SGD steps; 0 means run local-epochs epochs",
+    Setting("local-steps", int, 0, "K, local SGD steps; 0 means run local-epochs epochs "
+            "(esync: the slowest worker's steps per round, the others run what fits; 0 means 1)",
             check=_non_negative, allowed="an integer >= 0"),
     Setting("batch-size", int, 10, "B, minibatch size; 0 means the whole partition",
             check=_non_negative, allowed="an integer >= 0"),

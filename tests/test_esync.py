@@ -55,13 +55,22 @@ def test_varying_step_times_are_followed_step_by_step():
     assert allocate_steps(table(1.0, 4.0), 0.0, lambda i, k: durations[i][k]) == [2, 1]
 
 
-@given(st.lists(st.floats(0.05, 20.0), min_size=1, max_size=12), st.floats(0.0, 5.0))
-def test_constant_step_times_follow_the_closed_form(step_times, eps):
-    steps = allocate_steps(table(*step_times), eps)
-    target = max(step_times)
+def test_the_slowest_runs_the_runs_local_steps_and_the_others_what_fits():
+    assert allocate_steps(table(1.0, 2.0, 4.0), 0.0, base_steps=3) == [12, 6, 3]
+    # with varying times the target is the largest sum of K first steps: 2 + 2 against 1 + 1
+    durations = {0: [1.0, 1.0, 1.0, 5.0], 1: [2.0, 2.0, 2.0]}
+    assert allocate_steps(table(1.0, 2.0), 0.0, lambda i, k: durations[i][k],
+                          base_steps=2) == [3, 2]
+
+
+@given(st.lists(st.floats(0.05, 20.0), min_size=1, max_size=12), st.floats(0.0, 5.0),
+       st.integers(1, 6))
+def test_constant_step_times_follow_the_closed_form(step_times, eps, base_steps):
+    steps = allocate_steps(table(*step_times), eps, base_steps=base_steps)
+    target = base_steps * max(step_times)
     for k, c in zip(steps, step_times, strict=True):
-        assert k >= 1
-        assert k == 1 or k * c <= (target + eps) * (1 + 1e-9)
+        assert k >= base_steps
+        assert k * c <= (target + eps) * (1 + 1e-9)
         assert (k + 1) * c > (target + eps) * (1 - 1e-9)
 
 

@@ -17,7 +17,7 @@ from asyncfl.engine.guard import CapabilityError
 from asyncfl.engine.recorder import RunRecorder
 from asyncfl.engine.runner import Arrays, RunParts
 from asyncfl.engine.sync_runner import StepPlan
-from asyncfl.protocol import COMPUTE_TIME, DELTA, STEPS
+from asyncfl.protocol import COMPUTE_TIME, DELTA, LOCAL_STEPS, STEPS
 from asyncfl.strategies.blocks import weighted_average
 from asyncfl.strategies.registry import register, server_lr, sync_settings
 
@@ -35,11 +35,6 @@ class WorkerState:
     ready: bool = False  # has reported its update
 
 
-def round_target(table: Sequence[WorkerState]) -> float:
-    """When the slowest worker's single step ends: the time the round aims for."""
-    return max(w.step_time for w in table)
-
-
 def step_allowed(worker: WorkerState, target: float, eps: float) -> bool:
     """Whether the worker runs one more step: every worker runs at least one, and another only
     while that step still ends within the target plus the tolerance eps."""
@@ -50,20 +45,29 @@ def step_allowed(worker: WorkerState, target: float, eps: float) -> bool:
     return worker.elapsed + worker.step_time <= (target + eps) * (1 + _TIE)
 
 
+def round_target(step_time: Callable[[int, int], float], workers: int,
+                 base_steps: int = 1) -> float:
+    """When the slowest worker's `base_steps`-th step ends: the time the round aims for."""
+    return max(sum(step_time(i, k) for k in range(base_steps)) for i in range(workers))
+
+
 def allocate_steps(
     table: Sequence[WorkerState],
     eps: float,
     step_time: Callable[[int, int], float] | None = None,
+    base_steps: int = 1,
 ) -> list[int]:
     """Local steps per worker for one round, applying `step_allowed` step by step.
 
     `step_time(i, k)` gives the duration of worker i's k-th step (0-based) where it varies
-    (jitter in virtual time); by default every step takes the table's `step_time`. With
-    constant step times c_i this gives k_i = max(1, floor((max_j c_j + eps) / c_i)).
+    (jitter in virtual time); by default every step takes the table's `step_time`. The round
+    aims at the end of the slowest worker's `base_steps` steps (the paper: one), so every
+    worker runs at least `base_steps`. With constant step times c_i this gives
+    k_i = max(1, floor((K max_j c_j + eps) / c_i)), K = `base_steps`.
     """
     duration = step_time or (lambda i, k: table[i].step_time)
     first = [replace(w, step_time=duration(i, 0)) for i, w in enumerate(table)]
-    target = round_target(first)
+    target = round_target(duration, len(table), base_steps)
     steps = []
     for i, worker in enumerate(first):
         while step_allowed(worker, target, eps):
@@ -107,15 +111,17 @@ class ESyncRule:
 class StateServer:
     """ESync's state server: each round, the local steps of every worker taking part.
 
-    In virtual time `allocate_steps` runs step by step on the delay model's (jittered) step
-    times of each worker's next task. With a wall clock the first round probes with one step
-    each; later rounds use the per-step times the workers measured in their last task
-    (compute time / steps of each applied reply). Each round's table is kept in the
-    recorder as `esync_state`.
+    The slowest worker runs `base_steps` (the run's `local-steps`; the paper's one when the
+    run sets none), the others as many as fit in that time. In virtual time `allocate_steps`
+    runs step by step on the delay model's (jittered) step times of each worker's next task.
+    With a wall clock the first round probes with `base_steps` each; later rounds use the
+    per-step times the workers measured in their last task (compute time / steps of each
+    applied reply). Each round's table is kept in the recorder as `esync_state`.
     """
 
-    def __init__(self, eps: float, recorder: RunRecorder) -> None:
+    def __init__(self, eps: float, recorder: RunRecorder, base_steps: int = 1) -> None:
         self.eps = arguments.non_negative("eps", eps)
+        self.base_steps = arguments.integer("base_steps", base_steps, minimum=1)
         self.recorder = recorder
         self.measured: dict[int, float] = {}
         self.assigned: dict[int, int] = {}
@@ -125,11 +131,12 @@ class StateServer:
         if loop.virtual:
             times = [_lazy_step_times(loop, c) for c in clients]
             steps = allocate_steps([WorkerState(t(0)) for t in times], self.eps,
-                                   lambda i, k: times[i](k))
+                                   lambda i, k: times[i](k), self.base_steps)
         elif all(c in self.measured for c in clients):
-            steps = allocate_steps([WorkerState(self.measured[c]) for c in clients], self.eps)
-        else:  # probe round: one step each
-            steps = [1] * len(clients)
+            steps = allocate_steps([WorkerState(self.measured[c]) for c in clients], self.eps,
+                                   base_steps=self.base_steps)
+        else:  # probe round: the slowest worker's count each
+            steps = [self.base_steps] * len(clients)
         self.assigned, self.wall = dict(zip(clients, steps, strict=True)), not loop.virtual
         self.recorder.tables.setdefault("esync_state", []).extend(
             {"round": server_round, "client": c, "steps": k,
@@ -180,8 +187,9 @@ def _lazy_step_times(loop: EventLoop, client: int) -> Callable[[int], float]:
 class ESync(SyncStrategy):
     """ESync: synchronous rounds with straggler-aware local step counts. Every round all
     workers start from w; the state server (`StateServer`, `allocate_steps`) gives worker i
-    k_i local steps so that all arrive at about the slowest worker's time, and the parameter
-    server applies `ESyncRule`. The worker half (run the assigned steps, report them and
+    k_i local steps so that all arrive at about the time the slowest worker ends its K steps
+    (K: train_config's `local-steps`, else 1 as in the paper), and the parameter server
+    applies `ESyncRule`. The worker half (run the assigned steps, report them and
     their seconds) is `asyncfl.client`'s train handler (`asyncfl.client.register`).
 
     Args:
@@ -213,7 +221,8 @@ class ESync(SyncStrategy):
         return ESyncRule(self.server_lr if self.server_lr is not None else 1.0)
 
     def step_plan(self, parts: RunParts) -> StepPlan:
-        return StateServer(self.eps, parts.recorder)
+        base = int(parts.dispatcher.settings.get(LOCAL_STEPS, 0)) or 1
+        return StateServer(self.eps, parts.recorder, base)
 
 
 @register("esync", ESync)
