@@ -48,7 +48,7 @@ from asyncfl.results import (
     time_to_target,
     write_table,
 )
-from asyncfl.tools.processes import stop_process_group
+from asyncfl.tools.processes import freeze_before_exit, stop_process_group
 from asyncfl.tools.run_config import (
     format_run_config,
     parse_run_config,
@@ -320,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if argv is None:  # the command itself (not a call from Python): its process ends here
+            freeze_before_exit()
     return 0
 
 

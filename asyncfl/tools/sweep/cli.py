@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from asyncfl.config import ConfigError
+from asyncfl.tools.processes import freeze_before_exit
 from asyncfl.tools.sweep.execute import SweepResult, run_sweep
 from asyncfl.tools.sweep.grid import Point, grid_points, parse_grid, parse_seeds
 
@@ -61,6 +62,16 @@ def sweep_from_args(args: argparse.Namespace, points: Sequence[Point],
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `asyncfl-sweep` command; `argv` None (the command itself, whose process ends
+    after it) also freezes what is alive for a quick exit (`freeze_before_exit`)."""
+    try:
+        return sweep_command(argv)
+    finally:
+        if argv is None:
+            freeze_before_exit()
+
+
+def sweep_command(argv: list[str] | None) -> int:
     from asyncfl.tools.run_config import parse_run_config
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
