@@ -224,6 +224,20 @@ def test_esync_replies_run_the_steps_the_state_server_assigned():
     learned(result)
 
 
+@pytest.mark.parametrize("local_steps", [1, 3])
+def test_esync_gives_the_slowest_worker_of_each_round_the_runs_local_steps(local_steps):
+    """K = train_config's local-steps: the slowest worker of a round runs exactly K, every
+    other at least K (its K steps end no later)."""
+    strategy = ESync(**virtual())
+    run(strategy, versions=4, **{LOCAL_STEPS: local_steps})
+    rounds: dict[int, list[int]] = {}
+    for row in strategy.recorder.tables["esync_state"]:
+        rounds.setdefault(row["round"], []).append(row["steps"])
+    assert len(rounds) == 4
+    assert all(min(steps) == local_steps for steps in rounds.values()), rounds
+    assert any(max(steps) > local_steps for steps in rounds.values()), rounds
+
+
 def test_fedbuff_with_delta_replies_trains():
     grid, result = run(FedBuff(buffer_size=2, concurrency=3, client_returns=DELTA, **virtual()),
                        versions=20, **{LOCAL_STEPS: 5})
