@@ -29,6 +29,10 @@ def wait_exit(process, seconds: float) -> int | None:
 
 def test_tls_deployment_runs_fedbuff_and_refuses_strangers(tmp_path):
     with Deployment(tmp_path / "deploy", nodes=2) as deployment:
+        # a node whose key was never registered, and one without the CA certificate, try to
+        # join while the run goes on (their refusal overlaps the run: about a minute of CI)
+        intruder = deployment.start_node(0, register=False, name="intruder")
+        stranger = deployment.start_node(1, with_ca=False, name="no-ca")
         out = deployment.run({**RUN, "concurrency": 2, "num-server-rounds": 4,
                               "run-name": "e2e", "output-dir": str(tmp_path / "out")},
                              timeout=400)
@@ -38,9 +42,6 @@ def test_tls_deployment_runs_fedbuff_and_refuses_strangers(tmp_path):
         summary = (out / "summary.json").read_text()
         assert '"clock": "wall"' in summary
         assert float(read_rows(out / "evals.csv")[-1]["accuracy"]) > 0.2  # chance: 0.1
-        # a node whose key was never registered, and one without the CA certificate
-        intruder = deployment.start_node(0, register=False, name="intruder")
-        stranger = deployment.start_node(1, with_ca=False, name="no-ca")
         assert wait_exit(intruder, 90) not in (None, 0)
         assert wait_exit(stranger, 90) not in (None, 0)
         assert "Failed to activate SuperNode" in deployment.log("intruder")
