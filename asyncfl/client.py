@@ -73,8 +73,10 @@ from asyncfl.protocol import (
     WEIGHT_KEY,
     WEIGHTS,
     arrays_to_record,
+    metric_record,
     not_a_message,
     pseudo_gradient,
+    record_dict,
     record_to_arrays,
     update_kind_metric,
 )
@@ -132,9 +134,11 @@ class TrainInstruction:
 def _only(message: Message, kind: type[R], preferred: str, skip: tuple[str, ...] = ()
           ) -> R | None:
     """The message's record of type `kind`: the one named `preferred`, else the only one."""
-    if isinstance(message.content.get(preferred), kind):
-        return message.content[preferred]
-    found = [r for k, r in message.content.items() if isinstance(r, kind) and k not in skip]
+    records = message.content.items()  # (a view of the plain dict inside)
+    for key, record in records:
+        if key == preferred and isinstance(record, kind):
+            return record
+    found = [r for k, r in records if isinstance(r, kind) and k not in skip]
     if len(found) > 1:
         raise ValueError(f"the message holds {len(found)} {kind.__name__}s and none named "
                          f"{preferred!r}: which one is meant?")
@@ -151,27 +155,28 @@ def read_instruction(message: Message) -> TrainInstruction:
     segment = message.metadata.message_type == SEGMENT
     if record is None and not segment:
         raise ValueError("a train message must carry the model (an ArrayRecord)")
-    returns = str(config.get(RETURN, WEIGHTS))
+    values = dict(config.items())  # (a plain dict: most keys are absent, and cheap to miss)
+    returns = str(values.get(RETURN, WEIGHTS))
     if returns not in RETURN_KINDS:
         raise ValueError(f"{RETURN!r} must be one of {RETURN_KINDS}, got {returns!r}")
     return TrainInstruction(
         arrays=None if record is None else record_to_arrays(record),
-        lr=float(config[LR]) if LR in config else None,
-        local_steps=int(config.get(LOCAL_STEPS, 0)),
-        local_epochs=int(config.get(LOCAL_EPOCHS, 1)),
-        batch_size=int(config.get(BATCH_SIZE, 0)),
+        lr=float(values[LR]) if LR in values else None,
+        local_steps=int(values.get(LOCAL_STEPS, 0)),
+        local_epochs=int(values.get(LOCAL_EPOCHS, 1)),
+        batch_size=int(values.get(BATCH_SIZE, 0)),
         returns=GRADIENT if segment else returns,
-        seed=int(config.get(TASK_SEED, 0)),
-        model_version=int(config.get(MODEL_VERSION, 0)),
-        threads=int(config.get(CLIENT_THREADS, 1)),
+        seed=int(values.get(TASK_SEED, 0)),
+        model_version=int(values.get(MODEL_VERSION, 0)),
+        threads=int(values.get(CLIENT_THREADS, 1)),
         segment=segment,
-        segment_start=int(config.get(SEGMENT_START, 0)),
-        segment_steps=int(config.get(SEGMENT_STEPS, 0)),
-        final=bool(config.get(FINAL, True)),
-        carry_state=bool(config.get(CARRY_STATE, False)),
-        step_delay=float(config.get(STEP_DELAY, 0.0)),
-        comm_delay=float(config.get(COMM_DELAY, 0.0)),
-        weight_key=str(config.get(WEIGHT_KEY, NUM_EXAMPLES)),
+        segment_start=int(values.get(SEGMENT_START, 0)),
+        segment_steps=int(values.get(SEGMENT_STEPS, 0)),
+        final=bool(values.get(FINAL, True)),
+        carry_state=bool(values.get(CARRY_STATE, False)),
+        step_delay=float(values.get(STEP_DELAY, 0.0)),
+        comm_delay=float(values.get(COMM_DELAY, 0.0)),
+        weight_key=str(values.get(WEIGHT_KEY, NUM_EXAMPLES)),
         config=config,
     )
 
@@ -233,12 +238,12 @@ def _timed(training: LocalTraining, arrays: Arrays, first_step: int, num_steps: 
 
 def _reply(message: Message, context: Context, update: Arrays | None,
            metrics: Mapping[str, int | float], transform: UpdateTransform | None) -> Message:
-    content = RecordDict()
+    content = {}
     if update is not None:
         content[ARRAYS] = arrays_to_record(update if transform is None
                                            else transform(update, context))
-    content[METRICS] = MetricRecord(dict(metrics))
-    return Message(content=content, reply_to=message)
+    content[METRICS] = metric_record(metrics)
+    return Message(content=record_dict(content), reply_to=message)
 
 
 def evaluate_reply(message: Message, metrics: Mapping[str, int | float],

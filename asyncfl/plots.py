@@ -14,7 +14,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -247,15 +249,19 @@ def plot_timeline(out: Path, summary: Mapping[str, Any] | None = None) -> Path:
     norm = Normalize(vmin=0, vmax=max(1, stalest))
     colours = {"transfer": "0.6", "rejected": "tab:red", "offline": "0.92"}
     fig, ax = plt.subplots(figsize=(10, 2.0 + 0.22 * shown))
-    bars: dict[tuple[int, str, int | None], list[tuple[float, float]]] = {}
-    for s in segments:  # one collection per row and colour: long runs draw quickly
+    bars: dict[str, list[dict[str, Any]]] = {}
+    for s in segments:  # one collection per kind (training coloured bar by bar): few artists
         if s["kind"] != "idle":
-            key = (s["client"], s["kind"], s["staleness"])
-            bars.setdefault(key, []).append((s["start"], s["end"] - s["start"]))
-    for (client, kind, staleness), spans in bars.items():
-        colour = plt.cm.viridis(norm(staleness)) if kind == "training" else colours[kind]
-        ax.broken_barh(spans, (client - 0.4, 0.8), facecolors=colour, edgecolor="white",
-                       linewidth=0.3, hatch="//" if kind == "rejected" else None)
+            bars.setdefault(s["kind"], []).append(s)
+    for kind, spans in bars.items():
+        colour = (plt.cm.viridis(norm(np.array([s["staleness"] for s in spans])))
+                  if kind == "training" else colours[kind])
+        ax.add_collection(PolyCollection(
+            [[(s["start"], s["client"] - 0.4), (s["start"], s["client"] + 0.4),
+              (s["end"], s["client"] + 0.4), (s["end"], s["client"] - 0.4)] for s in spans],
+            facecolors=colour, edgecolor="white", linewidth=0.3,
+            hatch="//" if kind == "rejected" else None), autolim=True)
+    ax.autoscale_view()
     fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=ax, pad=0.01,
                  ticks=MaxNLocator(integer=True), label="staleness of the update (versions)")
     ax.set_ylim(shown - 0.5, -0.5)

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
+
+_R = TypeVar("_R")
 
 # message types
 TRAIN = "train"
@@ -98,7 +102,7 @@ def pseudo_gradient(start: dict[str, np.ndarray], end: dict[str, np.ndarray],
 
 def reply_kind(metrics: MetricRecord) -> str:
     """What a reply's arrays are: `weights` unless its metrics say otherwise."""
-    code = metrics.get(UPDATE_KIND, 0)
+    code = metrics[UPDATE_KIND] if UPDATE_KIND in metrics else 0  # (a miss raises in .get)
     if not isinstance(code, int) or not 0 <= code < len(RETURN_KINDS):
         raise ValueError(f"metric {UPDATE_KIND!r} must be 0 (weights), 1 (delta) or 2 "
                          f"(gradient), got {code!r}")
@@ -125,8 +129,8 @@ def train_instruction(
 ) -> Message:
     """A train message carrying its config and, unless None, a model (under the record
     names a strategy's `arrayrecord_key` and `configrecord_key` choose)."""
-    content = RecordDict({config_key: config} if arrays is None
-                         else {arrays_key: arrays, config_key: config})
+    content = record_dict({config_key: config} if arrays is None
+                          else {arrays_key: arrays, config_key: config})
     return Message(content=content, dst_node_id=node_id, message_type=message_type,
                    group_id=group_id)
 
@@ -142,8 +146,12 @@ def not_a_message(returned: object, message: Message) -> Message:
 
 def reply_records(reply: Message) -> tuple[ArrayRecord, MetricRecord]:
     """The single ArrayRecord and MetricRecord of a train reply (Flower's FedAvg contract)."""
-    arrays = [r for r in reply.content.values() if isinstance(r, ArrayRecord)]
-    metrics = [r for r in reply.content.values() if isinstance(r, MetricRecord)]
+    arrays, metrics = [], []
+    for record in reply.content.values():
+        if isinstance(record, ArrayRecord):
+            arrays.append(record)
+        elif isinstance(record, MetricRecord):
+            metrics.append(record)
     if len(arrays) != 1 or len(metrics) != 1:
         raise ValueError(f"expected one ArrayRecord and one MetricRecord in the reply, found "
                          f"{len(arrays)} and {len(metrics)}")
@@ -234,8 +242,7 @@ def numpy_to_array(value: np.ndarray) -> Array:
         if len(_npy_headers) < 4096:
             _npy_headers[key] = cached
     header, dtype_name = cached
-    return Array(dtype=dtype_name, shape=tuple(value.shape), stype="numpy.ndarray",
-                 data=header + value.tobytes())
+    return _numpy_array(dtype_name, tuple(value.shape), header + value.tobytes())
 
 
 def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -245,7 +252,103 @@ def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     """An ArrayRecord that keeps the keys (and so works with torch state_dicts)."""
-    record = ArrayRecord()
-    for key, value in arrays.items():
-        record[key] = numpy_to_array(value)
+    return array_record({key: numpy_to_array(value) for key, value in arrays.items()})
+
+
+# Records built from values asyncfl has just made. Flower's records type-check every item as
+# it is set (`TypedDict.__setitem__`, a few microseconds each: about 25 per update of a small
+# model), and `Array(...)` sorts out its four ways of being called. Where every key is a str
+# and every value of a plain type the record accepts (checked here, with `type(v) in ...`),
+# the record is an empty one of the same class copied (`TypedDict.copy`) and filled: the
+# same Flower object, with the same items, as the constructor makes. Anything else, or a
+# Flower whose records are laid out otherwise (checked once, below), takes the constructor.
+
+_METRIC_TYPES = (int, float)
+_CONFIG_TYPES = (int, float, str, bytes, bool)
+_RECORD_TYPES = (ArrayRecord, MetricRecord, ConfigRecord)
+_EMPTY: dict[type, Any] = {}
+
+
+def _record(cls: type[_R], items: Mapping[str, Any], types: tuple[type, ...],
+            base: _R | None = None) -> _R:
+    """A `cls` record: `base` copied (else an empty one) with `items` set in order; filled
+    without a check per item where every key is a str and every value's type is in `types`."""
+    if not _FAST or not all(type(k) is str and type(v) in types for k, v in items.items()):
+        record = base.copy() if base is not None else cls()
+        for key, value in items.items():
+            record[key] = value
+        return record
+    record = (base if base is not None else _EMPTY[cls]).copy()
+    record.__dict__["_data"].update(items)
+    if cls is ArrayRecord:
+        record.__dict__["_is_dirty"] = True  # (what ArrayRecord.__setitem__ sets)
     return record
+
+
+def _numpy_array(dtype: str, shape: tuple[int, ...], data: bytes) -> Array:
+    """`Array(dtype, shape, "numpy.ndarray", data)` for a numpy dtype name, a tuple of ints and
+    bytes (numpy_to_array's), its fields set as `Array.__init__` sets them."""
+    if not _FAST:
+        return Array(dtype, shape, "numpy.ndarray", data)
+    array = _new_array(Array)
+    array.__dict__.update(_is_dirty=True, dtype=dtype, shape=shape, stype="numpy.ndarray",
+                          data=data)
+    return array
+
+
+def metric_record(values: Mapping[str, Any]) -> MetricRecord:
+    """`MetricRecord(dict(values))`."""
+    return _record(MetricRecord, values, _METRIC_TYPES)
+
+
+def config_record(values: Mapping[str, Any], base: ConfigRecord | None = None
+                  ) -> ConfigRecord:
+    """`ConfigRecord({**base, **values})`: `base` (a checked record, e.g. the run's settings
+    made once) is copied, not checked again."""
+    return _record(ConfigRecord, values, _CONFIG_TYPES, base)
+
+
+def array_record(arrays: Mapping[str, Array]) -> ArrayRecord:
+    """An ArrayRecord of Flower Arrays by key (`ArrayRecord()` with each set in order)."""
+    return _record(ArrayRecord, arrays, (Array,))
+
+
+def record_dict(records: Mapping[str, Any]) -> RecordDict:
+    """`RecordDict(dict(records))`."""
+    return _record(RecordDict, records, _RECORD_TYPES)
+
+
+def _new_array(cls: type[Array]) -> Array:
+    return cls.__new__(cls)
+
+
+def _same(made: Any, built: Any) -> bool:
+    return (type(made) is type(built) and made.__dict__ == built.__dict__
+            and list(made.__dict__) == list(built.__dict__))
+
+
+def _fast_records_work() -> bool:
+    """Whether this Flower's records come out of `_record` and `_numpy_array` exactly as
+    from their constructors (else they are always built by their constructors)."""
+    global _FAST
+    try:
+        for cls in (ArrayRecord, MetricRecord, ConfigRecord, RecordDict):
+            _EMPTY[cls] = cls()
+        _FAST = True
+        array = Array("float32", (2,), "numpy.ndarray", b"\0" * 8)
+        arrays = ArrayRecord()
+        arrays["w"] = array
+        metrics = {"a": 1, "b": 0.5}
+        built = (array, arrays, MetricRecord(metrics), ConfigRecord({**metrics, "c": "x"}),
+                 RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}))
+        made = (_numpy_array("float32", (2,), b"\0" * 8), array_record({"w": array}),
+                metric_record(metrics), config_record({"c": "x"}, ConfigRecord(metrics)),
+                record_dict({"arrays": arrays, "metrics": metric_record(metrics)}))
+        _FAST = all(_same(m, b) for m, b in zip(made, built, strict=True))
+    except Exception:  # noqa: BLE001 - any surprise: the constructors, always
+        _FAST = False
+    return _FAST
+
+
+_FAST = False
+_fast_records_work()

@@ -63,17 +63,39 @@ def results_error(path: Path, error: OSError) -> ResultsError:
                         f"complete summary.json counts as unfinished")
 
 
+#: a list of at least this many ints is written by `strict_json` itself (json's indented
+#: encoder is Python code, about a microsecond an item: a million clients' update counts)
+LONG_INT_LIST = 1000
+
+
 def strict_json(value: Any) -> str:
-    """JSON that every parser reads: a NaN or infinite number is written as null."""
+    """JSON that every parser reads: a NaN or infinite number is written as null. Long lists
+    of ints are written as json writes them, in C: each stands in for a unique string while
+    json writes the rest, and is put in its place at that line's indentation."""
+    long_lists: dict[str, list] = {}
+    mark = f"asyncfl-long-list-{os.getpid()}-{id(long_lists)}-"
+
     def finite(v: Any) -> Any:
         if isinstance(v, float) and not math.isfinite(v):
             return None
         if isinstance(v, dict):
             return {k: finite(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
+            if len(v) >= LONG_INT_LIST and set(map(type, v)) == {int}:
+                token = f"{mark}{len(long_lists)}"
+                long_lists[token] = v
+                return token
             return [finite(x) for x in v]
         return v
-    return json.dumps(finite(value), indent=2, sort_keys=True, allow_nan=False)
+    text = json.dumps(finite(value), indent=2, sort_keys=True, allow_nan=False)
+    for token, ints in long_lists.items():
+        at = text.index(f'"{token}"')
+        line = text.rindex("\n", 0, at) + 1
+        outer = " " * (len(text[line:at]) - len(text[line:at].lstrip(" ")))
+        inner = f",\n{outer}  "
+        text = (f"{text[:at]}[\n{outer}  {inner.join(map(int.__repr__, ints))}\n{outer}]"
+                f"{text[at + len(token) + 2:]}")
+    return text
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -190,9 +212,46 @@ def write_rows(path: Path, rows: Iterable[Mapping[str, Any]] | Mapping[str, Iter
         writer = csv.writer(f)
         writer.writerow(columns)
         if isinstance(rows, Mapping):
-            writer.writerows(zip(*(rows[c] for c in columns), strict=True))
+            values = [list(rows[c]) for c in columns]
+            if len({len(v) for v in values}) > 1:
+                raise ValueError("write_rows: columns of different lengths")
+            cells = [_cell_format(v) for v in values]
+            if not values or any(c is None for c in cells):
+                writer.writerows(zip(*values, strict=True))
+                return
+            for start in range(0, len(values[0]), CSV_CHUNK):  # (a chunk's text at a time)
+                chunk = [map(cell, v[start:start + CSV_CHUNK])
+                         for cell, v in zip(cells, values, strict=True)]
+                rows_text = map(",".join, zip(*chunk, strict=True))
+                f.write("\r\n".join(rows_text) + "\r\n")  # (csv.writer's line end)
         else:
             writer.writerows([row.get(c) for c in columns] for row in rows)
+
+
+#: rows of a CSV written by columns that are formatted and written at once
+CSV_CHUNK = 50_000
+
+
+def _cell_format(values: list) -> Callable[[Any], str] | None:
+    """How csv.writer writes the cells of a column that holds only ints, only floats or only
+    None: repr of a float, str of an int, '' for None (a value that repeats is formatted once);
+    None for any other column (then csv.writer writes the file)."""
+    kinds = set(map(type, values))
+    if kinds == {type(None)}:
+        return "".format  # ('' whatever it is given)
+    if not kinds <= {int} and kinds != {float}:
+        return None
+    write = float.__repr__ if kinds == {float} else int.__repr__
+    if len(set(values[:1000])) > 100:  # (mostly distinct values: no use looking them up)
+        return write
+    distinct = set(values)
+    if len(distinct) * 4 > len(values):
+        return write
+    if write is float.__repr__ and 0.0 in distinct:  # (-0.0 == 0.0: one of them is in the set)
+        array = np.array(values)
+        if (np.signbit(array) & (array == 0.0)).any():
+            return write
+    return {v: write(v) for v in distinct}.__getitem__
 
 
 def time_to_target(evals: Sequence[Mapping[str, Any]], target: float) -> float | None:
@@ -213,15 +272,23 @@ def participation(updates: Sequence[int]) -> dict[str, Any]:
     the Gini coefficient of the counts (0: all equal; (n - 1) / n: one client made all).
     A comparison of strategies measures strategies only while no client dominates (makes
     more than DOMINANT_SHARE of the updates and more than twice 1 / n)."""
-    counts = [int(u) for u in updates]
+    counts = (updates.tolist() if isinstance(updates, np.ndarray) and updates.dtype.kind in "iu"
+              else [int(u) for u in updates])
     total = sum(counts)
     if not total:
         return {"updates_per_client": counts, "top_client": None, "top_share": None,
                 "gini": None, "dominated": False}
-    top = max(range(len(counts)), key=counts.__getitem__)
-    ranked = sorted(counts)
-    n = len(ranked)
-    gini = sum((2 * i - n - 1) * x for i, x in enumerate(ranked, start=1)) / (n * total)
+    n = len(counts)
+    if n * n * max(counts) < 2**62:  # (the sum below fits int64: numpy gives the same int)
+        array = np.array(counts, dtype=np.int64)
+        top = int(np.argmax(array))  # (the first of the largest, as max() gives)
+        ranked = np.sort(array)
+        weighted = int(np.dot(2 * np.arange(1, n + 1, dtype=np.int64) - n - 1, ranked))
+    else:
+        top = max(range(n), key=counts.__getitem__)
+        ranked = sorted(counts)
+        weighted = sum((2 * i - n - 1) * x for i, x in enumerate(ranked, start=1))
+    gini = weighted / (n * total)
     share = counts[top] / total
     return {"updates_per_client": counts, "top_client": top, "top_share": share,
             "gini": gini, "dominated": share > max(DOMINANT_SHARE, 2 / n)}

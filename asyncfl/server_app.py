@@ -6,12 +6,12 @@ import cProfile
 import itertools
 import pstats
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
@@ -318,22 +318,26 @@ def run_server(grid: Grid, config: Mapping[str, Any]) -> Path:
         "ignored_replies": totals.ignored_replies,
         "skipped_evaluate_replies": strategy.federated_evaluation.skipped,
     }
-    counts = Counter(row["client"] for row in events)
-
     n = len(node_ids)
-    links = [delays.link(i) for i in range(n)] if delays.networks else [delays.link(0)] * n
+    counts = np.bincount(np.fromiter((row["client"] for row in events), dtype=np.int64,
+                                     count=updates), minlength=n)[:n]
+    if delays.networks:
+        links = [delays.link(i) for i in range(n)]
+        latency, down, up = ([getattr(link, name) for link in links]
+                             for name in ("latency", "down", "up"))
+    else:  # (one shared link)
+        link = delays.link(0)
+        latency, down, up = (itertools.repeat(v, n) for v in (link.latency, link.down, link.up))
     clients = {  # clients.csv's columns: N can be a million
         "client": range(n), "node_id": node_ids, "step_time": delays.step_times[:n].tolist(),
         "num_examples": sizes if sizes else itertools.repeat(None, n),
-        "updates": map(counts.__getitem__, range(n)),
-        "latency": (link.latency for link in links),
-        "bandwidth_down": (link.down for link in links),
-        "bandwidth_up": (link.up for link in links),
+        "updates": counts.tolist(), "latency": latency, "bandwidth_down": down,
+        "bandwidth_up": up,
     }
 
     summary["parallel_clients"], summary["parallel_clients_note"] = parallel_used(grid, config)
     summary["changed_settings"] = changed_strategy_settings(config)
-    summary["participation"] = participation([counts[i] for i in range(len(node_ids))])
+    summary["participation"] = participation(counts)
     if note := dominance_note(config["strategy"], summary["participation"]):
         log(WARNING, "%s", note)
 

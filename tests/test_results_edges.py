@@ -88,3 +88,43 @@ def test_a_checkpoint_on_a_full_disk_names_its_file(small_disk):
                                       r"on device\).*output-dir"):
         save_checkpoint(path, {"model": np.zeros(50_000)})
     assert list(path.parent.iterdir()) == []
+
+
+def test_csv_columns_and_long_json_lists_are_written_as_csv_and_json_write_them(tmp_path):
+    """The results folder's column-wise CSV writer and strict_json's long int lists give the
+    bytes csv.writer and json.dumps give: floats by repr, -0.0 kept, NaN, huge ints, None,
+    repeated values, and columns of other types left to csv.writer."""
+    import csv
+    import itertools
+    import math
+
+    from asyncfl.results import LONG_INT_LIST, participation, write_rows
+
+    n = 3000
+    columns = {
+        "client": range(n), "node_id": [2**64 - 1 - 7 * i for i in range(n)],
+        "step_time": [0.1 * i + 1e-300 for i in range(n)],
+        "same": itertools.repeat(0.0, n), "signed": [0.0, -0.0, 1.0] * (n // 3),
+        "odd": [math.nan, math.inf, 5e-324] * (n // 3), "none": [None] * n,
+        "count": [i % 3 for i in range(n)],
+    }
+    mixed = {"a": [1, 2.5, None], "b": ["x,y", True, 3]}
+    for name, rows in (("columns", columns), ("mixed", mixed)):
+        lists = {k: list(v) for k, v in rows.items()}
+        write_rows(tmp_path / f"{name}.csv", dict(lists), list(lists))
+        with (tmp_path / f"{name}-csv.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(list(lists))
+            writer.writerows(zip(*lists.values(), strict=True))
+        assert ((tmp_path / f"{name}.csv").read_bytes()
+                == (tmp_path / f"{name}-csv.csv").read_bytes())
+    counts = [i % 7 for i in range(LONG_INT_LIST + 5)]
+    value = {"b": {"updates_per_client": counts, "x": [1.5, math.nan]}, "a": [counts, []]}
+    plain = {"b": {"updates_per_client": counts, "x": [1.5, None]}, "a": [counts, []]}
+    assert strict_json(value) == json.dumps(plain, indent=2, sort_keys=True)
+    report = participation(counts)
+    ranked = sorted(counts)
+    total, size = sum(counts), len(counts)
+    assert report["gini"] == sum((2 * i - size - 1) * x for i, x in
+                                 enumerate(ranked, start=1)) / (size * total)
+    assert report["top_client"] == max(range(size), key=counts.__getitem__)

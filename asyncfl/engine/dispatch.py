@@ -25,6 +25,7 @@ from asyncfl.protocol import (
     TASK_SEED,
     TRAIN,
     array_bytes,
+    config_record,
     train_instruction,
 )
 
@@ -48,6 +49,7 @@ class Dispatcher:
         #: kept as given: a lazy sequence (the inline Grid's) is never made a list
         self.partition_sizes = partition_sizes
         self.keys = (arrayrecord_key, configrecord_key)
+        self._settings_made: tuple[dict, ConfigRecord] | None = None
 
     def add_nodes(self, node_ids: Iterable[int]) -> list[int]:
         """Clients for nodes that joined the run; returns their indices. A joined client's
@@ -71,14 +73,23 @@ class Dispatcher:
     ) -> Message:
         """A train message for one client from the model at `version` (`config`: the
         settings, by default the run's)."""
-        config = {**(self.settings if config is None else config), MODEL_VERSION: version,
-                  TASK_SEED: task_seed(self.seed, version, client), **(extra or {})}
+        config = self.settings if config is None else config
+        values = {MODEL_VERSION: version, TASK_SEED: task_seed(self.seed, version, client),
+                  **(extra or {})}
         if not self.loop.virtual:
-            config[STEP_DELAY] = float(self.loop.delays.step_times[client])
-            config[COMM_DELAY] = float(self.loop.delays.comm_time(client, model_bytes,
+            values[STEP_DELAY] = float(self.loop.delays.step_times[client])
+            values[COMM_DELAY] = float(self.loop.delays.comm_time(client, model_bytes,
                                                                   model_bytes))
-        return train_instruction(arrays, ConfigRecord(config), self.node_ids[client],
+        # ConfigRecord({**config, **values}): the run's settings are checked into a record once
+        base = self._settings_record() if config is self.settings else ConfigRecord(config)
+        return train_instruction(arrays, config_record(values, base), self.node_ids[client],
                                  str(version), message_type, *self.keys)
+
+    def _settings_record(self) -> ConfigRecord:
+        """The run's settings as a ConfigRecord, made again if they changed."""
+        if self._settings_made is None or self._settings_made[0] != self.settings:
+            self._settings_made = (dict(self.settings), ConfigRecord(self.settings))
+        return self._settings_made[1]
 
     def expected_steps(self, client: int, config: Mapping) -> int | None:
         """Local steps a task will run, if the server can tell before the reply."""

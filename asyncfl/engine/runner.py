@@ -37,9 +37,32 @@ from asyncfl.protocol import (
     STEPS,
     WEIGHTS,
     TrainReply,
+    metric_record,
 )
 
 Arrays = dict[str, np.ndarray]
+
+
+def weighted_metrics(records: list[MetricRecord], weighting_key: str) -> MetricRecord:
+    """Flower's `aggregate_metricrecords` of replies holding one MetricRecord each, without a
+    RecordDict per reply: the same sums in the same order, so the same floats (and the same
+    errors: a missing weight, a zero total, lists of different lengths)."""
+    weights = [record[weighting_key] for record in records]
+    total = sum(weights)
+    factors = [w / total for w in weights]
+    out: dict[str, Any] = {}
+    for record, weight in zip(records, factors, strict=True):
+        for key, value in record.items():
+            if key == weighting_key:
+                continue
+            if key not in out:
+                out[key] = [v * weight for v in value] if isinstance(value, list) else (
+                    value * weight)
+            elif isinstance(value, list):
+                out[key] = [c + v * weight for c, v in zip(out[key], value, strict=True)]
+            else:
+                out[key] = out[key] + value * weight
+    return metric_record(out)
 
 
 class Rule(Protocol):
@@ -190,6 +213,8 @@ class RunParts:
         if not replies:
             return None
         try:
+            if self.train_metrics_aggr_fn is aggregate_metricrecords:  # (Flower's default)
+                return weighted_metrics([r.metrics for r in replies], self.weighted_by_key)
             return self.train_metrics_aggr_fn(
                 [RecordDict({METRICS: r.metrics}) for r in replies], self.weighted_by_key)
         except Exception as err:  # noqa: BLE001 - a metric function is user code

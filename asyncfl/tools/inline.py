@@ -7,6 +7,7 @@ never needed (still in flight when the run ends) is never computed.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -122,6 +123,9 @@ class PartitionSizes(Sequence[int]):
             raise IndexError(i)
         return int(self._task.partition_size(i % self._count))
 
+    def __iter__(self):  # (the task asked in C's loop, not through Sequence's __getitem__)
+        return map(int, map(self._task.partition_size, range(self._count)))
+
 
 class InlineGrid(Grid):
     """A Grid whose nodes are ClientApp calls in this process, one Context per node; node ids
@@ -139,6 +143,7 @@ class InlineGrid(Grid):
         seed = int(run_config.get("seed", 0))
         self.contexts = NodeContexts(node_id_array(num_nodes, seed), run_config, run_id)
         self._pending: dict[str, Message] = {}
+        self._id_prefix, self._id_count = f"{uuid4().hex}-", itertools.count()
         #: with parallel-clients > 1 (or auto where it can), computes pending train replies
         #: P at a time; `parallel_note` says which P runs and why
         self.together, self.parallel_note = None, ONE_AT_A_TIME
@@ -150,6 +155,11 @@ class InlineGrid(Grid):
         TaskIdentity.run_id = run_id
         TaskIdentity.node_id = SERVER_NODE_ID
         TaskIdentity.task_id = 0
+
+    def _new_id(self) -> str:
+        """A message id no other message of this process has: the Grid's random prefix and a
+        count (uuid4 per message read the system's random source twice per update)."""
+        return f"{self._id_prefix}{next(self._id_count):x}"
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -181,7 +191,7 @@ class InlineGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
         for message in messages:
-            message_id = str(uuid4())
+            message_id = self._new_id()
             message.metadata.__dict__["_message_id"] = message_id
             self._pending[message_id] = message
             ids.append(message_id)
@@ -205,7 +215,7 @@ class InlineGrid(Grid):
         if reply is None:
             reply = self._execute(message)
         if reply is not None:
-            reply.metadata.__dict__["_message_id"] = str(uuid4())
+            reply.metadata.__dict__["_message_id"] = self._new_id()
         return reply
 
     def _execute(self, message: Message) -> Message | None:
