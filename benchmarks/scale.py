@@ -1,8 +1,11 @@
 """Scale: inline virtual-time runs with 100 to 10,000 clients, updates/s and peak memory;
 `--targets`: the mean task end to end at 1,000 to 1,000,000 clients, this build against
-another (`--before PATH`, a checkout of main), interleaved run by run.
+another (`--before PATH`, a checkout of main), interleaved run by run; `--images`: FedBuff
+with small-cnn on the digits images as a local parquet data set (repeated to give every
+client an example) at 1,000 and 100,000 clients, the same way.
 
     python benchmarks/scale.py --targets --before /path/to/main [--reps 3]
+    python benchmarks/scale.py --images [--sizes 1000,100000] [--updates 2000]
 
 Each run is a fresh process so its peak resident memory is its own."""
 
@@ -72,12 +75,30 @@ TARGET_RUN = dict(task="mean", strategy="running-mean", local_steps=1, concurren
                   eval_every=1_000_000)
 
 
-def target_run(n: int, updates: int, out: str, build: str, name: str) -> dict:
-    """One end-to-end `simulate` of the target run in a fresh process on `build` (the folder
-    put first on PYTHONPATH); setup = the call's time before the strategy loop and after it
-    the results folder, i.e. everything but those two."""
-    kw = {**TARGET_RUN, "num_clients": n, "num_server_rounds": updates,
-          "concurrency": min(n, TARGET_RUN["concurrency"]),
+#: the images target: FedBuff (buffer 10, 100 in flight) with small-cnn, one step of 10
+#: examples per task, lognormal speeds; its versions are the updates / 10
+IMAGES_RUN = dict(task="images", model="small-cnn", strategy="fedbuff", buffer_size=10,
+                  concurrency=100, local_steps=1, batch_size=10, lr=0.05,
+                  eval_every=1_000_000)
+
+
+def images_run(out: str, sizes: tuple[int, ...]) -> dict:
+    """IMAGES_RUN on digits repeated to give the largest size an example each (80% train)."""
+    from batched import digits_repeated
+
+    copies = -(-max(sizes) * 5 // (4 * 1_797)) + 1
+    return {**IMAGES_RUN, "dataset": str(Path(digits_repeated(out, copies)).resolve())}
+
+
+def target_run(n: int, updates: int, out: str, build: str, name: str,
+               run: dict | None = None) -> dict:
+    """One end-to-end `simulate` of the target run (`run`, else TARGET_RUN) in a fresh
+    process on `build` (the folder put first on PYTHONPATH); setup = the call's time before
+    the strategy loop and after it the results folder, i.e. everything but those two."""
+    run = run or TARGET_RUN
+    per_version = run.get("buffer_size", 1)
+    kw = {**run, "num_clients": n, "num_server_rounds": updates // per_version,
+          "concurrency": min(n, run["concurrency"]),
           "output_dir": str(Path(out).resolve()),
           "run_name": name}
     env = {**os.environ, "PYTHONPATH": build}
@@ -92,7 +113,8 @@ def target_run(n: int, updates: int, out: str, build: str, name: str) -> dict:
 
 
 def measure_targets(reps: int, out: str, builds: dict[str, str],
-                    sizes=(1_000, 100_000, 1_000_000), updates: int = 20_000) -> list[dict]:
+                    sizes=(1_000, 100_000, 1_000_000), updates: int = 20_000,
+                    run: dict | None = None) -> list[dict]:
     """Per build and size, the median of `reps` fresh runs, interleaved (rep by rep, size by
     size, build by build) so that a loaded machine slows all alike; cost per update relative
     to the same build's 1,000-client row."""
@@ -101,7 +123,7 @@ def measure_targets(reps: int, out: str, builds: dict[str, str],
         for n in sizes:
             for build, path in builds.items():
                 runs.setdefault((build, n), []).append(
-                    target_run(n, updates, out, path, f"targets-{build}-{n}-{rep}"))
+                    target_run(n, updates, out, path, f"targets-{build}-{n}-{rep}", run))
     rows = []
     for build in builds:
         base = None
@@ -127,23 +149,31 @@ def measure_targets(reps: int, out: str, builds: dict[str, str],
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", action="store_true")
+    parser.add_argument("--images", action="store_true",
+                        help="the images target (default --sizes 1000,100000, --updates 2000)")
     parser.add_argument("--before", help="a checkout to compare with (e.g. main)")
     parser.add_argument("--after", help="the checkout to measure (default: this one)")
-    parser.add_argument("--sizes", default="1000,100000,1000000")
-    parser.add_argument("--updates", type=int, default=20_000)
+    parser.add_argument("--sizes", default=None,
+                        help="client counts (default 1000,100000,1000000; --images: "
+                             "1000,100000)")
+    parser.add_argument("--updates", type=int, default=None,
+                        help="updates per run (default 20000; --images: 2000)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", default="outputs/benchmarks")
     args = parser.parse_args()
     from asyncfl.results import markdown_table
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    if not args.targets:
+    if not (args.targets or args.images):
         rows = measure(args.reps, args.out)
     else:
         here = args.after or str(Path(__file__).resolve().parents[1])
         builds = {"before": args.before, "after": here} if args.before else {"this": here}
-        rows = measure_targets(args.reps, args.out, builds,
-                               tuple(int(x) for x in args.sizes.split(",")), args.updates)
+        sizes = tuple(int(x) for x in (args.sizes or (
+            "1000,100000" if args.images else "1000,100000,1000000")).split(","))
+        updates = args.updates or (2_000 if args.images else 20_000)
+        run = images_run(args.out, sizes) if args.images else None
+        rows = measure_targets(args.reps, args.out, builds, sizes, updates, run)
     print(f"machine: {machine}; median of {args.reps}")
     columns = list(dict.fromkeys(k for row in rows for k in row))
     print(markdown_table(rows, columns))

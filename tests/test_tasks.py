@@ -35,6 +35,20 @@ def test_every_partition_deals_each_example_to_exactly_one_client(scheme):
     assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(LABELS)))
 
 
+@pytest.mark.parametrize(("examples", "clients"), [(1000, 20), (1000, 7), (1003, 1000),
+                                                   (1000, 1), (1000, 1000)])
+def test_iid_blocks_are_those_of_flower_datasets_iid_partitioner(examples, clients):
+    from datasets import Dataset
+    from flwr_datasets.partitioner import IidPartitioner
+
+    partitioner = IidPartitioner(clients)
+    partitioner.dataset = Dataset.from_dict({"index": np.arange(examples)})
+    theirs = [np.asarray(partitioner.load_partition(i)["index"]) for i in range(clients)]
+    ours = partition_indices(np.zeros(examples, dtype=int), clients, "iid")
+    assert len(ours) == clients
+    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
 def test_impossible_splits_are_refused_naming_the_settings():
     with pytest.raises(ValueError, match="needs at least 1200 training examples"):
         partition_indices(LABELS, 400, "shard", classes_per_client=3, seed=1)

@@ -75,6 +75,16 @@ def make_partitioner(
     raise ValueError(f"unknown partition scheme {scheme!r}; choose one of {SCHEMES}")
 
 
+def iid_indices(num_examples: int, num_partitions: int) -> list[np.ndarray]:
+    """The contiguous blocks flwr-datasets' `IidPartitioner` gives (its `load_partition` is
+    `Dataset.shard(contiguous=True)`: the first `num_examples % num_partitions` blocks one
+    longer), computed without a Dataset per partition: that costs about 2 ms each, over three
+    minutes of setup at 100,000 clients. Tested equal to the partitioner's."""
+    size, longer = divmod(num_examples, num_partitions)
+    ends = np.cumsum([size + (i < longer) for i in range(num_partitions)])
+    return [np.arange(end - size - (i < longer), end) for i, end in enumerate(ends)]
+
+
 def partition_indices(
     labels: np.ndarray, num_partitions: int, scheme: str, *, alpha: float = 0.5,
     classes_per_client: int = 2, label_groups: int = 2, seed: int = 0,
@@ -86,6 +96,8 @@ def partition_indices(
         )
     if scheme == "label-skew":
         parts = label_skew_indices(labels, num_partitions, label_groups, seed)
+    elif scheme == "iid":
+        parts = iid_indices(len(labels), num_partitions)
     else:
         partitioner = make_partitioner(
             scheme, num_partitions, alpha=alpha, classes_per_client=classes_per_client,
