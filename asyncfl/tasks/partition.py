@@ -78,11 +78,10 @@ def make_partitioner(
 def iid_indices(num_examples: int, num_partitions: int) -> list[np.ndarray]:
     """The contiguous blocks flwr-datasets' `IidPartitioner` gives (its `load_partition` is
     `Dataset.shard(contiguous=True)`: the first `num_examples % num_partitions` blocks one
-    longer), computed without a Dataset per partition: that costs about 2 ms each, over three
-    minutes of setup at 100,000 clients. Tested equal to the partitioner's."""
-    size, longer = divmod(num_examples, num_partitions)
-    ends = np.cumsum([size + (i < longer) for i in range(num_partitions)])
-    return [np.arange(end - size - (i < longer), end) for i, end in enumerate(ends)]
+    longer, as `np.array_split` cuts them), computed without a Dataset per partition: that
+    costs about 2 ms each, over three minutes of setup at 100,000 clients. Tested equal to
+    the partitioner's."""
+    return np.array_split(np.arange(num_examples), num_partitions)
 
 
 def partition_indices(
