@@ -9,6 +9,16 @@ settings.register_profile("asyncfl", deadline=None)
 settings.load_profile("asyncfl")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """The suite runs on two xdist workers (pyproject.toml). Tests marked `ray` form one
+    xdist group: they run one after another, as in one process, because `ray.init()` without
+    an address joins a cluster it finds on the machine (another test's `ray start`)."""
+    for item in items:
+        if item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 @pytest.fixture(autouse=True)
 def quiet_flower():
     logging.getLogger("flwr").setLevel(logging.WARNING)

@@ -409,6 +409,7 @@ def test_central_evaluation_of_the_example_matches_its_model():
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_every_strategy_under_flwr_run_with_the_plain_client_app(tmp_path):
     """The example app through Flower's simulation engine: the same outcome per strategy as
     inline, with federated evaluation on every one (runs differ in wall-clock arrival order,

@@ -24,7 +24,7 @@ from asyncfl.tools.processes import (
 from asyncfl.tools.superlink import CONNECTION, flower_executable, local_superlink
 from tests.helpers import read_rows
 
-pytestmark = pytest.mark.slow  # Flower's SuperLink and simulation engine
+pytestmark = [pytest.mark.slow, pytest.mark.ray]  # Flower's SuperLink and simulation engine
 
 ROOT = Path(__file__).resolve().parents[1]
 

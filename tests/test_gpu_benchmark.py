@@ -38,6 +38,7 @@ def test_the_together_rows_of_the_dry_run(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_the_script_prints_the_whole_table(tmp_path):
     """gpu.sh itself, with the simulation-engine rows (Flower's FedAvg as the reference)."""
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--device", "cpu",

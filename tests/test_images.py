@@ -335,6 +335,7 @@ def test_image_settings_are_checked_with_the_run_config(settings, named, allowed
 
 
 @pytest.mark.slow  # Flower's SuperLink and simulation engine
+@pytest.mark.ray
 def test_flwr_run_takes_dataset_and_model_from_the_run_config(tmp_path):
     parquet_folder(tmp_path / "pq")
     settings = dict(task="images", model="tests.custom_models:TinyNet", num_clients=3,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # two Flower simulations with Ray: minutes
+pytestmark = [pytest.mark.slow, pytest.mark.ray]  # two Flower simulations with Ray
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the most terminal lines the main job may print (it printed 630, 526 of them Flower's

@@ -73,6 +73,7 @@ def test_tree_peaks_reads_a_child_s_peak_memory():
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_the_flower_row_of_the_dry_run(tmp_path):
     """Flower's FedAvg in its simulation engine (Ray start-up: about 40 s)."""
     text = peers.main(["--dry", "--without", "flgo,asyncfl", "--out", str(tmp_path)])

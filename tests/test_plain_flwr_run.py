@@ -52,6 +52,7 @@ def _wait_finished(run_id: str, cwd: Path, env: dict) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_plain_flwr_run_writes_results(tmp_path):
     """`flwr run .` in a copy of the app, with FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION
     unset: it finishes completed and writes its results under the folder the local SuperLink

@@ -184,6 +184,7 @@ def wait_for_nodes(address: str, count: int, seconds: float = 90) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_ray_cluster_on_loopback_runs_a_sweep_and_flwr_run(tmp_path):
     """A two-node Ray cluster on 127.0.0.1: the sweep's runs as Ray tasks, and `flwr run`'s
     simulation engine on the same cluster (the SuperLink started with RAY_ADDRESS)."""
