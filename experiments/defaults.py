@@ -126,7 +126,7 @@ def run_label(args: argparse.Namespace, reference: Mapping[tuple[str, int], dict
     for seed in parse_seeds(args.seeds):
         points = [Point(f"{name}/{strategy}", {
             **settings, **tries.get(strategy, {}), "strategy": strategy,
-            "num-server-rounds": versions_cap(settings, strategy),
+            "num-server-rounds": versions_cap({**settings, **tries.get(strategy, {})}, strategy),
             "time-budget": 2 * reference[name, seed]["T"],
             "eval-interval": reference[name, seed]["T"] / 20,
             "target-accuracy": reference[name, seed]["F"]})
