@@ -12,8 +12,9 @@ settings.load_profile("asyncfl")
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """The suite runs on two xdist workers (pyproject.toml). Tests marked `ray` form one
-    xdist group: they run one after another, as in one process, because `ray.init()` without
-    an address joins a cluster it finds on the machine (another test's `ray start`)."""
+    xdist group: they run one after another, as in one process. Ray is made to be one per
+    machine: `ray.init()` without an address joins the cluster that the machine's last
+    `ray start` recorded, and each local cluster sets aside a share of memory for its objects."""
     for item in items:
         if item.get_closest_marker("ray"):
             item.add_marker(pytest.mark.xdist_group("ray"))
