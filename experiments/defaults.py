@@ -13,11 +13,14 @@ strategy then gets 2T (`time-budget`), or `UPDATES_CAP` times FedAvg's updates i
 comes first, evaluated every T / 20. Reported per strategy and
 scenario, mean +- 95% interval over the seeds: the speed-up (FedAvg's time to its own final
 accuracy F over the strategy's time to F; 0 where it never reached F), the accuracy at T
-and at 2T. FedAvg's runs are shared by every label (its defaults are not in question).
+and at 2T, and the fleet's throughput cap (`throughput_cap`: to first order, the most a
+strategy whose update is one client's task can gain on FedAvg). FedAvg's runs are shared by
+every label (its defaults are not in question).
 
 Writes outputs/defaults/<label>/: table.md / table.csv (every strategy x scenario),
-summary.md (per strategy: the scenarios where it reached F at least 2x sooner, and those
-where its accuracy at 2T is within 0.5 points of F) and the sweeps' files (a rerun skips
+summary.md (per strategy: the scenarios where it reached F at least 2x sooner, those
+where its accuracy at 2T is within 0.5 points of F, and its median speed-up, also as a share
+of the cap) and the sweeps' files (a rerun skips
 finished runs). `--fallback L` takes the strategies this label did not run from label L's
 runs (their defaults did not change between the two).
 """
@@ -33,7 +36,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from asyncfl.config import BUFFERED_STRATEGIES, validate_run_config
+from asyncfl.server_app import make_delays
 from asyncfl.tools.sweep.cli import add_sweep_arguments, sweep_from_args
 from asyncfl.tools.sweep.execute import read_csv_rows, read_curves
 from asyncfl.tools.sweep.grid import Point, coerce, parse_seeds
@@ -59,7 +65,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 }
 ASYNC = ("fedbuff", "fedasync", "ca2fl", "fedstaleweight", "fadas", "alsgd", "asgd", "apsb",
          "fedcompass")
-COLUMNS = ("scenario", "strategy", "speedup", "accuracy_at_T", "accuracy_at_2T",
+COLUMNS = ("scenario", "strategy", "speedup", "cap", "accuracy_at_T", "accuracy_at_2T",
            "fedavg_final")
 #: a run stops at 2T or after this many times FedAvg's updates, whichever comes first: with
 #: exponential speeds the fastest of 20 clients can take 0.001 s a step and send a hundred
@@ -85,9 +91,19 @@ def accuracy_at(curve: Sequence[tuple[float, float]], when: float) -> float:
     return [a for t, a in curve if t <= when * (1 + 1e-9)][-1]
 
 
+def throughput_cap(settings: Mapping[str, Any], seed: int) -> float:
+    """mean(1 / c_i) x max(c_i) over the clients' step times c_i: an asynchronous strategy
+    whose update is one client's task makes updates that much faster than FedAvg, whose
+    round waits for the slowest client. To first order (no jitter, no network, equal work
+    per update) its speed-up can be no larger; ASGD's one-gradient updates are not bound."""
+    config = validate_run_config({**COMMON, **settings, "seed": seed})
+    times = np.asarray(make_delays(config).step_times[:config["num-clients"]])
+    return float(np.mean(1 / times) * times.max())
+
+
 def fedavg_reference(args: argparse.Namespace, out: Path) -> dict[tuple[str, int], dict]:
-    """FedAvg's T (virtual time of its rounds), final accuracy F and time to F, per
-    (scenario, seed)."""
+    """FedAvg's T (virtual time of its rounds), final accuracy F and time to F, and the
+    fleet's throughput cap, per (scenario, seed)."""
     points = [Point(name, {**settings, "strategy": "fedavg"})
               for name, settings in SCENARIOS.items()]
     sweep = sweep_from_args(args, points, COMMON, out / "fedavg")
@@ -97,7 +113,8 @@ def fedavg_reference(args: argparse.Namespace, out: Path) -> dict[tuple[str, int
             curve = sweep.curves[row["config_id"]]
             final = curve[-1][1]
             reference[name, int(row["seed"])] = {
-                "T": float(row["virtual_time"]), "F": final, "t_F": first_time(curve, final)}
+                "T": float(row["virtual_time"]), "F": final, "t_F": first_time(curve, final),
+                "cap": throughput_cap(SCENARIOS[name], int(row["seed"]))}
     return reference
 
 
@@ -163,27 +180,36 @@ def panel_rows(reference: Mapping[tuple[str, int], dict], folders: Sequence[Path
                 at_t.append(accuracy_at(curve, ref["T"]))
                 at_2t.append(accuracy_at(curve, 2 * ref["T"]))
             rows.append({"scenario": scenario, "strategy": strategy, "speedup": speedups,
-                         "accuracy_at_T": at_t, "accuracy_at_2T": at_2t,
-                         "fedavg_final": [r["F"] for r in fed]})
+                         "cap": [r["cap"] for r in fed], "accuracy_at_T": at_t,
+                         "accuracy_at_2T": at_2t, "fedavg_final": [r["F"] for r in fed]})
     return rows
 
 
 def strategy_summary(rows: Sequence[Mapping[str, Any]], strategies: Sequence[str]) -> str:
     """Per strategy: on how many scenarios the mean speed-up is >= 2 and the mean accuracy
-    at 2T >= F - 0.5 points, both, and its median speed-up."""
-    lines = ["| strategy | scenarios | >= 2x sooner | at 2T >= F - 0.5 pt | both | "
-             "median speed-up |", "|---|---|---|---|---|---|"]
+    at 2T >= F - 0.5 points, both, on how many the fleet's mean throughput cap is below 2,
+    and its median speed-up, also as a share of each scenario's cap."""
+    lines = ["| strategy | scenarios | >= 2x sooner | at 2T >= F - 0.5 pt | both | cap < 2 | "
+             "median speed-up | median speed-up / cap |", "|---|---|---|---|---|---|---|---|"]
     for strategy in strategies:
         mine = [r for r in rows if r["strategy"] == strategy]
         fast = [t_interval(r["speedup"])[0] >= 2 for r in mine]
         even = [t_interval(r["accuracy_at_2T"])[0] >= t_interval(r["fedavg_final"])[0]
                 - TOLERANCE for r in mine]
         both = sum(f and e for f, e in zip(fast, even, strict=True))
-        speedups = sorted(t_interval(r["speedup"])[0] for r in mine)
-        median = speedups[len(speedups) // 2] if speedups else math.nan
+        capped = sum(t_interval(r["cap"])[0] < 2 for r in mine)
+        median = upper_median([t_interval(r["speedup"])[0] for r in mine])
+        of_cap = upper_median([t_interval(r["speedup"])[0] / t_interval(r["cap"])[0]
+                               for r in mine])
         lines.append(f"| {strategy} | {len(mine)} | {sum(fast)} | {sum(even)} | {both} | "
-                     f"{median:.2f} |")
+                     f"{capped} | {median:.2f} | {of_cap:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def upper_median(values: Sequence[float]) -> float:
+    """The middle value (of two, the larger); nan for none."""
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else math.nan
 
 
 def main() -> None:

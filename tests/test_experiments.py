@@ -191,3 +191,8 @@ def test_defaults_panel_speedups_come_from_the_curves(tmp_path):
         assert (float(run["virtual_time"]) >= 2 * float(fedavg_run["virtual_time"])
                 or int(run["updates"]) > cap - 10)
     assert "| fedbuff | 1 |" in (out / "x" / "summary.md").read_text()
+    # the fleet's throughput cap, from the step times FedAvg's run wrote to its clients.csv
+    with (Path(fedavg_run["results_dir"]) / "clients.csv").open() as f:
+        steps = [float(r["step_time"]) for r in csv.DictReader(f)]
+    cap = sum(1 / c for c in steps) / len(steps) * max(steps)
+    assert [float(r["cap"]) for r in table.values()] == pytest.approx([cap, cap])
