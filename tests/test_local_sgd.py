@@ -29,6 +29,24 @@ def test_apsb_k1_equals_alsgd_k1_equals_asgd(out):
     assert runs["alsgd"].summary["comm_bytes_down"] < runs["apsb"].summary["comm_bytes_down"]
 
 
+def test_fedbuff_with_a_buffer_of_one_is_alsgd(out):
+    """At their defaults, FedBuff with K = 1 and constant weights steps by K / M = 1 / M times
+    a client's delta, A-LSGD by lr / M times its accumulated gradient: the same step, as a
+    delta (w_local - w) or as -lr x the gradients' sum, so equal up to rounding. The panel's
+    digits-10 rows of the two agreed to the last printed digit (docs/defaults.md)."""
+    kw = dict(num_clients=6, num_server_rounds=40, local_steps=3, batch_size=8, lr=0.1,
+              seed=2, **out)
+    fedbuff = asyncfl.simulate(strategy="fedbuff", buffer_size=1, staleness="constant",
+                               run_name="fedbuff", **kw)
+    alsgd = asyncfl.simulate(strategy="alsgd", run_name="alsgd", **kw)
+    a, b = fedbuff.final_arrays(), alsgd.final_arrays()
+    assert a.keys() == b.keys()
+    assert all(np.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+    columns = ("client", "version_dispatch", "version_apply", "staleness", "virtual_time", "steps")
+    assert ([{c: r[c] for c in columns} for r in read_rows(fedbuff.output_dir / "events.csv")]
+            == [{c: r[c] for c in columns} for r in read_rows(alsgd.output_dir / "events.csv")])
+
+
 def test_lsgd_equals_fedavg_with_the_same_steps_and_everyone(out):
     # 1437 training digits / 3 clients: equal partitions, so equal weights
     kw = dict(num_clients=3, num_server_rounds=4, local_steps=5, batch_size=16, lr=0.1, **out)
