@@ -140,14 +140,16 @@ def run_label(args: argparse.Namespace, reference: Mapping[tuple[str, int], dict
               strategies: Sequence[str], folder: Path) -> None:
     """Every strategy on every scenario, one sweep per seed (each seed's T differs)."""
     tries = parse_tries(args.set)
+    tried = {(name, strategy): {**settings, **tries.get(strategy, {})}
+             for name, settings in SCENARIOS.items() for strategy in strategies}
     for seed in parse_seeds(args.seeds):
         points = [Point(f"{name}/{strategy}", {
-            **settings, **tries.get(strategy, {}), "strategy": strategy,
-            "num-server-rounds": versions_cap({**settings, **tries.get(strategy, {})}, strategy),
+            **settings, "strategy": strategy,
+            "num-server-rounds": versions_cap(settings, strategy),
             "time-budget": 2 * reference[name, seed]["T"],
             "eval-interval": reference[name, seed]["T"] / 20,
             "target-accuracy": reference[name, seed]["F"]})
-            for name, settings in SCENARIOS.items() for strategy in strategies]
+            for (name, strategy), settings in tried.items()]
         seed_args = argparse.Namespace(**{**vars(args), "seeds": f"{seed},"})  # a list of one
         sweep_from_args(seed_args, points, COMMON, folder)
 
